@@ -1646,6 +1646,49 @@ SECURITY_KEY=AbCdEf0123456789xyz
         assert_eq!(seconds("1.25"), Ok(Duration::from_millis(1250)));
     }
 
+    /// The `KEY=value` part of every rendered line except REDIS_SOCK.
+    fn rendered_values(c: &Config) -> Vec<String> {
+        c.render()
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with("REDIS_SOCK="))
+            .map(|l| l.split("  # ").next().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn example_file_documents_every_key_with_its_default() {
+        let example = include_str!("../systemd/push-server-multi.example");
+        for key in LEGACY_KEYS.iter().chain(NEW_KEYS) {
+            assert!(
+                example.contains(&format!("#{key}=")),
+                "{key} is not in the example"
+            );
+        }
+        let e = err_text(load_text(example, &[]));
+        assert!(e.contains("SECURITY_KEY is not set"), "{e}");
+
+        // Uncommenting every default must change nothing but the sample REDIS_SOCK.
+        let uncommented: String = example
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest)
+                    if rest.starts_with(|c: char| c.is_ascii_uppercase()) && rest.contains('=') =>
+                {
+                    format!("{rest}\n")
+                }
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        let c = load_text(&format!("{uncommented}SECURITY_KEY=k\n"), &[]).expect("loads");
+        let d = load_text("SECURITY_KEY=k\n", &[]).expect("loads");
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert_eq!(
+            c.redis_sock.as_deref(),
+            Some(Path::new("/var/run/redis/redis.sock"))
+        );
+        assert_eq!(rendered_values(&c), rendered_values(&d));
+    }
+
     #[test]
     fn generated_keys() {
         let a = generate_key().expect("urandom");
