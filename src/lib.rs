@@ -1,7 +1,32 @@
 //! push-server: a drop-in replacement for the 1C-Bitrix Push server.
+//!
+//! One thread runs a mio event loop ([`server`]). Each pass: poll with the nearest timer as the
+//! timeout, read and parse ready connections ([`conn`], [`http`], [`websocket`]), act on
+//! complete requests (route, publish, subscribe), expire timers, then flush connections that
+//! got output. A publish is validated, answered `200`, given an id ([`message::MidGen`]),
+//! saved in the [`store`], then fanned out through the [`registry`]: its v3 frame is encoded
+//! once and the same bytes go to every subscriber.
 #![forbid(unsafe_code)]
 
 pub mod channel;
+pub mod config;
+pub mod conn;
+pub mod error;
+pub mod http;
+pub mod listener;
+pub mod logger;
 pub mod message;
+pub mod outbox;
+pub mod publish;
 pub mod query;
+pub mod registry;
+pub mod response;
+pub mod route;
+pub mod server;
 pub mod signature;
+pub mod slab;
+pub mod stats;
+pub mod store;
+pub mod subscription;
+pub mod timers;
+pub mod websocket;

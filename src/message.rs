@@ -271,6 +271,8 @@ pub struct Message {
     /// The v4 `type` (stats only); None for text publishes.
     pub kind: Option<String>,
     v3: OnceLock<Bytes>,
+    /// The v3 frame wrapped in one WebSocket text frame, built once for all WS subscribers.
+    v3_ws: OnceLock<Bytes>,
 }
 
 /// Shows the body's length only: bodies may be logged at `trace!` alone, and a stray `{:?}`
@@ -308,6 +310,7 @@ impl Message {
             body,
             kind,
             v3: OnceLock::new(),
+            v3_ws: OnceLock::new(),
         }
     }
 
@@ -322,6 +325,13 @@ impl Message {
     /// non-JSON body (the site checker's bare hex) still appears verbatim.
     pub fn v3_frame(&self) -> &Bytes {
         self.v3.get_or_init(|| self.build_v3())
+    }
+
+    /// [`Message::v3_frame`] as one unmasked WebSocket text frame, shared by every subscriber.
+    pub fn v3_ws_frame(&self) -> &Bytes {
+        self.v3_ws.get_or_init(|| {
+            crate::websocket::server_frame(crate::websocket::OP_TEXT, self.v3_frame())
+        })
     }
 
     fn build_v3(&self) -> Bytes {

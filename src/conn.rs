@@ -1,0 +1,182 @@
+//! One client connection: its socket, read buffer, bounded outbox, deadline and the phase it
+//! is in. Phases are a state enum; each variant owns the data of its phase, and large or rare
+//! ones are boxed so an idle connection stays small.
+//!
+//! A connection never touches another one: cross-connection work (fan-out, eviction) happens
+//! in [`crate::server`].
+
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::http::RequestHead;
+use crate::listener::Stream;
+use crate::message::Message;
+use crate::outbox::{Flush, Outbox};
+use crate::route::Role;
+use crate::subscription::Subscription;
+use crate::websocket;
+
+/// Bytes read per `read` call into the shared scratch buffer.
+pub const READ_CHUNK: usize = 16 * 1024;
+
+pub enum Phase {
+    /// Waiting for a request: `None` until the head is parsed, then the head while the body
+    /// arrives.
+    Request(Option<Box<RequestHead>>),
+    /// A long poll held until a message or its timeout.
+    Hold(Box<Hold>),
+    WebSocket(Box<WsState>),
+    /// Writing the last bytes; then the write side is shut and input discarded until EOF or
+    /// the deadline.
+    Closing,
+}
+
+pub struct Hold {
+    pub sub: Subscription,
+    /// Messages that arrived for this poll during the current loop pass.
+    pub pending: Vec<Arc<Message>>,
+    pub keep_alive: bool,
+    pub client: Option<Box<str>>,
+}
+
+pub struct WsState {
+    pub sub: Subscription,
+    pub reader: websocket::Reader,
+    /// A Ping went out and no Pong came back yet.
+    pub ping_outstanding: bool,
+    /// The outbox made no progress since the last ping tick (send stall detection).
+    pub stalled: bool,
+    pub client: Option<Box<str>>,
+}
+
+pub struct Conn {
+    pub stream: Stream,
+    pub role: Role,
+    pub phase: Phase,
+    /// Unparsed input; capacity 0 while idle.
+    pub rbuf: Vec<u8>,
+    pub outbox: Outbox,
+    /// The one deadline that matters in the current phase; timer entries that differ are stale.
+    pub deadline: Option<Instant>,
+    /// Sequence number of the last publish delivered here: de-duplicates a message that
+    /// reaches the connection through several of its channels without a per-publish set.
+    pub last_seq: u64,
+    /// Queued in the server's flush list for this pass.
+    pub dirty: bool,
+    /// The write side was shut (in `Closing`).
+    pub write_shut: bool,
+}
+
+/// Result of draining the socket.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadState {
+    /// `WouldBlock` reached; the peer is still there.
+    Open,
+    /// The peer closed its side (or the read failed).
+    Eof,
+}
+
+impl Conn {
+    pub fn new(stream: Stream, role: Role) -> Conn {
+        Conn {
+            stream,
+            role,
+            phase: Phase::Request(None),
+            rbuf: Vec::new(),
+            outbox: Outbox::default(),
+            deadline: None,
+            last_seq: 0,
+            dirty: false,
+            write_shut: false,
+        }
+    }
+
+    /// Reads until `WouldBlock`, appending to `rbuf` (through `scratch`, so an idle
+    /// connection keeps no buffer of its own). Stops early once `rbuf` exceeds `cap`.
+    pub fn read_available(&mut self, scratch: &mut [u8], cap: usize) -> ReadState {
+        loop {
+            if self.rbuf.len() > cap {
+                return ReadState::Open;
+            }
+            match self.stream.read(scratch) {
+                Ok(0) => return ReadState::Eof,
+                Ok(n) => {
+                    if matches!(self.phase, Phase::Closing) {
+                        continue;
+                    }
+                    self.rbuf.extend_from_slice(&scratch[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadState::Open,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::debug!("read error: {e}");
+                    return ReadState::Eof;
+                }
+            }
+        }
+    }
+
+    /// Drops consumed input and frees the buffer once it is empty.
+    pub fn consume_input(&mut self, n: usize) {
+        if n >= self.rbuf.len() {
+            self.rbuf = Vec::new();
+        } else {
+            self.rbuf.drain(..n);
+        }
+    }
+
+    /// Writes queued output. `Ok(true)` when the outbox is empty afterwards.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        let (state, written) = self.outbox.flush_to(&mut self.stream)?;
+        if written > 0
+            && let Phase::WebSocket(ws) = &mut self.phase
+        {
+            ws.stalled = false;
+        }
+        Ok(state == Flush::Drained)
+    }
+
+    /// Queues `bytes`, writing them at once when nothing is queued before them, so a fan-out
+    /// to an idle subscriber costs one `write` and no allocation.
+    pub fn send(&mut self, bytes: &tungstenite::Bytes) -> io::Result<()> {
+        if self.outbox.is_empty() {
+            let mut offset = 0;
+            while offset < bytes.len() {
+                match io::Write::write(&mut self.stream, &bytes[offset..]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => offset += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            if offset < bytes.len() {
+                self.outbox.push(bytes.slice(offset..));
+            }
+            Ok(())
+        } else {
+            self.outbox.push(bytes.clone());
+            Ok(())
+        }
+    }
+
+    pub fn is_websocket(&self) -> bool {
+        matches!(self.phase, Phase::WebSocket(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_connection_is_small() {
+        // Pinned so growth is a conscious decision: every idle subscriber pays it.
+        assert!(
+            std::mem::size_of::<Conn>() <= 160,
+            "{}",
+            std::mem::size_of::<Conn>()
+        );
+    }
+}

@@ -1,0 +1,231 @@
+//! Listening sockets: Unix socket files (mode and group set, stale files replaced only when
+//! nothing answers on them) and optional TCP, plus the accepted-stream type.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use mio::event::Source;
+use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use mio::{Interest, Registry, Token};
+
+use crate::route::Role;
+
+pub enum Listener {
+    Unix(UnixListener, PathBuf),
+    Tcp(TcpListener),
+}
+
+pub struct Bound {
+    pub listener: Listener,
+    pub role: Role,
+}
+
+/// An accepted connection.
+pub enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Listener {
+    pub fn accept(&self) -> io::Result<Stream> {
+        match self {
+            Listener::Unix(l, _) => l.accept().map(|(s, _)| Stream::Unix(s)),
+            Listener::Tcp(l) => l.accept().map(|(s, _)| {
+                // Small interactive messages: do not wait to coalesce.
+                let _ = s.set_nodelay(true);
+                Stream::Tcp(s)
+            }),
+        }
+    }
+
+    pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        match self {
+            Listener::Unix(l, _) => registry.register(l, token, Interest::READABLE),
+            Listener::Tcp(l) => registry.register(l, token, Interest::READABLE),
+        }
+    }
+
+    /// Where it listens, for logs and the startup banner.
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Unix(_, p) => format!("unix:{}", p.display()),
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map_or_else(|_| "tcp:?".to_owned(), |a| a.to_string()),
+        }
+    }
+
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr().ok(),
+            Listener::Unix(..) => None,
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // Our socket file only: a later server may already own a new file at this path only
+        // after we stopped, so removing at drop (shutdown) is safe.
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Binds a Unix socket at `path`, creating its directory. A leftover file is replaced only if
+/// connecting to it fails (no live server behind it).
+pub fn bind_unix(path: &Path, mode: u32, group: Option<&str>) -> io::Result<Listener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "{} is in use by a running server; stop it first",
+                    path.display()
+                ),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    if let Some(group) = group {
+        let gid = lookup_group(group)?;
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot give {} to group {group}: {e}", path.display()),
+            )
+        })?;
+    }
+    Ok(Listener::Unix(listener, path.to_owned()))
+}
+
+pub fn bind_tcp(addr: SocketAddr) -> io::Result<Listener> {
+    TcpListener::bind(addr)
+        .map(Listener::Tcp)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+/// Group name (or number) → gid, from /etc/group (no libc call needed).
+fn lookup_group(group: &str) -> io::Result<u32> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let text = std::fs::read_to_string("/etc/group")?;
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let gid = f.nth(1)?.parse::<u32>().ok()?;
+            (name == group).then_some(gid)
+        })
+        .next()
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("group {group} not found in /etc/group"),
+            )
+        })
+}
+
+impl Stream {
+    pub fn shutdown_write(&self) {
+        let _ = match self {
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
+        };
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(buf),
+            Stream::Tcp(s) => s.write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write_vectored(bufs),
+            Stream::Tcp(s) => s.write_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Source for Stream {
+    fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.register(r, t, i),
+            Stream::Tcp(s) => s.register(r, t, i),
+        }
+    }
+
+    fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.reregister(r, t, i),
+            Stream::Tcp(s) => s.reregister(r, t, i),
+        }
+    }
+
+    fn deregister(&mut self, r: &Registry) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.deregister(r),
+            Stream::Tcp(s) => s.deregister(r),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_lookup() {
+        assert_eq!(lookup_group("0").unwrap(), 0);
+        assert_eq!(lookup_group("root").unwrap(), 0);
+        assert!(lookup_group("no-such-group-here").is_err());
+    }
+
+    #[test]
+    fn stale_socket_replaced_live_one_refused() {
+        let dir = std::env::temp_dir().join(format!("ps-listener-{}", std::process::id()));
+        let path = dir.join("s.sock");
+        let first = bind_unix(&path, 0o660, None).unwrap();
+        assert!(
+            bind_unix(&path, 0o660, None).is_err(),
+            "live server holds it"
+        );
+        // Simulate a crash: the file stays, nobody listens.
+        std::mem::forget(first);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(&path, b"").unwrap();
+        let again = bind_unix(&path, 0o660, None).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        drop(again);
+        assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

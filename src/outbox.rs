@@ -1,0 +1,151 @@
+//! A connection's bounded queue of outgoing byte chunks.
+//!
+//! Chunks are shared `Bytes` (a published message's frame is built once and pushed into every
+//! subscriber's outbox by refcount), so queuing costs no copy. Writing is vectored and stops at
+//! `WouldBlock`; a partially written head chunk is remembered by offset.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use tungstenite::Bytes;
+
+/// How many chunks one `writev` takes at most.
+const MAX_IOV: usize = 64;
+
+#[derive(Default)]
+pub struct Outbox {
+    chunks: VecDeque<Bytes>,
+    /// Bytes of `chunks[0]` already written.
+    head_offset: usize,
+    /// Bytes still to write.
+    queued: usize,
+}
+
+/// What a flush achieved.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flush {
+    /// Everything was written.
+    Drained,
+    /// The socket is full; wait for a writable event.
+    Blocked,
+}
+
+impl Outbox {
+    pub fn push(&mut self, chunk: Bytes) {
+        if chunk.is_empty() {
+            return;
+        }
+        self.queued += chunk.len();
+        self.chunks.push_back(chunk);
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queued == 0
+    }
+
+    /// Drops everything not yet started, keeping a partially written chunk so the peer never
+    /// sees half a frame followed by something else.
+    pub fn truncate_unstarted(&mut self) {
+        let keep = usize::from(self.head_offset > 0);
+        while self.chunks.len() > keep {
+            if let Some(c) = self.chunks.pop_back() {
+                self.queued -= c.len();
+            }
+        }
+    }
+
+    /// Writes until drained or `WouldBlock`. Returns the bytes written as well.
+    pub fn flush_to<W: Write>(&mut self, w: &mut W) -> io::Result<(Flush, usize)> {
+        let mut written = 0;
+        while !self.chunks.is_empty() {
+            let n = {
+                let mut iov: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
+                let mut count = 0;
+                for (i, c) in self.chunks.iter().take(MAX_IOV).enumerate() {
+                    let start = if i == 0 { self.head_offset } else { 0 };
+                    iov[count] = IoSlice::new(&c[start..]);
+                    count += 1;
+                }
+                match w.write_vectored(&iov[..count]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return Ok((Flush::Blocked, written));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            written += n;
+            self.consume(n);
+        }
+        if self.chunks.capacity() > 64 {
+            self.chunks = VecDeque::new();
+        }
+        Ok((Flush::Drained, written))
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        self.queued -= n;
+        while n > 0 {
+            let head_left = self.chunks[0].len() - self.head_offset;
+            if n >= head_left {
+                n -= head_left;
+                self.chunks.pop_front();
+                self.head_offset = 0;
+            } else {
+                self.head_offset += n;
+                n = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Accepts `budget` bytes, then reports `WouldBlock`.
+    struct Trickle {
+        out: Vec<u8>,
+        budget: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.budget == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.budget).min(3);
+            self.budget -= n;
+            self.out.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn partial_writes_resume_in_order() {
+        let mut ob = Outbox::default();
+        ob.push(Bytes::from_static(b"hello "));
+        ob.push(Bytes::from_static(b"world"));
+        let mut w = Trickle {
+            out: Vec::new(),
+            budget: 4,
+        };
+        assert_eq!(ob.flush_to(&mut w).unwrap(), (Flush::Blocked, 4));
+        assert_eq!(ob.queued(), 7);
+        ob.truncate_unstarted();
+        assert_eq!(ob.queued(), 2, "the started chunk is kept whole");
+        ob.push(Bytes::from_static(b"!"));
+        w.budget = 100;
+        assert_eq!(ob.flush_to(&mut w).unwrap().0, Flush::Drained);
+        assert_eq!(w.out, b"hello !");
+        assert!(ob.is_empty());
+    }
+}

@@ -1,0 +1,64 @@
+//! Maps (listener role, path) to what the request is for. Path only, prefix match, as the
+//! references do (PROTOCOL.md §1); trusted routes exist only on the pub listener (§1.2).
+
+use crate::config::Paths;
+
+/// Which listener accepted the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Public: subscribers and client publishing (nginx's public server blocks).
+    Sub,
+    /// Trusted: PHP publishing, online queries, stats (nginx's internal 8895 server).
+    Pub,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Long poll, WebSocket or CORS preflight.
+    Subscribe,
+    /// v4 client publishing (`/bitrix/rest/`, `/bitrix/pubweb/`).
+    Rest,
+    /// Text publish (POST) and online query (GET).
+    Publish,
+    ServerStats,
+    NotFound,
+}
+
+pub fn route(role: Role, path: &str, paths: &Paths) -> Route {
+    let under = |prefix: &str| path.starts_with(prefix);
+    match role {
+        Role::Sub if under(&paths.subws) || under(&paths.sub) => Route::Subscribe,
+        Role::Sub if under(&paths.rest) || under("/bitrix/pubweb/") => Route::Rest,
+        Role::Pub if under(&paths.publish) => Route::Publish,
+        Role::Pub if under("/server-stat") => Route::ServerStats,
+        _ => Route::NotFound,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths() -> Paths {
+        Paths {
+            sub: "/bitrix/sub/".into(),
+            subws: "/bitrix/subws/".into(),
+            publish: "/bitrix/pub/".into(),
+            rest: "/bitrix/rest/".into(),
+        }
+    }
+
+    #[test]
+    fn routes_by_role_and_prefix() {
+        let p = paths();
+        assert_eq!(route(Role::Sub, "/bitrix/sub/", &p), Route::Subscribe);
+        assert_eq!(route(Role::Sub, "/bitrix/subws/x", &p), Route::Subscribe);
+        assert_eq!(route(Role::Sub, "/bitrix/pubweb/", &p), Route::Rest);
+        assert_eq!(route(Role::Sub, "/bitrix/pub/", &p), Route::NotFound);
+        assert_eq!(route(Role::Sub, "/server-stat/", &p), Route::NotFound);
+        assert_eq!(route(Role::Pub, "/bitrix/pub/", &p), Route::Publish);
+        assert_eq!(route(Role::Pub, "/server-stat", &p), Route::ServerStats);
+        assert_eq!(route(Role::Pub, "/bitrix/sub/", &p), Route::NotFound);
+        assert_eq!(route(Role::Pub, "/", &p), Route::NotFound);
+    }
+}

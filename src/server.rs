@@ -1,0 +1,1110 @@
+//! The event loop and everything that crosses connections: accepting, routing complete
+//! requests, publishing and fan-out, subscriptions, timers, flushing and shutdown.
+//!
+//! One loop pass: poll (timeout = nearest deadline) → dispatch events → expire timers → sweep
+//! the store when due → flush connections that got output → resume parked accepts. Output
+//! queued outside a connection's own event (fan-out, timers) is flushed at the end of the pass
+//! through the dirty list, because an edge-triggered socket raises no new event for it.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use tungstenite::Bytes;
+
+use crate::channel::ChannelId;
+use crate::config::{self, Config};
+use crate::conn::{Conn, Hold, Phase, READ_CHUNK, ReadState, WsState};
+use crate::error::{ApiError, HttpError, close};
+use crate::http::{self, Method, RequestHead};
+use crate::listener::{self, Bound};
+use crate::message::{Message, Mid, MidGen, Sender, now_ms};
+use crate::publish;
+use crate::query;
+use crate::registry::Registry;
+use crate::response::{self, Persist};
+use crate::route::{self, Role, Route};
+use crate::signature::Signer;
+use crate::slab::{ConnId, Slab};
+use crate::stats::Stats;
+use crate::store::Store;
+use crate::store::memory::MemoryStore;
+use crate::subscription::{self, Subscription};
+use crate::timers::Timers;
+use crate::websocket::{self, OP_CLOSE, OP_PING, OP_PONG};
+
+const SIGNAL_TOKEN: Token = Token(8);
+/// At most this many messages per long-poll answer or backlog WebSocket message (§4.4).
+const BACKLOG_CHUNK: usize = 200;
+/// How long a closing connection may take to drain its last bytes and see the peer's FIN.
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// Unparsed input a held long poll may accumulate (pipelined bytes) before it is cut.
+const HOLD_INPUT_CAP: usize = 64 * 1024;
+const WS_PING_PAYLOAD: &[u8] = b"ws ping";
+
+pub struct Server {
+    poll: Poll,
+    listeners: Vec<Bound>,
+    signals: Signals,
+    conns: Slab<Conn>,
+    registry: Registry,
+    store: MemoryStore,
+    mids: MidGen,
+    timers: Timers,
+    cfg: Config,
+    config_path: Option<PathBuf>,
+    signer: Signer,
+    stats: Stats,
+    process_id: String,
+    dirty: Vec<ConnId>,
+    scratch: Vec<u8>,
+    publish_seq: u64,
+    expired: Vec<(Instant, ConnId)>,
+    next_sweep: Instant,
+    accept_paused_until: Option<Instant>,
+    shutdown_deadline: Option<Instant>,
+    last_pressure_warning: Option<Instant>,
+    ping_frame: Bytes,
+}
+
+impl Server {
+    /// Binds every listener and prepares the store; nothing is served until [`Server::run`].
+    pub fn bind(cfg: Config, config_path: Option<PathBuf>) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let mode = cfg.sock_mode;
+        let group = cfg.sock_group.as_deref();
+        let mut listeners = vec![
+            Bound {
+                listener: listener::bind_unix(&cfg.sub_sock, mode, group)?,
+                role: Role::Sub,
+            },
+            Bound {
+                listener: listener::bind_unix(&cfg.pub_sock, mode, group)?,
+                role: Role::Pub,
+            },
+        ];
+        if let Some(addr) = cfg.sub_listen {
+            listeners.push(Bound {
+                listener: listener::bind_tcp(addr)?,
+                role: Role::Sub,
+            });
+        }
+        if let Some(addr) = cfg.pub_listen {
+            listeners.push(Bound {
+                listener: listener::bind_tcp(addr)?,
+                role: Role::Pub,
+            });
+        }
+        for (i, b) in listeners.iter_mut().enumerate() {
+            b.listener.register(poll.registry(), Token(i))?;
+        }
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+        poll.registry()
+            .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
+        let now_unix = now_ms() / 1000;
+        let mids = MidGen::start(&cfg.store.state_file, now_unix).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot persist the message id epoch in {}: {e}",
+                    cfg.store.state_file.display()
+                ),
+            )
+        })?;
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".to_owned());
+        Ok(Server {
+            poll,
+            listeners,
+            signals,
+            conns: Slab::default(),
+            registry: Registry::default(),
+            store: MemoryStore::new(cfg.store.clone()),
+            mids,
+            timers: Timers::default(),
+            signer: Signer::new(cfg.algo, cfg.security_key.as_bytes()),
+            config_path,
+            cfg,
+            stats: Stats::default(),
+            process_id: format!("{hostname}-{}", std::process::id()),
+            dirty: Vec::new(),
+            scratch: vec![0; READ_CHUNK],
+            publish_seq: 0,
+            expired: Vec::new(),
+            next_sweep: Instant::now() + SWEEP_EVERY,
+            accept_paused_until: None,
+            shutdown_deadline: None,
+            last_pressure_warning: None,
+            ping_frame: websocket::server_frame(OP_PING, WS_PING_PAYLOAD),
+        })
+    }
+
+    /// Where the server listens, e.g. for the startup banner.
+    pub fn listening(&self) -> Vec<(Role, String, Option<std::net::SocketAddr>)> {
+        self.listeners
+            .iter()
+            .map(|b| (b.role, b.listener.describe(), b.listener.tcp_addr()))
+            .collect()
+    }
+
+    pub fn mid_epoch(&self) -> u64 {
+        self.mids.epoch()
+    }
+
+    /// Runs until SIGTERM/SIGINT and a drained shutdown.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for event in events.iter() {
+                match event.token() {
+                    SIGNAL_TOKEN => self.on_signals(),
+                    Token(i) if i < self.listeners.len() => self.accept_all(i),
+                    token => {
+                        let Some(id) = ConnId::from_token(token) else {
+                            log::trace!("event for unknown token {token:?}");
+                            continue;
+                        };
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(id);
+                        }
+                        if event.is_writable() {
+                            self.flush_conn(id);
+                        }
+                    }
+                }
+            }
+            let now = Instant::now();
+            self.expire_timers(now);
+            if now >= self.next_sweep {
+                self.store.sweep(now);
+                self.next_sweep = now + SWEEP_EVERY;
+            }
+            self.flush_dirty();
+            if self.accept_paused_until.is_some_and(|t| t <= now) {
+                self.accept_paused_until = None;
+                for i in 0..self.listeners.len() {
+                    self.accept_all(i);
+                }
+            }
+            if let Some(deadline) = self.shutdown_deadline {
+                if self.conns.is_empty() {
+                    log::info!("shutdown complete");
+                    return Ok(());
+                }
+                if now >= deadline {
+                    log::warn!(
+                        "shutdown timeout: closing {} connections that did not finish",
+                        self.conns.len()
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let next = [
+            self.timers.next_deadline(),
+            Some(self.next_sweep),
+            self.accept_paused_until,
+            self.shutdown_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
+        // Round up to whole milliseconds so we never wake a hair early and spin.
+        let d = next.saturating_duration_since(now);
+        Some(Duration::from_millis(
+            d.as_millis().div_ceil(1).min(u128::from(u32::MAX)) as u64 + 1,
+        ))
+    }
+
+    // ---- accepting ----
+
+    fn accept_all(&mut self, index: usize) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        loop {
+            if self.conns.len() >= self.cfg.limits.max_connections {
+                self.pressure("MAX_CONNECTIONS reached; not accepting for now");
+                return;
+            }
+            let Some(bound) = self.listeners.get(index) else {
+                return;
+            };
+            let role = bound.role;
+            match bound.listener.accept() {
+                Ok(stream) => self.add_conn(stream, role),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(23) | Some(24)) => {
+                    self.pressure("out of file descriptors; not accepting for now");
+                    return;
+                }
+                Err(e) => {
+                    log::warn!("accept on {} failed: {e}", bound.listener.describe());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Parks accepting for a moment; warns at most once a minute.
+    fn pressure(&mut self, what: &str) {
+        let now = Instant::now();
+        self.accept_paused_until = Some(now + ACCEPT_RETRY);
+        if self
+            .last_pressure_warning
+            .is_none_or(|t| now.duration_since(t) > Duration::from_secs(60))
+        {
+            self.last_pressure_warning = Some(now);
+            log::warn!("{what} ({} connections open)", self.conns.len());
+        }
+    }
+
+    fn add_conn(&mut self, stream: listener::Stream, role: Role) {
+        let id = self.conns.insert_with(|_| Conn::new(stream, role));
+        let registry = self.poll.registry();
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        if let Err(e) = registry.register(
+            &mut conn.stream,
+            id.token(),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("{id}: cannot register: {e}");
+            self.conns.remove(id);
+            return;
+        }
+        log::trace!("{id}: accepted on {role:?}");
+        let at = Instant::now() + self.cfg.timings.header_timeout;
+        self.set_deadline(id, Some(at));
+        // Bytes may already be waiting; edge-triggered readiness reports them anyway on
+        // registration, so nothing else to do here.
+    }
+
+    // ---- reading ----
+
+    fn on_readable(&mut self, id: ConnId) {
+        let cap = self.cfg.limits.max_header_size + self.cfg.limits.max_payload + 64;
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        let was_idle = matches!(conn.phase, Phase::Request(None)) && conn.rbuf.is_empty();
+        let state = conn.read_available(&mut self.scratch, cap);
+        let started = was_idle && !conn.rbuf.is_empty();
+        if started {
+            // A keep-alive connection began a new request: the head timeout applies now.
+            let at = Instant::now() + self.cfg.timings.header_timeout;
+            self.set_deadline(id, Some(at));
+        }
+        self.process_input(id);
+        if state == ReadState::Eof {
+            self.on_eof(id);
+        }
+    }
+
+    fn on_eof(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        match conn.phase {
+            // An answer is still on its way to a half-closed client: let it drain.
+            Phase::Request(_) if !conn.outbox.is_empty() => {
+                conn.phase = Phase::Closing;
+            }
+            _ => {
+                log::trace!("{id}: peer closed");
+                self.close_now(id);
+            }
+        }
+    }
+
+    fn process_input(&mut self, id: ConnId) {
+        let max_head = self.cfg.limits.max_header_size;
+        let max_payload = self.cfg.limits.max_payload;
+        loop {
+            let Some(conn) = self.conns.get_mut(id) else {
+                return;
+            };
+            match &mut conn.phase {
+                Phase::Request(None) => {
+                    if conn.rbuf.is_empty() {
+                        return;
+                    }
+                    match http::parse_head(&conn.rbuf, max_head) {
+                        Ok(None) => return,
+                        Err(e) => {
+                            log::info!("{id}: bad request: {:?}", e);
+                            self.respond_error(id, e.into(), Persist::Close);
+                            return;
+                        }
+                        Ok(Some((head, len))) => {
+                            conn.consume_input(len);
+                            if head.content_length > max_payload {
+                                log::info!(
+                                    "{id}: body of {} bytes over MAX_PAYLOAD {max_payload}",
+                                    head.content_length
+                                );
+                                self.respond_error(
+                                    id,
+                                    HttpError::PayloadTooLarge.into(),
+                                    Persist::Close,
+                                );
+                                return;
+                            }
+                            conn.phase = Phase::Request(Some(Box::new(head)));
+                        }
+                    }
+                }
+                Phase::Request(Some(head)) => {
+                    let len = head.content_length;
+                    if conn.rbuf.len() < len {
+                        return;
+                    }
+                    let Phase::Request(Some(head)) =
+                        std::mem::replace(&mut conn.phase, Phase::Request(None))
+                    else {
+                        unreachable!("matched Request(Some) above");
+                    };
+                    let body = Bytes::copy_from_slice(&conn.rbuf[..len]);
+                    conn.consume_input(len);
+                    self.handle_request(id, *head, body);
+                }
+                Phase::WebSocket(_) => {
+                    self.process_ws_input(id);
+                    return;
+                }
+                Phase::Hold(_) => {
+                    if conn.rbuf.len() > HOLD_INPUT_CAP {
+                        log::info!("{id}: input while a long poll is held; closing");
+                        self.close_now(id);
+                    }
+                    return;
+                }
+                Phase::Closing => {
+                    conn.rbuf = Vec::new();
+                    return;
+                }
+            }
+        }
+    }
+
+    // ---- requests ----
+
+    fn handle_request(&mut self, id: ConnId, head: RequestHead, body: Bytes) {
+        let Some(conn) = self.conns.get(id) else {
+            return;
+        };
+        let persist = if head.keep_alive && self.shutdown_deadline.is_none() {
+            Persist::KeepAlive
+        } else {
+            Persist::Close
+        };
+        let route = route::route(conn.role, head.path(), &self.cfg.paths);
+        log::debug!(
+            "{id}: {:?} {} from {}",
+            head.method,
+            head.path(),
+            head.client_ip.as_deref().unwrap_or("-")
+        );
+        match (route, head.method) {
+            (Route::Subscribe, Method::Options) => {
+                self.respond(id, response::options(persist), persist)
+            }
+            (Route::Subscribe, Method::Get) => self.subscribe(id, head, persist),
+            (Route::Publish, Method::Post) if query::flag(head.query(), "binaryMode") => {
+                // The protobuf publish (v4) is not implemented yet; say so instead of a 200.
+                log::warn!("{id}: binary publish is not supported by this version");
+                self.respond_error(id, ApiError::WrongRequestData, persist);
+            }
+            (Route::Publish, Method::Post) => self.text_publish(id, &head, body, persist),
+            (Route::Publish, Method::Get) => self.online_query(id, &head, persist),
+            (Route::ServerStats, Method::Get) => {
+                self.stats.count_request("serverStats", now_ms());
+                let body = self.stats.render(
+                    &self.process_id,
+                    self.registry.private_channels(),
+                    &self.cfg.limits,
+                    now_ms(),
+                );
+                let r = response::full(200, "text/plain", body.as_bytes(), persist);
+                self.respond(id, r, persist);
+            }
+            _ => self.respond_error(id, HttpError::NotFound.into(), persist),
+        }
+    }
+
+    /// Queues a complete response and moves the connection to its next phase.
+    fn respond(&mut self, id: ConnId, bytes: Vec<u8>, persist: Persist) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        conn.outbox.push(Bytes::from(bytes));
+        let at = match persist {
+            Persist::KeepAlive => {
+                conn.phase = Phase::Request(None);
+                Instant::now() + self.cfg.timings.keepalive_timeout
+            }
+            Persist::Close => {
+                conn.phase = Phase::Closing;
+                Instant::now() + CLOSE_LINGER
+            }
+        };
+        self.set_deadline(id, Some(at));
+        self.mark_dirty(id);
+    }
+
+    fn respond_error(&mut self, id: ConnId, err: ApiError, persist: Persist) {
+        // Framing errors leave the stream position unknown: never keep such a connection.
+        let persist = match err {
+            ApiError::Http(HttpError::NotFound) => persist,
+            ApiError::Http(_) => Persist::Close,
+            _ => persist,
+        };
+        self.respond(id, response::error(err, persist), persist);
+    }
+
+    fn text_publish(&mut self, id: ConnId, head: &RequestHead, body: Bytes, persist: Persist) {
+        let limits = &self.cfg.limits;
+        match publish::text_publish(
+            head.query(),
+            &body,
+            &self.signer,
+            limits.max_channels_per_request,
+        ) {
+            Err(e) => {
+                log::info!("{id}: publish rejected: {e}");
+                self.respond_error(id, e, persist);
+            }
+            Ok(receivers) => {
+                // Answer first: PHP hangs up after the head, and the fan-out below no longer
+                // depends on this socket.
+                self.respond(id, response::full(200, "text/plain", b"", persist), persist);
+                self.publish(body, head.message_expiry, Sender::Backend, None, &receivers);
+            }
+        }
+    }
+
+    fn online_query(&mut self, id: ConnId, head: &RequestHead, persist: Persist) {
+        self.stats.count_request("channelStats", now_ms());
+        let channels = match publish::online_query(
+            head.query(),
+            &self.signer,
+            self.cfg.limits.max_channels_per_request,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                log::info!("{id}: online query rejected: {e}");
+                self.respond_error(id, e, persist);
+                return;
+            }
+        };
+        let now = Instant::now();
+        let mut body = String::from("{\"infos\":[");
+        let mut first = true;
+        for ch in &channels {
+            let local = self.registry.subscribers(ch).len();
+            if local == 0 && !self.store.recently_online(ch, now) {
+                continue;
+            }
+            if !first {
+                body.push(',');
+            }
+            first = false;
+            body.push_str(&format!(
+                "{{\"channel\":\"{ch}\",\"subscribers\":{}}}",
+                local.max(1)
+            ));
+        }
+        body.push_str("]}");
+        let r = response::full(200, "text/plain", body.as_bytes(), persist);
+        self.respond(id, r, persist);
+    }
+
+    // ---- publishing ----
+
+    fn publish(
+        &mut self,
+        body: Bytes,
+        expiry: u32,
+        sender: Sender,
+        kind: Option<String>,
+        receivers: &[ChannelId],
+    ) {
+        let created_ms = now_ms();
+        self.stats.count_message(kind.as_deref(), created_ms);
+        let msg = Arc::new(Message::new(
+            self.mids.next(),
+            created_ms,
+            expiry,
+            sender,
+            body,
+            kind,
+        ));
+        self.store.save(&msg, receivers, Instant::now());
+        log::trace!("published {} to {} receivers", msg.mid, receivers.len());
+        self.fan_out(&msg, receivers);
+    }
+
+    /// Hands `msg` to every connection subscribed to any receiver, once per connection.
+    fn fan_out(&mut self, msg: &Arc<Message>, receivers: &[ChannelId]) {
+        self.publish_seq += 1;
+        let seq = self.publish_seq;
+        let limit = self.cfg.limits.outbox_limit;
+        let mut failed: Vec<ConnId> = Vec::new();
+        let mut slow: Vec<ConnId> = Vec::new();
+        for ch in receivers {
+            for &cid in self.registry.subscribers(ch) {
+                let Some(conn) = self.conns.get_mut(cid) else {
+                    continue;
+                };
+                if conn.last_seq == seq {
+                    continue;
+                }
+                conn.last_seq = seq;
+                match &mut conn.phase {
+                    Phase::Hold(hold) => {
+                        hold.pending.push(Arc::clone(msg));
+                        if !conn.dirty {
+                            conn.dirty = true;
+                            self.dirty.push(cid);
+                        }
+                    }
+                    Phase::WebSocket(_) => {
+                        if conn.send(msg.v3_ws_frame()).is_err() {
+                            failed.push(cid);
+                        } else if conn.outbox.queued() > limit {
+                            slow.push(cid);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for cid in failed {
+            self.close_now(cid);
+        }
+        for cid in slow {
+            log::info!("{cid}: slow consumer (outbox over OUTBOX_LIMIT {limit}); closing");
+            self.close_ws(cid, close::POLICY, "slow consumer");
+        }
+    }
+
+    // ---- subscribing ----
+
+    fn subscribe(&mut self, id: ConnId, head: RequestHead, persist: Persist) {
+        let parsed = subscription::parse(head.query(), &self.signer);
+        let client = head.client_ip;
+        if let Some(key) = head.ws_key {
+            self.open_websocket(id, &key, parsed, client);
+            return;
+        }
+        match parsed {
+            Err(e) => {
+                log::info!(
+                    "{id}: long poll rejected from {}: {e}",
+                    client.as_deref().unwrap_or("-")
+                );
+                self.respond_error(id, e, persist);
+            }
+            Ok(sub) => self.start_long_poll(id, sub, persist, client),
+        }
+    }
+
+    fn start_long_poll(
+        &mut self,
+        id: ConnId,
+        sub: Subscription,
+        persist: Persist,
+        client: Option<Box<str>>,
+    ) {
+        self.enforce_conn_cap(&sub);
+        let receivers = sub.receiver_ids();
+        let now = Instant::now();
+        self.store.touch_online(&receivers, now);
+        if let Some(mid) = sub.mid {
+            match self.store.backlog(&receivers, mid, BACKLOG_CHUNK, now) {
+                Ok(backlog) if !backlog.is_empty() => {
+                    self.answer_messages(id, backlog, persist);
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    log::warn!("{id}: backlog read failed: {e:?}");
+                    self.respond_error(id, ApiError::StorageFailure, persist);
+                    return;
+                }
+            }
+        }
+        self.registry.subscribe(id, &sub.receivers);
+        self.stats.pollings += 1;
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        conn.phase = Phase::Hold(Box::new(Hold {
+            sub,
+            pending: Vec::new(),
+            keep_alive: persist == Persist::KeepAlive,
+            client,
+        }));
+        let at = now + self.cfg.timings.long_poll_timeout;
+        self.set_deadline(id, Some(at));
+    }
+
+    /// A 200 carrying v3 frames: the small head plus the shared frame of each message.
+    fn answer_messages(&mut self, id: ConnId, mut messages: Vec<Arc<Message>>, persist: Persist) {
+        messages.sort_by_key(|m| m.mid);
+        messages.dedup_by_key(|m| m.mid);
+        let len: usize = messages.iter().map(|m| m.v3_frame().len()).sum();
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        conn.outbox
+            .push(Bytes::from(response::head(200, "text/plain", len, persist)));
+        for m in &messages {
+            conn.outbox.push(m.v3_frame().clone());
+        }
+        self.respond(id, Vec::new(), persist);
+    }
+
+    /// Ends a held poll: unsubscribes and answers with its messages, or 304 when none came.
+    fn finish_hold(&mut self, id: ConnId, shutting_down: bool) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        let Phase::Hold(hold) = std::mem::replace(&mut conn.phase, Phase::Closing) else {
+            return;
+        };
+        self.registry.unsubscribe(id, &hold.sub.receivers);
+        self.stats.pollings -= 1;
+        let receivers = hold.sub.receiver_ids();
+        self.store.touch_online(&receivers, Instant::now());
+        let persist = if hold.keep_alive && !shutting_down && self.shutdown_deadline.is_none() {
+            Persist::KeepAlive
+        } else {
+            Persist::Close
+        };
+        if hold.pending.is_empty() {
+            let last = hold
+                .sub
+                .mid
+                .or_else(|| self.store.newest_mid(&receivers))
+                .or_else(|| self.mids.last())
+                .unwrap_or_else(|| Mid::new(self.mids.epoch(), 0));
+            let mut digits = Vec::with_capacity(26);
+            last.write_to(&mut digits);
+            self.respond(id, response::not_modified(&digits), persist);
+        } else {
+            log::trace!(
+                "{id}: long poll answered for {}",
+                hold.client.as_deref().unwrap_or("-")
+            );
+            self.answer_messages(id, hold.pending, persist);
+        }
+        // A keep-alive client may have pipelined its next request already.
+        if persist == Persist::KeepAlive {
+            self.process_input(id);
+        }
+    }
+
+    fn open_websocket(
+        &mut self,
+        id: ConnId,
+        key: &str,
+        parsed: Result<Subscription, ApiError>,
+        client: Option<Box<str>>,
+    ) {
+        let accept = websocket::accept_key(key);
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        conn.outbox
+            .push(Bytes::from(response::switching_protocols(&accept)));
+        let sub = match parsed {
+            Ok(sub) => sub,
+            Err(e) => {
+                // Handshake first, then the close code: the client reloads its config only
+                // on 4010, never on an HTTP error (D13).
+                log::info!(
+                    "{id}: websocket rejected from {}: {e}",
+                    client.as_deref().unwrap_or("-")
+                );
+                conn.outbox
+                    .push(websocket::close_frame(e.ws_close_code(), &e.to_string()));
+                conn.phase = Phase::Closing;
+                self.set_deadline(id, Some(Instant::now() + CLOSE_LINGER));
+                self.mark_dirty(id);
+                return;
+            }
+        };
+        self.enforce_conn_cap(&sub);
+        self.registry.subscribe(id, &sub.receivers);
+        self.stats.websockets += 1;
+        let receivers = sub.receiver_ids();
+        let after = sub.mid;
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        conn.phase = Phase::WebSocket(Box::new(WsState {
+            sub,
+            reader: websocket::Reader::default(),
+            ping_outstanding: false,
+            stalled: false,
+            client,
+        }));
+        if let Some(mut after) = after {
+            // Registered before reading the backlog (D8); the memory store answers within
+            // this pass, so no live message can fall between the two.
+            loop {
+                let now = Instant::now();
+                match self.store.backlog(&receivers, after, BACKLOG_CHUNK, now) {
+                    Ok(chunk) if chunk.is_empty() => break,
+                    Ok(chunk) => {
+                        let mut payload = Vec::new();
+                        for m in &chunk {
+                            payload.extend_from_slice(m.v3_frame());
+                        }
+                        after = chunk.last().map_or(after, |m| m.mid);
+                        let frame = websocket::server_frame(websocket::OP_TEXT, &payload);
+                        if let Some(conn) = self.conns.get_mut(id) {
+                            conn.outbox.push(frame);
+                        }
+                        if chunk.len() < BACKLOG_CHUNK {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        log::warn!("{id}: backlog read failed: {e:?}");
+                        self.close_ws(id, 4011, &ApiError::StorageFailure.to_string());
+                        return;
+                    }
+                }
+            }
+        }
+        let at = Instant::now() + self.cfg.timings.ws_ping_interval;
+        self.set_deadline(id, Some(at));
+        self.mark_dirty(id);
+    }
+
+    /// Applies `MAX_CONN_PER_CHANNEL` to the private ids that come with a public id: the
+    /// oldest connections are closed with 4029 until there is room (§8.7).
+    fn enforce_conn_cap(&mut self, sub: &Subscription) {
+        let max = self.cfg.limits.max_conn_per_channel;
+        for ch in &sub.capped {
+            while self.registry.subscribers(ch).len() >= max {
+                let oldest = self.registry.subscribers(ch)[0];
+                log::info!("{oldest}: closed, over MAX_CONN_PER_CHANNEL {max} on {ch}");
+                let is_ws = self.conns.get(oldest).is_some_and(Conn::is_websocket);
+                if is_ws {
+                    let reason = ApiError::TooManyConnections.to_string();
+                    self.close_ws(oldest, 4029, &reason);
+                } else {
+                    self.leave_subscription(oldest);
+                    self.respond_error(oldest, ApiError::TooManyConnections, Persist::Close);
+                }
+            }
+        }
+    }
+
+    // ---- WebSocket input ----
+
+    fn process_ws_input(&mut self, id: ConnId) {
+        let max = self.cfg.limits.max_payload;
+        loop {
+            let Some(conn) = self.conns.get_mut(id) else {
+                return;
+            };
+            let Conn {
+                phase,
+                rbuf,
+                outbox,
+                ..
+            } = conn;
+            let Phase::WebSocket(ws) = phase else {
+                return;
+            };
+            let frame = match ws.reader.parse(rbuf, max) {
+                Ok(None) => return,
+                Err(websocket::Violation(code)) => {
+                    log::info!("{id}: websocket protocol violation, closing with {code}");
+                    let reason = if code == close::TOO_BIG {
+                        "message too big"
+                    } else {
+                        "protocol error"
+                    };
+                    self.close_ws(id, code, reason);
+                    return;
+                }
+                Ok(Some((frame, used))) => {
+                    if used >= rbuf.len() {
+                        *rbuf = Vec::new();
+                    } else {
+                        rbuf.drain(..used);
+                    }
+                    frame
+                }
+            };
+            match frame.opcode {
+                OP_PING => {
+                    outbox.push(websocket::server_frame(OP_PONG, &frame.payload));
+                    self.mark_dirty(id);
+                }
+                OP_PONG => ws.ping_outstanding = false,
+                OP_CLOSE => {
+                    log::debug!("{id}: websocket closed by client");
+                    self.close_ws(id, close::NORMAL, "");
+                    return;
+                }
+                // v3 clients send nothing; data frames are ignored (W-7).
+                _ => {}
+            }
+        }
+    }
+
+    // ---- timers ----
+
+    fn set_deadline(&mut self, id: ConnId, at: Option<Instant>) {
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.deadline = at;
+            if let Some(at) = at {
+                self.timers.schedule(at, id);
+            }
+        }
+    }
+
+    fn expire_timers(&mut self, now: Instant) {
+        let mut expired = std::mem::take(&mut self.expired);
+        self.timers.pop_expired(now, &mut expired);
+        for (at, id) in expired.drain(..) {
+            let Some(conn) = self.conns.get_mut(id) else {
+                continue;
+            };
+            if conn.deadline != Some(at) {
+                continue;
+            }
+            conn.deadline = None;
+            match &conn.phase {
+                Phase::Request(None) if conn.rbuf.is_empty() => {
+                    log::trace!("{id}: idle timeout");
+                    self.close_now(id);
+                }
+                Phase::Request(_) => {
+                    log::info!("{id}: request not complete within HEADER_TIMEOUT; closing");
+                    self.respond_error(id, HttpError::Timeout.into(), Persist::Close);
+                }
+                Phase::Hold(_) => self.finish_hold(id, false),
+                Phase::WebSocket(_) => self.ws_tick(id, now),
+                Phase::Closing => self.close_now(id),
+            }
+        }
+        self.expired = expired;
+    }
+
+    /// Ping time: terminate a peer that ignored the previous Ping or made no progress on its
+    /// queued output since the last tick; otherwise ping again.
+    fn ws_tick(&mut self, id: ConnId, now: Instant) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        let Phase::WebSocket(ws) = &mut conn.phase else {
+            return;
+        };
+        if ws.ping_outstanding {
+            log::debug!("{id}: no pong to the last ping; terminating");
+            self.close_now(id);
+            return;
+        }
+        if ws.stalled && !conn.outbox.is_empty() {
+            log::info!("{id}: slow consumer (no write progress); terminating");
+            self.close_now(id);
+            return;
+        }
+        ws.stalled = !conn.outbox.is_empty();
+        ws.ping_outstanding = true;
+        let ping = self.ping_frame.clone();
+        conn.outbox.push(ping);
+        self.mark_dirty(id);
+        let at = now + self.cfg.timings.ws_ping_interval;
+        self.set_deadline(id, Some(at));
+    }
+
+    // ---- writing ----
+
+    fn mark_dirty(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(id)
+            && !conn.dirty
+        {
+            conn.dirty = true;
+            self.dirty.push(id);
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        while !self.dirty.is_empty() {
+            let batch = std::mem::take(&mut self.dirty);
+            for id in batch {
+                let Some(conn) = self.conns.get_mut(id) else {
+                    continue;
+                };
+                conn.dirty = false;
+                if matches!(&conn.phase, Phase::Hold(h) if !h.pending.is_empty()) {
+                    self.finish_hold(id, false);
+                }
+                self.flush_conn(id);
+            }
+        }
+    }
+
+    fn flush_conn(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        match conn.flush() {
+            Ok(true) => {
+                if matches!(conn.phase, Phase::Closing) && !conn.write_shut {
+                    conn.write_shut = true;
+                    conn.stream.shutdown_write();
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                log::debug!("{id}: write failed: {e}");
+                self.close_now(id);
+            }
+        }
+    }
+
+    // ---- closing ----
+
+    /// Unsubscribes whatever the connection listens on and updates the counters.
+    fn leave_subscription(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        match std::mem::replace(&mut conn.phase, Phase::Closing) {
+            Phase::Hold(hold) => {
+                self.registry.unsubscribe(id, &hold.sub.receivers);
+                self.stats.pollings -= 1;
+                self.store
+                    .touch_online(&hold.sub.receiver_ids(), Instant::now());
+            }
+            Phase::WebSocket(ws) => {
+                self.registry.unsubscribe(id, &ws.sub.receivers);
+                self.stats.websockets -= 1;
+            }
+            other => conn.phase = other,
+        }
+    }
+
+    /// Sends a close frame after whatever frame is half-written, then lingers.
+    fn close_ws(&mut self, id: ConnId, code: u16, reason: &str) {
+        self.leave_subscription(id);
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        conn.outbox.truncate_unstarted();
+        conn.outbox.push(websocket::close_frame(code, reason));
+        conn.phase = Phase::Closing;
+        conn.rbuf = Vec::new();
+        self.set_deadline(id, Some(Instant::now() + CLOSE_LINGER));
+        self.mark_dirty(id);
+    }
+
+    fn close_now(&mut self, id: ConnId) {
+        self.leave_subscription(id);
+        if let Some(mut conn) = self.conns.remove(id) {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+        }
+    }
+
+    // ---- signals ----
+
+    fn on_signals(&mut self) {
+        let pending: Vec<i32> = self.signals.pending().collect();
+        for sig in pending {
+            match sig {
+                SIGHUP => self.reload(),
+                _ => self.begin_shutdown(),
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        log::info!("shutting down: {} connections to close", self.conns.len());
+        // Dropping the listeners stops accepting and removes our socket files.
+        self.listeners.clear();
+        self.shutdown_deadline = Some(Instant::now() + self.cfg.timings.shutdown_timeout);
+        for id in self.conns.ids() {
+            let Some(conn) = self.conns.get(id) else {
+                continue;
+            };
+            match conn.phase {
+                Phase::Hold(_) => self.finish_hold(id, true),
+                Phase::WebSocket(_) => self.close_ws(id, close::GOING_AWAY, "server shutdown"),
+                Phase::Request(None) if conn.rbuf.is_empty() && conn.outbox.is_empty() => {
+                    self.close_now(id)
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// SIGHUP: re-reads the configuration and applies what can change live.
+    fn reload(&mut self) {
+        let env = |k: &str| std::env::var(k).ok();
+        let new = match config::load(self.config_path.as_deref(), &env) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("reload failed, keeping the running configuration: {e}");
+                return;
+            }
+        };
+        for w in &new.warnings {
+            log::warn!("{w}");
+        }
+        let old = &self.cfg;
+        if new.sub_sock != old.sub_sock
+            || new.pub_sock != old.pub_sock
+            || new.sub_listen != old.sub_listen
+            || new.pub_listen != old.pub_listen
+            || new.redis_sock != old.redis_sock
+            || new.redis_url != old.redis_url
+        {
+            log::warn!("reload: listener or store settings changed; they apply after a restart");
+        }
+        crate::logger::set_level(new.log_level);
+        if !new.zero_config {
+            self.signer = Signer::new(new.algo, new.security_key.as_bytes());
+            self.cfg.security_key = new.security_key;
+            self.cfg.algo = new.algo;
+        }
+        self.cfg.log_level = new.log_level;
+        self.cfg.limits = new.limits;
+        self.cfg.timings = new.timings;
+        self.cfg.paths = new.paths;
+        self.store.set_config(new.store.clone());
+        self.cfg.store = new.store;
+        log::info!("configuration reloaded");
+    }
+}

@@ -1,0 +1,99 @@
+//! What a subscriber asked for: its receivers (private, shared and public ids), its public id
+//! and its resume position, parsed from the query (PROTOCOL.md §3, §4.1).
+
+use crate::channel::{ChannelId, ChannelListError, Trust, parse_channel_list};
+use crate::error::ApiError;
+use crate::message::Mid;
+use crate::query;
+use crate::registry::Kind;
+use crate::signature::Signer;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// Every id the connection listens on, each once.
+    pub receivers: Vec<(ChannelId, Kind)>,
+    /// Private ids that came with a public id: the connection cap applies to them (§8.7).
+    pub capped: Vec<ChannelId>,
+    /// The first public id: the sender of this connection's client publishes.
+    pub public_id: Option<ChannelId>,
+    /// Resume position; a malformed `mid` counts as absent (L-9).
+    pub mid: Option<Mid>,
+}
+
+impl Subscription {
+    pub fn receiver_ids(&self) -> Vec<ChannelId> {
+        self.receivers.iter().map(|&(c, _)| c).collect()
+    }
+}
+
+pub fn parse(query_string: &[u8], signer: &Signer) -> Result<Subscription, ApiError> {
+    let value = query::param(query_string, "CHANNEL_ID").ok_or(ApiError::WrongChannelId)?;
+    let items = parse_channel_list(&value, Trust::Subscriber, signer).map_err(
+        |e: ChannelListError| match e {
+            ChannelListError::Empty | ChannelListError::Invalid => ApiError::WrongChannelId,
+        },
+    )?;
+    let mut receivers: Vec<(ChannelId, Kind)> = Vec::with_capacity(items.len() * 2);
+    let mut capped = Vec::new();
+    let mut public_id = None;
+    let add = |id: ChannelId, kind: Kind, receivers: &mut Vec<(ChannelId, Kind)>| {
+        if !receivers.iter().any(|&(c, _)| c == id) {
+            receivers.push((id, kind));
+        }
+    };
+    for item in &items {
+        add(item.private, Kind::Private, &mut receivers);
+        if let Some(p) = item.public {
+            add(p, Kind::Public, &mut receivers);
+            public_id.get_or_insert(p);
+            if !capped.contains(&item.private) {
+                capped.push(item.private);
+            }
+        }
+    }
+    receivers.shrink_to_fit();
+    let mid = query::param(query_string, "mid").and_then(|m| Mid::parse(&m));
+    Ok(Subscription {
+        receivers,
+        capped,
+        public_id,
+        mid,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signature::Algo;
+
+    #[test]
+    fn pair_and_shared_with_mid() {
+        let s = Signer::new(Algo::Sha1, b"secret");
+        let q = b"CHANNEL_ID=098f6bcd4621d373cade4e832627b4f6%3A4c9184f37cff01bcdc32dc486ec36961.e9d67434a2735d6a4865b3e64b514f7e648008d7%2Fad0234829205b9033196ba818f7a872b.5d745385604d8fa4ced3152da59da68769780d05&mid=17954797730000000000000003&revision=19";
+        let sub = parse(q, &s).unwrap();
+        assert_eq!(sub.receivers.len(), 3);
+        assert_eq!(sub.receivers[1].1, Kind::Public);
+        assert_eq!(
+            sub.public_id.unwrap().to_hex(),
+            "4c9184f37cff01bcdc32dc486ec36961"
+        );
+        assert_eq!(sub.capped.len(), 1);
+        assert_eq!(sub.mid.unwrap().to_string(), "17954797730000000000000003");
+    }
+
+    #[test]
+    fn bad_inputs() {
+        let s = Signer::new(Algo::Sha1, b"secret");
+        assert_eq!(parse(b"mid=1", &s), Err(ApiError::WrongChannelId));
+        assert_eq!(
+            parse(b"CHANNEL_ID=098f6bcd4621d373cade4e832627b4f6", &s),
+            Err(ApiError::WrongChannelId)
+        );
+        let ok = parse(
+            b"CHANNEL_ID=098f6bcd4621d373cade4e832627b4f6.bf39ebcf581317bc897fbb8adf6dca73cb6076d0&mid=123",
+            &s,
+        )
+        .unwrap();
+        assert_eq!(ok.mid, None);
+    }
+}
