@@ -66,6 +66,8 @@ pub struct Conn {
     pub dirty: bool,
     /// The write side was shut (in `Closing`).
     pub write_shut: bool,
+    /// The peer's FIN (or a read error) was seen.
+    pub peer_closed: bool,
 }
 
 /// Result of draining the socket.
@@ -73,6 +75,9 @@ pub struct Conn {
 pub enum ReadState {
     /// `WouldBlock` reached; the peer is still there.
     Open,
+    /// Stopped at the buffer cap with input possibly left in the socket: process, then read
+    /// again (no new edge will come for it).
+    Capped,
     /// The peer closed its side (or the read failed).
     Eof,
 }
@@ -89,6 +94,7 @@ impl Conn {
             last_seq: 0,
             dirty: false,
             write_shut: false,
+            peer_closed: false,
         }
     }
 
@@ -97,7 +103,7 @@ impl Conn {
     pub fn read_available(&mut self, scratch: &mut [u8], cap: usize) -> ReadState {
         loop {
             if self.rbuf.len() > cap {
-                return ReadState::Open;
+                return ReadState::Capped;
             }
             match self.stream.read(scratch) {
                 Ok(0) => return ReadState::Eof,

@@ -229,9 +229,7 @@ impl Server {
         .min()?;
         // Round up to whole milliseconds so we never wake a hair early and spin.
         let d = next.saturating_duration_since(now);
-        Some(Duration::from_millis(
-            d.as_millis().div_ceil(1).min(u128::from(u32::MAX)) as u64 + 1,
-        ))
+        Some(Duration::from_millis(d.as_millis().min(u128::from(u32::MAX)) as u64 + 1))
     }
 
     // ---- accepting ----
@@ -304,20 +302,31 @@ impl Server {
 
     fn on_readable(&mut self, id: ConnId) {
         let cap = self.cfg.limits.max_header_size + self.cfg.limits.max_payload + 64;
-        let Some(conn) = self.conns.get_mut(id) else {
-            return;
-        };
-        let was_idle = matches!(conn.phase, Phase::Request(None)) && conn.rbuf.is_empty();
-        let state = conn.read_available(&mut self.scratch, cap);
-        let started = was_idle && !conn.rbuf.is_empty();
-        if started {
-            // A keep-alive connection began a new request: the head timeout applies now.
-            let at = Instant::now() + self.cfg.timings.header_timeout;
-            self.set_deadline(id, Some(at));
-        }
-        self.process_input(id);
-        if state == ReadState::Eof {
-            self.on_eof(id);
+        loop {
+            let Some(conn) = self.conns.get_mut(id) else {
+                return;
+            };
+            let was_idle = matches!(conn.phase, Phase::Request(None)) && conn.rbuf.is_empty();
+            let state = conn.read_available(&mut self.scratch, cap);
+            if was_idle && !conn.rbuf.is_empty() {
+                // A keep-alive connection began a new request: the head timeout applies now.
+                let at = Instant::now() + self.cfg.timings.header_timeout;
+                self.set_deadline(id, Some(at));
+            }
+            let before = self.conns.get(id).map_or(0, |c| c.rbuf.len());
+            self.process_input(id);
+            match state {
+                ReadState::Open => return,
+                ReadState::Eof => return self.on_eof(id),
+                ReadState::Capped => {
+                    let after = self.conns.get(id).map_or(0, |c| c.rbuf.len());
+                    if after >= before {
+                        // Guard against a pump that makes no progress: cost one connection.
+                        log::warn!("{id}: input buffer full without progress; closing");
+                        return self.close_now(id);
+                    }
+                }
+            }
         }
     }
 
@@ -325,9 +334,10 @@ impl Server {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
+        conn.peer_closed = true;
         match conn.phase {
             // An answer is still on its way to a half-closed client: let it drain.
-            Phase::Request(_) if !conn.outbox.is_empty() => {
+            Phase::Request(_) | Phase::Closing if !conn.outbox.is_empty() => {
                 conn.phase = Phase::Closing;
             }
             _ => {
@@ -978,12 +988,17 @@ impl Server {
             return;
         };
         match conn.flush() {
-            Ok(true) => {
-                if matches!(conn.phase, Phase::Closing) && !conn.write_shut {
+            Ok(true) if matches!(conn.phase, Phase::Closing) => {
+                if conn.peer_closed {
+                    self.close_now(id);
+                } else if !conn.write_shut {
+                    // Half-close, then wait for the peer's FIN: closing with unread input
+                    // would send a reset that can destroy the answer in flight.
                     conn.write_shut = true;
                     conn.stream.shutdown_write();
                 }
             }
+            Ok(true) => {}
             Ok(false) => {}
             Err(e) => {
                 log::debug!("{id}: write failed: {e}");
