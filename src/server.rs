@@ -201,7 +201,7 @@ impl Server {
                 }
             }
             if let Some(deadline) = self.shutdown_deadline {
-                if self.conns.is_empty() {
+                if self.all_answered() {
                     log::info!("shutdown complete");
                     return Ok(());
                 }
@@ -214,6 +214,16 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// During shutdown: every connection got its last bytes out and its write side shut; we
+    /// need not wait for the peers' FINs.
+    fn all_answered(&self) -> bool {
+        self.conns.ids().into_iter().all(|id| {
+            self.conns
+                .get(id)
+                .is_none_or(|c| matches!(c.phase, Phase::Closing) && c.write_shut)
+        })
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
@@ -229,7 +239,9 @@ impl Server {
         .min()?;
         // Round up to whole milliseconds so we never wake a hair early and spin.
         let d = next.saturating_duration_since(now);
-        Some(Duration::from_millis(d.as_millis().min(u128::from(u32::MAX)) as u64 + 1))
+        Some(Duration::from_millis(
+            d.as_millis().min(u128::from(u32::MAX)) as u64 + 1,
+        ))
     }
 
     // ---- accepting ----
