@@ -23,6 +23,8 @@ use crate::error::{ApiError, HttpError, close};
 use crate::http::{self, Method, RequestHead};
 use crate::listener::{self, Bound};
 use crate::message::{Message, Mid, MidGen, Sender, now_ms};
+use crate::metrics::{Gauges, Metrics};
+use crate::notify;
 use crate::publish;
 use crate::query;
 use crate::registry::Registry;
@@ -61,6 +63,7 @@ pub struct Server {
     config_path: Option<PathBuf>,
     signer: Signer,
     stats: Stats,
+    metrics: Metrics,
     process_id: String,
     dirty: Vec<ConnId>,
     scratch: Vec<u8>,
@@ -133,6 +136,7 @@ impl Server {
             config_path,
             cfg,
             stats: Stats::default(),
+            metrics: Metrics::default(),
             process_id: format!("{hostname}-{}", std::process::id()),
             dirty: Vec::new(),
             scratch: vec![0; READ_CHUNK],
@@ -304,6 +308,7 @@ impl Server {
             return;
         }
         log::trace!("{id}: accepted on {role:?}");
+        self.metrics.connections_accepted += 1;
         let at = Instant::now() + self.cfg.timings.header_timeout;
         self.set_deadline(id, Some(at));
         // Bytes may already be waiting; edge-triggered readiness reports them anyway on
@@ -470,6 +475,33 @@ impl Server {
                 let r = response::full(200, "text/plain", body.as_bytes(), persist);
                 self.respond(id, r, persist);
             }
+            (Route::Health, Method::Get) => {
+                let (status, body): (u16, &[u8]) = if self.shutdown_deadline.is_some() {
+                    (503, b"shutting down\n")
+                } else {
+                    (200, b"ok: serving, embedded store\n")
+                };
+                self.respond(
+                    id,
+                    response::full(status, "text/plain", body, persist),
+                    persist,
+                );
+            }
+            (Route::Metrics, Method::Get) => {
+                let st = self.store.stats();
+                let text = self.metrics.render(&Gauges {
+                    websockets: self.stats.websockets,
+                    long_polls: self.stats.pollings,
+                    channels: self.registry.private_channels(),
+                    stored_messages: st.messages,
+                    stored_bytes: st.bytes,
+                    store_evictions: st.evicted,
+                    store_kind: "memory",
+                    store_up: true,
+                });
+                let r = response::full(200, "text/plain; version=0.0.4", text.as_bytes(), persist);
+                self.respond(id, r, persist);
+            }
             _ => self.respond_error(id, HttpError::NotFound.into(), persist),
         }
     }
@@ -514,6 +546,10 @@ impl Server {
         ) {
             Err(e) => {
                 log::info!("{id}: publish rejected: {e}");
+                let code = e
+                    .code()
+                    .map_or_else(|| e.status().to_string(), |c| c.to_string());
+                self.metrics.count_publish_error(&code);
                 self.respond_error(id, e, persist);
             }
             Ok(receivers) => {
@@ -581,7 +617,10 @@ impl Server {
             body,
             kind,
         ));
-        self.store.save(&msg, receivers, Instant::now());
+        let started = Instant::now();
+        self.store.save(&msg, receivers, started);
+        self.metrics.observe_store(started.elapsed());
+        self.metrics.messages_published += 1;
         log::trace!("published {} to {} receivers", msg.mid, receivers.len());
         self.fan_out(&msg, receivers);
     }
@@ -593,6 +632,7 @@ impl Server {
         let limit = self.cfg.limits.outbox_limit;
         let mut failed: Vec<ConnId> = Vec::new();
         let mut slow: Vec<ConnId> = Vec::new();
+        let mut delivered = 0u64;
         for ch in receivers {
             for &cid in self.registry.subscribers(ch) {
                 let Some(conn) = self.conns.get_mut(cid) else {
@@ -602,6 +642,7 @@ impl Server {
                     continue;
                 }
                 conn.last_seq = seq;
+                delivered += 1;
                 match &mut conn.phase {
                     Phase::Hold(hold) => {
                         hold.pending.push(Arc::clone(msg));
@@ -621,6 +662,9 @@ impl Server {
                 }
             }
         }
+        self.metrics.messages_delivered += delivered - (failed.len() + slow.len()) as u64;
+        self.metrics.messages_dropped += (failed.len() + slow.len()) as u64;
+        self.metrics.slow_consumer_disconnects += slow.len() as u64;
         for cid in failed {
             self.close_now(cid);
         }
@@ -635,6 +679,9 @@ impl Server {
     fn subscribe(&mut self, id: ConnId, head: RequestHead, persist: Persist) {
         let parsed = subscription::parse(head.query(), &self.signer);
         let client = head.client_ip;
+        if parsed == Err(ApiError::WrongChannelId) {
+            self.metrics.signature_failures += 1;
+        }
         if let Some(key) = head.ws_key {
             self.open_websocket(id, &key, parsed, client);
             return;
@@ -663,7 +710,9 @@ impl Server {
         let now = Instant::now();
         self.store.touch_online(&receivers, now);
         if let Some(mid) = sub.mid {
-            match self.store.backlog(&receivers, mid, BACKLOG_CHUNK, now) {
+            let backlog = self.store.backlog(&receivers, mid, BACKLOG_CHUNK, now);
+            self.metrics.observe_store(now.elapsed());
+            match backlog {
                 Ok(backlog) if !backlog.is_empty() => {
                     self.answer_messages(id, backlog, persist);
                     return;
@@ -1110,6 +1159,7 @@ impl Server {
         for w in &new.warnings {
             log::warn!("{w}");
         }
+        notify::notify_or_log("RELOADING=1");
         let old = &self.cfg;
         if new.sub_sock != old.sub_sock
             || new.pub_sock != old.pub_sock
@@ -1132,6 +1182,7 @@ impl Server {
         self.cfg.paths = new.paths;
         self.store.set_config(new.store.clone());
         self.cfg.store = new.store;
-        log::info!("configuration reloaded");
+        log::info!("configuration reloaded (log level {})", self.cfg.log_level);
+        notify::notify_or_log("READY=1");
     }
 }
