@@ -1127,6 +1127,7 @@ impl Server {
         if self.shutdown_deadline.is_some() {
             return;
         }
+        notify::notify_or_log("STOPPING=1");
         log::info!("shutting down: {} connections to close", self.conns.len());
         // Dropping the listeners stops accepting and removes our socket files.
         self.listeners.clear();
