@@ -287,15 +287,35 @@ fn slow_consumer_is_closed_and_others_get_everything() {
     let mut good = s.ws(&cid(&ch));
     let n = 200usize;
     let filler = "y".repeat(10_000);
+    // The normal subscriber reads in a thread; publishes are paced so that it never lags more
+    // than a few messages (well under OUTBOX_LIMIT), while the slow one falls ~2 MB behind.
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = received.clone();
     let reader = thread::spawn(move || {
-        let f = good.frames(n, Duration::from_secs(30));
-        f.into_iter().map(|f| f.text).collect::<Vec<_>>()
+        let mut texts = Vec::with_capacity(n);
+        while texts.len() < n {
+            let f = good.frames(1, Duration::from_secs(30)).remove(0);
+            texts.push(f.text);
+            counter.store(texts.len(), std::sync::atomic::Ordering::SeqCst);
+        }
+        texts
     });
     let bodies: Vec<String> = (0..n)
         .map(|i| format!("{{\"i\":{i},\"f\":\"{filler}\"}}"))
         .collect();
-    for b in &bodies {
+    for (i, b) in bodies.iter().enumerate() {
         s.publish_ok(&ch, b, None);
+        if i % 4 == 3 {
+            let ok = wait_until(Duration::from_secs(10), || {
+                received.load(std::sync::atomic::Ordering::SeqCst) > i || reader.is_finished()
+            });
+            assert!(
+                ok,
+                "normal subscriber stuck at {} of {}",
+                received.load(std::sync::atomic::Ordering::SeqCst),
+                i + 1
+            );
+        }
     }
     let got = reader.join().expect("good subscriber thread panicked");
     assert_eq!(got.len(), n);

@@ -150,6 +150,7 @@ impl Drop for TestDir {
 
 pub struct ServerBuilder {
     env: Vec<(String, String)>,
+    unset: Vec<String>,
     args: Vec<String>,
     zero_config: bool,
 }
@@ -165,6 +166,7 @@ impl ServerBuilder {
     /// Removes one of the default variables.
     pub fn unset(mut self, key: &str) -> Self {
         self.env.retain(|(k, _)| k != key);
+        self.unset.push(key.to_string());
         self
     }
 
@@ -195,6 +197,7 @@ impl ServerBuilder {
             env.push(("SUB_LISTEN".into(), String::new()));
             env.push(("PUB_LISTEN".into(), String::new()));
         }
+        env.retain(|(k, _)| !self.unset.contains(k));
         for (k, v) in self.env {
             env.retain(|(ek, _)| *ek != k);
             env.push((k, v));
@@ -278,6 +281,7 @@ impl Server {
     pub fn builder() -> ServerBuilder {
         ServerBuilder {
             env: Vec::new(),
+            unset: Vec::new(),
             args: Vec::new(),
             zero_config: false,
         }
@@ -994,7 +998,11 @@ impl Ws {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.recv(left) {
-                WsEvent::Close(c, r) => return (c, r),
+                WsEvent::Close(c, r) => {
+                    // Send the close reply now, as a browser does (tungstenite queues it).
+                    let _ = self.ws.flush();
+                    return (c, r);
+                }
                 WsEvent::Text(_) | WsEvent::Binary(_) | WsEvent::Ping | WsEvent::Pong => {}
                 WsEvent::Timeout => panic!("no close frame within {timeout:?}"),
                 WsEvent::Gone(e) => panic!("connection ended without a close frame: {e}"),
