@@ -407,3 +407,32 @@ fn lp_and_ws_on_same_channel_both_receive() {
     assert_eq!(w[0].text, "\"both-transports\"");
     assert_eq!(w[0].mid, f[0].mid, "one message, one mid across transports");
 }
+
+#[test]
+fn lp_backlog_over_200_is_chunked_gap_free() {
+    let s = Server::start();
+    let ch = new_id();
+    let sent: Vec<String> = (0..250).map(|i| format!("{{\"k\":{i}}}")).collect();
+    for b in &sent {
+        s.publish_ok(&ch, b, Some(86400));
+    }
+    let r = s.lp(&format!("{}&mid={OLD_MID}", cid(&ch)));
+    assert_eq!(r.status, 200);
+    let first = r.frames();
+    assert!(
+        !first.is_empty() && first.len() <= 200,
+        "at most 200 messages per LP response, got {}",
+        first.len()
+    );
+    let mut got: Vec<String> = first.iter().map(|f| f.text.clone()).collect();
+    let mut last = first.last().expect("frames").mid.clone();
+    while got.len() < sent.len() {
+        let r = s.lp(&format!("{}&mid={last}", cid(&ch)));
+        assert_eq!(r.status, 200, "re-poll must return the rest at once");
+        let f = r.frames();
+        assert!(f.len() <= 200);
+        last = f.last().expect("frames").mid.clone();
+        got.extend(f.into_iter().map(|f| f.text));
+    }
+    assert_eq!(got, sent, "gap-free, in order, each once");
+}
