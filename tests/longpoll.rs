@@ -436,3 +436,34 @@ fn lp_backlog_over_200_is_chunked_gap_free() {
     }
     assert_eq!(got, sent, "gap-free, in order, each once");
 }
+
+#[test]
+fn c5_literal_separators_parse() {
+    let s = Server::start();
+    let (p, q, sh) = (new_id(), new_id(), new_id());
+    // Raw `:` and `/`, as PHP-built URLs or a proxy that decoded them may deliver.
+    let raw = format!("CHANNEL_ID={}/{}", signed_pair(&p, &q), signed(&sh));
+    s.publish_ok(&q, "\"pub\"", Some(86400));
+    s.publish_ok(&sh, "\"shared\"", Some(86400));
+    let r = s.lp(&format!("{raw}&mid={OLD_MID}"));
+    assert_eq!(r.status, 200, "{:?}", r.body_str());
+    let texts: Vec<String> = r.frames().into_iter().map(|f| f.text).collect();
+    assert_eq!(texts, ["\"pub\"", "\"shared\""]);
+}
+
+#[test]
+fn l3_publish_during_hold_answers_immediately() {
+    let s = Server::start();
+    let ch = new_id();
+    let mut lp = s.lp_begin(&cid(&ch));
+    s.wait_online(&ch);
+    let t0 = Instant::now();
+    s.publish_ok(&ch, "\"now\"", None);
+    let r = lp.read_response();
+    let took = t0.elapsed();
+    assert_eq!(r.frames()[0].text, "\"now\"");
+    assert!(
+        took < Duration::from_millis(1000),
+        "a held poll must complete right after the publish (took {took:?})"
+    );
+}

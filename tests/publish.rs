@@ -350,3 +350,44 @@ fn publish_over_max_channels_per_request_is_4018() {
         "nothing from the refused publish"
     );
 }
+
+#[test]
+fn p8_trusted_signature_param_must_match_body() {
+    let s = Server::start();
+    let ch = new_id();
+    let mut ws = s.ws(&cid(&ch));
+    let body = "{\"signed\":true}";
+    let wrong = sign_with("otherKey", body);
+    let post = |sig: &str, body: &str| {
+        s.pub_request(
+            format!(
+                "POST /bitrix/pub/?CHANNEL_ID={ch}&clientId=abc&signature={sig} HTTP/1.0\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+    };
+    post(&wrong, body).assert_error(400, "4026: Wrong request signature.");
+    let r = post(&sign(body), body);
+    assert_eq!(
+        r.status,
+        200,
+        "a correct body signature is accepted: {:?}",
+        r.body_str()
+    );
+    assert_eq!(
+        ws.frames(1, WAIT)[0].text,
+        body,
+        "only the correctly signed publish arrives"
+    );
+    // Online GET: the signature is over the CHANNEL_ID value.
+    let get = |sig: &str| {
+        s.pub_request(
+            format!("GET /bitrix/pub/?CHANNEL_ID={ch}&signature={sig} HTTP/1.0\r\n\r\n").as_bytes(),
+        )
+    };
+    get(&sign_with("otherKey", &ch)).assert_error(400, "4026: Wrong request signature.");
+    let r = get(&sign(&ch));
+    assert_eq!(r.status, 200, "{:?}", r.body_str());
+    assert!(r.body_str().contains(&ch), "online: {:?}", r.body_str());
+}
