@@ -1,7 +1,51 @@
 #!/usr/bin/env bash
-# The whole test suite (README's test command).
+# The project's test command (README): installs what the tests need when it is missing, then runs
+# formatting, lints and every test. Safe to run repeatedly; installs nothing that is present.
 set -euo pipefail
+
 cd "$(dirname "$0")/.."
+
+APT_UPDATED=0
+
+# ensure_pkg COMMAND [PACKAGE]: install PACKAGE (default: COMMAND) with apt-get when COMMAND is
+# missing. Later issues add redis-server, nginx and node here.
+ensure_pkg() {
+    local cmd="$1" pkg="${2:-$1}"
+    if command -v "$cmd" >/dev/null 2>&1; then
+        return 0
+    fi
+    echo "test.sh: '$cmd' missing, installing package '$pkg'"
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        sudo="sudo"
+    fi
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        $sudo apt-get update -qq
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$pkg"
+}
+
+# --- what the tests need -------------------------------------------------------------------
+ensure_pkg curl
+# ensure_pkg redis-server      # issue: Redis store
+# ensure_pkg nginx             # issue: nginx integration
+# ensure_pkg node nodejs       # issue: JS client tests
+
+# --- checks ----------------------------------------------------------------------------------
+echo "== cargo fmt --check"
 cargo fmt --all -- --check
+
+echo "== cargo clippy"
 cargo clippy --all-targets -- -D warnings
-cargo test --all-targets
+
+echo "== cargo test"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --all-targets --no-fail-fast 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+echo "== summary"
+grep -E '^(test result:|     Running )' "$log" || true
+exit "$status"

@@ -16,6 +16,8 @@ pub mod http;
 pub mod listener;
 pub mod logger;
 pub mod message;
+pub mod metrics;
+pub mod notify;
 pub mod outbox;
 pub mod publish;
 pub mod query;

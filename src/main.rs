@@ -112,6 +112,8 @@ fn main() -> ExitCode {
         log::info!("listening on {addr} ({})", role_name(role));
     }
     log::info!("embedded store; message id epoch {}", server.mid_epoch());
+    // Listeners are bound and the embedded store is ready: systemd may route traffic now.
+    push_server::notify::notify_or_log("READY=1");
     if let Some((key, algo)) = zero_config {
         print_banner(&server, &key, Signer::new(algo, key.as_bytes()));
     }

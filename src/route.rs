@@ -21,6 +21,10 @@ pub enum Route {
     /// Text publish (POST) and online query (GET).
     Publish,
     ServerStats,
+    /// Liveness and store reachability for monitoring and load balancers.
+    Health,
+    /// Prometheus exposition.
+    Metrics,
     NotFound,
 }
 
@@ -31,6 +35,8 @@ pub fn route(role: Role, path: &str, paths: &Paths) -> Route {
         Role::Sub if under(&paths.rest) || under("/bitrix/pubweb/") => Route::Rest,
         Role::Pub if under(&paths.publish) => Route::Publish,
         Role::Pub if under("/server-stat") => Route::ServerStats,
+        Role::Pub if path == "/health" => Route::Health,
+        Role::Pub if path == "/metrics" => Route::Metrics,
         _ => Route::NotFound,
     }
 }
@@ -60,5 +66,8 @@ mod tests {
         assert_eq!(route(Role::Pub, "/server-stat", &p), Route::ServerStats);
         assert_eq!(route(Role::Pub, "/bitrix/sub/", &p), Route::NotFound);
         assert_eq!(route(Role::Pub, "/", &p), Route::NotFound);
+        assert_eq!(route(Role::Pub, "/health", &p), Route::Health);
+        assert_eq!(route(Role::Pub, "/metrics", &p), Route::Metrics);
+        assert_eq!(route(Role::Sub, "/metrics", &p), Route::NotFound);
     }
 }

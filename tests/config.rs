@@ -1,0 +1,310 @@
+//! Configuration: `--check-config`, the config file, env overrides, the key rules and the
+//! zero-config start (OPERATIONS §2.2; PROTOCOL §3; checklist C-7).
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const DEFAULT_CONFIG: &str = "/etc/sysconfig/push-server-multi";
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> RunOutput {
+    Command::new(BIN)
+        .env_clear()
+        .envs(env.iter().copied())
+        .args(args)
+        .run_with_timeout(Duration::from_secs(10))
+}
+
+fn write(dir: &TestDir, name: &str, content: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, content).expect("write config");
+    p.display().to_string()
+}
+
+#[test]
+fn check_config_good_file_prints_masked_config() {
+    let dir = TestDir::new();
+    let run_dir = dir.join("run").display().to_string();
+    let file = write(
+        &dir,
+        "push-server-multi",
+        &format!(
+            "# sample\nexport SECURITY_KEY=\"VerySecretKey123\"\nRUN_DIR='{run_dir}'\nLONG_POLL_TIMEOUT=25   # trailing comment\nBASE_SUB=801\nUSER=bitrix\n"
+        ),
+    );
+    let out = run(&["--config", &file, "--check-config"], &[]);
+    assert_eq!(out.code, Some(0), "check-config on a good file: {out:?}");
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        !all.contains("VerySecretKey123"),
+        "the key must be masked in --check-config output: {all}"
+    );
+    assert!(
+        out.stdout.contains("LONG_POLL_TIMEOUT"),
+        "prints the effective config: {}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("25"),
+        "shows LONG_POLL_TIMEOUT=25: {}",
+        out.stdout
+    );
+    assert!(
+        !Path::new(&run_dir).join("sub.sock").exists(),
+        "--check-config must not bind anything"
+    );
+}
+
+#[test]
+fn check_config_bad_value_exits_2_naming_the_key() {
+    let dir = TestDir::new();
+    let file = write(&dir, "cfg", "SECURITY_KEY=abc123\nLONG_POLL_TIMEOUT=abc\n");
+    let out = run(&["--config", &file, "--check-config"], &[]);
+    assert_eq!(out.code, Some(2), "invalid LONG_POLL_TIMEOUT: {out:?}");
+    assert!(
+        out.stderr.contains("LONG_POLL_TIMEOUT"),
+        "stderr must name the key: {}",
+        out.stderr
+    );
+    // And the same file refuses to start.
+    let out = run(
+        &["--config", &file],
+        &[("RUN_DIR", &dir.join("r").display().to_string())],
+    );
+    assert_eq!(out.code, Some(2), "start with an invalid file: {out:?}");
+    assert!(out.stderr.contains("LONG_POLL_TIMEOUT"), "{}", out.stderr);
+}
+
+#[test]
+fn invalid_values_refused() {
+    let dir = TestDir::new();
+    for (content, key) in [
+        ("SECURITY_KEY=bad-key!\n", "SECURITY_KEY"),
+        ("SECURITY_KEY=abc\nSECURITY_ALGO=md5\n", "SECURITY_ALGO"),
+        ("SECURITY_KEY=abc\nMAX_PAYLOAD=-1\n", "MAX_PAYLOAD"),
+    ] {
+        let file = write(&dir, "cfg", content);
+        let out = run(&["--config", &file, "--check-config"], &[]);
+        assert_eq!(out.code, Some(2), "{content:?}: {out:?}");
+        assert!(
+            out.stderr.contains(key),
+            "stderr must name {key}: {}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn env_bad_value_exits_2() {
+    let out = run(
+        &["--check-config"],
+        &[("SECURITY_KEY", "abc123"), ("LONG_POLL_TIMEOUT", "abc")],
+    );
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("LONG_POLL_TIMEOUT"), "{}", out.stderr);
+}
+
+#[test]
+fn missing_key_with_config_file_exits_2() {
+    let dir = TestDir::new();
+    let file = write(&dir, "cfg", &format!("RUN_DIR={}\n", dir.path.display()));
+    let out = run(&["--config", &file], &[]);
+    assert_eq!(
+        out.code,
+        Some(2),
+        "a config file without SECURITY_KEY: {out:?}"
+    );
+    assert!(
+        out.stderr.contains("SECURITY_KEY"),
+        "message names SECURITY_KEY: {}",
+        out.stderr
+    );
+    let file = write(
+        &dir,
+        "cfg2",
+        &format!("RUN_DIR={}\nSECURITY_KEY=\n", dir.path.display()),
+    );
+    let out = run(&["--config", &file], &[]);
+    assert_eq!(out.code, Some(2), "an empty SECURITY_KEY: {out:?}");
+}
+
+#[test]
+fn missing_key_with_redis_sock_env_exits_2() {
+    let dir = TestDir::new();
+    let out = run(
+        &[],
+        &[
+            ("REDIS_SOCK", &dir.join("redis.sock").display().to_string()),
+            ("RUN_DIR", &dir.path.display().to_string()),
+        ],
+    );
+    assert_eq!(
+        out.code,
+        Some(2),
+        "REDIS_SOCK without SECURITY_KEY: {out:?}"
+    );
+    assert!(out.stderr.contains("SECURITY_KEY"), "{}", out.stderr);
+}
+
+#[test]
+fn missing_config_file_is_an_error() {
+    let out = run(
+        &[
+            "--config",
+            "/nonexistent/push-server.conf",
+            "--check-config",
+        ],
+        &[("SECURITY_KEY", "abc")],
+    );
+    assert_eq!(out.code, Some(2), "{out:?}");
+}
+
+#[test]
+fn config_file_key_is_used_and_env_overrides_file() {
+    let dir = TestDir::new();
+    let file = write(
+        &dir,
+        "cfg",
+        "SECURITY_KEY=fileKey77\nLONG_POLL_TIMEOUT=30\nSOME_UNKNOWN_KEY=1\n",
+    );
+    let s = Server::builder()
+        .unset("SECURITY_KEY")
+        .env("LONG_POLL_TIMEOUT", "1")
+        .arg("--config")
+        .arg(&file)
+        .start();
+    let ch = new_id();
+    let item = format!("{ch}.{}", sign_with("fileKey77", &ch));
+    let t0 = Instant::now();
+    let r = s.lp(&format!("CHANNEL_ID={}", enc(&item)));
+    assert_eq!(
+        r.status,
+        304,
+        "key from the file must validate: {:?}",
+        r.body_str()
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "env LONG_POLL_TIMEOUT=1 must override the file's 30"
+    );
+    assert!(
+        s.stderr_text().contains("SOME_UNKNOWN_KEY"),
+        "an unknown key in the file is warned about"
+    );
+}
+
+#[test]
+fn zero_config_start_prints_working_curl_commands() {
+    if Path::new(DEFAULT_CONFIG).exists() {
+        println!("skipped: {DEFAULT_CONFIG} exists, so zero-config mode cannot be tested here");
+        return;
+    }
+    if Command::new("curl")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_err()
+    {
+        panic!("curl is required (scripts/test.sh installs it)");
+    }
+    let (sp, pp) = (free_port(), free_port());
+    let s = Server::builder()
+        .zero_config()
+        .env("SUB_LISTEN", format!("127.0.0.1:{sp}"))
+        .env("PUB_LISTEN", format!("127.0.0.1:{pp}"))
+        .start();
+    let mut lines = Vec::new();
+    let ok = wait_until(WAIT, || {
+        lines = s
+            .stdout_text()
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| l.starts_with("curl "))
+            .collect();
+        lines.len() >= 2
+    });
+    assert!(
+        ok,
+        "two `curl ` lines expected on stdout; got:\n{}",
+        s.stdout_text()
+    );
+    let (sub_line, pub_line) = (lines[0].clone(), lines[1].clone());
+
+    // The printed key signs the printed channel.
+    let stdout = s.stdout_text();
+    let pos = sub_line
+        .find("CHANNEL_ID=")
+        .expect("subscribe line has CHANNEL_ID");
+    let item: String = sub_line[pos + 11..]
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit() || *c == '.')
+        .collect();
+    let (id, sig) = item
+        .split_once('.')
+        .unwrap_or_else(|| panic!("signed item in {sub_line}"));
+    let key_printed = stdout
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|t| t.len() >= 6)
+        .any(|t| sign_with(t, id) == sig || sign256_with(t, id) == sig);
+    assert!(
+        key_printed,
+        "the key that signs {id} must be printed:\n{stdout}"
+    );
+
+    let sub = Command::new("sh")
+        .arg("-c")
+        .arg(&sub_line)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run subscribe curl");
+    let mut sub = KillOnDrop(sub);
+    // Publish until the subscriber's poll has picked a message up (no sleeps as sync).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(&pub_line)
+            .run_with_timeout(Duration::from_secs(10));
+        assert_eq!(out.code, Some(0), "publish curl failed: {out:?}");
+        if wait_until(Duration::from_millis(500), || {
+            matches!(sub.0.try_wait(), Ok(Some(_)))
+        }) {
+            break sub.0.wait().expect("wait");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the subscribe curl never completed"
+        );
+    };
+    assert!(status.success(), "subscribe curl exit: {status}");
+    let mut body = String::new();
+    use std::io::Read;
+    sub.0
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut body)
+        .expect("read curl output");
+    let frames = parse_frames(body.trim_end())
+        .unwrap_or_else(|e| panic!("subscribe output is not v3 frames ({e}): {body:?}"));
+    let unescaped = pub_line.replace('\\', "");
+    assert!(
+        pub_line.contains(&frames[0].text) || unescaped.contains(&frames[0].text),
+        "the published text {:?} must be what the publish line sends: {pub_line}",
+        frames[0].text
+    );
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
