@@ -29,7 +29,7 @@ ensure_cargo_tool() {
 
 # Stripped release binary, used by both packages (cargo-generate-rpm does not strip by itself).
 echo "== cargo build --release"
-CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release --locked
+CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release --locked --bin push-server
 
 if [ "$what" = all ] || [ "$what" = deb ]; then
     ensure_cargo_tool deb cargo-deb

@@ -286,6 +286,15 @@ fn internal_server_and_public_routes() {
         r.text().trim_start().starts_with('['),
         "not a JSON array: {r:?}"
     );
+    // /health and /metrics reach the pub socket (their content is tested in the server's own
+    // tests; here only that the locations exist and proxy).
+    for path in ["/health", "/metrics"] {
+        let r = request(stack.internal, "GET", path, &[], b"", t);
+        assert_eq!(r.status, 200, "{path} through the internal server: {r:?}");
+        assert!(!r.body.is_empty(), "{path}: empty body");
+        let r = request(stack.public, "GET", path, &[], b"", t);
+        assert_eq!(r.status, 404, "{path} via the public server: {r:?}");
+    }
     let r = request(stack.internal, "GET", "/nginx_status", &[], b"", t);
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.text().contains("Active connections"), "{r:?}");

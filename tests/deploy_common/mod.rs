@@ -368,6 +368,7 @@ pub fn read_response(s: &mut TcpStream) -> Response {
         match s.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => panic!(
                 "reading the response failed ({e}); got so far: {:?}",
                 String::from_utf8_lossy(&buf)
