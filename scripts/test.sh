@@ -48,4 +48,5 @@ status=${PIPESTATUS[0]}
 set -e
 echo "== summary"
 grep -E '^(test result:|     Running )' "$log" || true
+awk '/^test result:/ { p += $4; f += $6 } END { printf "total: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

@@ -308,3 +308,32 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn custom_route_paths() {
+    let s = Server::builder()
+        .env("LONG_POLL_TIMEOUT", "1")
+        .env("SUBPATH", "/push/sub/")
+        .env("SUBWSPATH", "/push/subws/")
+        .env("PUBPATH", "/push/pub/")
+        .start();
+    let ch = new_id();
+    let r = s.pub_request(
+        format!("POST /push/pub/?CHANNEL_ID={ch} HTTP/1.0\r\nMessage-Expiry: 86400\r\nContent-Length: 4\r\n\r\n\"cp\"")
+            .as_bytes(),
+    );
+    assert_eq!(r.status, 200, "publish on PUBPATH: {:?}", r.body_str());
+    let q = format!("CHANNEL_ID={}&mid={OLD_MID}", enc(&signed(&ch)));
+    for path in ["/push/sub/", "/push/subws/"] {
+        let mut c = s.sub_conn();
+        c.send(&lp_request(path, &q));
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "LP on {path}: {:?}", r.body_str());
+        assert_eq!(r.frames()[0].text, "\"cp\"");
+    }
+    let r = s.publish(&ch, "\"old-path\"", None);
+    assert_eq!(
+        r.status, 404,
+        "the default /bitrix/pub/ is not served when PUBPATH moved it"
+    );
+}

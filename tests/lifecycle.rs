@@ -216,3 +216,81 @@ fn refuses_to_start_when_a_live_server_holds_the_sockets() {
     let ch = new_id();
     s1.publish_ok(&ch, "\"still-mine\"", None);
 }
+
+/// Inodes of listening TCP sockets (IPv4 and IPv6) with their local address, from /proc.
+fn tcp_listeners() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() > 9 && cols[3] == "0A" {
+                out.push((cols[9].to_string(), cols[1].to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// Local addresses (hex, as in /proc/net/tcp) of the TCP sockets `pid` listens on.
+fn listening_addrs(pid: u32) -> Vec<String> {
+    let listeners = tcp_listeners();
+    let mut addrs = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read fds")
+        .flatten()
+    {
+        let Ok(link) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
+        let link = link.display().to_string();
+        if let Some(inode) = link
+            .strip_prefix("socket:[")
+            .and_then(|l| l.strip_suffix(']'))
+        {
+            for (ino, addr) in &listeners {
+                if ino == inode {
+                    addrs.push(addr.clone());
+                }
+            }
+        }
+    }
+    addrs
+}
+
+#[test]
+fn g3_no_tcp_listener_unless_configured_and_only_loopback() {
+    let s = Server::start();
+    assert_eq!(
+        listening_addrs(s.pid()),
+        Vec::<String>::new(),
+        "with SUB_LISTEN/PUB_LISTEN empty no TCP socket may be bound"
+    );
+    drop(s);
+    let port = free_port();
+    let s = Server::builder()
+        .env("PUB_LISTEN", format!("127.0.0.1:{port}"))
+        .start();
+    let addrs = listening_addrs(s.pid());
+    assert_eq!(
+        addrs,
+        vec![format!("0100007F:{port:04X}")],
+        "exactly the configured loopback address"
+    );
+}
+
+#[test]
+fn socket_files_have_mode_0660() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Server::start();
+    for p in [&s.sub, &s.pubs] {
+        let mode = std::fs::metadata(p)
+            .expect("stat socket")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o660, "{} mode {mode:o}", p.display());
+    }
+}

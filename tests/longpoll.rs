@@ -407,3 +407,63 @@ fn lp_and_ws_on_same_channel_both_receive() {
     assert_eq!(w[0].text, "\"both-transports\"");
     assert_eq!(w[0].mid, f[0].mid, "one message, one mid across transports");
 }
+
+#[test]
+fn lp_backlog_over_200_is_chunked_gap_free() {
+    let s = Server::start();
+    let ch = new_id();
+    let sent: Vec<String> = (0..250).map(|i| format!("{{\"k\":{i}}}")).collect();
+    for b in &sent {
+        s.publish_ok(&ch, b, Some(86400));
+    }
+    let r = s.lp(&format!("{}&mid={OLD_MID}", cid(&ch)));
+    assert_eq!(r.status, 200);
+    let first = r.frames();
+    assert!(
+        !first.is_empty() && first.len() <= 200,
+        "at most 200 messages per LP response, got {}",
+        first.len()
+    );
+    let mut got: Vec<String> = first.iter().map(|f| f.text.clone()).collect();
+    let mut last = first.last().expect("frames").mid.clone();
+    while got.len() < sent.len() {
+        let r = s.lp(&format!("{}&mid={last}", cid(&ch)));
+        assert_eq!(r.status, 200, "re-poll must return the rest at once");
+        let f = r.frames();
+        assert!(f.len() <= 200);
+        last = f.last().expect("frames").mid.clone();
+        got.extend(f.into_iter().map(|f| f.text));
+    }
+    assert_eq!(got, sent, "gap-free, in order, each once");
+}
+
+#[test]
+fn c5_literal_separators_parse() {
+    let s = Server::start();
+    let (p, q, sh) = (new_id(), new_id(), new_id());
+    // Raw `:` and `/`, as PHP-built URLs or a proxy that decoded them may deliver.
+    let raw = format!("CHANNEL_ID={}/{}", signed_pair(&p, &q), signed(&sh));
+    s.publish_ok(&q, "\"pub\"", Some(86400));
+    s.publish_ok(&sh, "\"shared\"", Some(86400));
+    let r = s.lp(&format!("{raw}&mid={OLD_MID}"));
+    assert_eq!(r.status, 200, "{:?}", r.body_str());
+    let texts: Vec<String> = r.frames().into_iter().map(|f| f.text).collect();
+    assert_eq!(texts, ["\"pub\"", "\"shared\""]);
+}
+
+#[test]
+fn l3_publish_during_hold_answers_immediately() {
+    let s = Server::start();
+    let ch = new_id();
+    let mut lp = s.lp_begin(&cid(&ch));
+    s.wait_online(&ch);
+    let t0 = Instant::now();
+    s.publish_ok(&ch, "\"now\"", None);
+    let r = lp.read_response();
+    let took = t0.elapsed();
+    assert_eq!(r.frames()[0].text, "\"now\"");
+    assert!(
+        took < Duration::from_millis(1000),
+        "a held poll must complete right after the publish (took {took:?})"
+    );
+}

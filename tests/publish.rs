@@ -269,3 +269,125 @@ fn x1_site_checker_sequence() {
     let r = s.pub_request(b"DELETE /bitrix/pub/ HTTP/1.0\r\nHost: 127.0.0.1:8895\r\n\r\n");
     assert_eq!(r.status, 404, "DELETE /bitrix/pub/");
 }
+
+/// Whether a long poll with an old mid gets `body` replayed (the server answers 304 after
+/// LONG_POLL_TIMEOUT when nothing is stored).
+fn replayable(s: &Server, ch: &str, body: &str) -> bool {
+    let r = s.lp(&format!("{}&mid={OLD_MID}", cid(ch)));
+    r.status == 200 && r.frames().iter().any(|f| f.text == body)
+}
+
+#[test]
+fn p2_p3_expiry_bounds_replay() {
+    let s = Server::builder()
+        .env("LONG_POLL_TIMEOUT", "1")
+        .env("MESSAGE_TTL", "3")
+        .env("EXPIRY0_GRACE", "1")
+        .start();
+    let (short, capped, zero) = (new_id(), new_id(), new_id());
+    let t0 = Instant::now();
+    s.publish_ok(&short, "\"short\"", Some(2));
+    s.publish_ok(&capped, "\"capped\"", Some(999_999));
+    s.publish_ok(&zero, "\"zero\"", None);
+    let mut ws = s.ws(&format!("{}&mid={OLD_MID}", cid(&capped)));
+    let capped_mid = ws.frames(1, WAIT).remove(0).mid;
+    drop(ws);
+    for (ch, body) in [
+        (&short, "\"short\""),
+        (&capped, "\"capped\""),
+        (&zero, "\"zero\""),
+    ] {
+        assert!(
+            replayable(&s, ch, body),
+            "{body} must be replayable at first"
+        );
+    }
+    let mut gone_after = Vec::new();
+    for (ch, body, ttl) in [
+        (&zero, "\"zero\"", 1u64),
+        (&short, "\"short\"", 2),
+        (&capped, "\"capped\"", 3),
+    ] {
+        let ok = wait_until(Duration::from_secs(10), || !replayable(&s, ch, body));
+        let at = t0.elapsed();
+        assert!(
+            ok,
+            "{body} still replayable {at:?} after publish (ttl {ttl} s)"
+        );
+        assert!(
+            at >= Duration::from_millis(ttl * 1000 - 200),
+            "{body} vanished after {at:?}, before its ttl of {ttl} s"
+        );
+        gone_after.push(at);
+    }
+    // L-2: with every stored message expired, a 304 still carries a 26-digit id.
+    let r = s.lp(&cid(&capped));
+    assert_eq!(r.status, 304);
+    let lmi = r.header("Last-Message-Id").unwrap_or("").to_string();
+    assert!(is_mid(&lmi), "Last-Message-Id after expiry: {lmi:?}");
+    assert!(
+        lmi >= capped_mid,
+        "{lmi} must not go back before {capped_mid}"
+    );
+}
+
+#[test]
+fn publish_over_max_channels_per_request_is_4018() {
+    let s = Server::builder()
+        .env("MAX_CHANNELS_PER_REQUEST", "3")
+        .start();
+    let ids: Vec<String> = (0..4).map(|_| new_id()).collect();
+    let mut ws = s.ws(&cid(&ids[0]));
+    s.publish(&ids.join("/"), "\"too-many\"", Some(86400))
+        .assert_error(
+            400,
+            "4018: Request exceeded the maximum number of channels.",
+        );
+    s.publish_ok(&ids[..3].join("/"), "\"three\"", None);
+    assert_eq!(
+        ws.frames(1, WAIT)[0].text,
+        "\"three\"",
+        "nothing from the refused publish"
+    );
+}
+
+#[test]
+fn p8_trusted_signature_param_must_match_body() {
+    let s = Server::start();
+    let ch = new_id();
+    let mut ws = s.ws(&cid(&ch));
+    let body = "{\"signed\":true}";
+    let wrong = sign_with("otherKey", body);
+    let post = |sig: &str, body: &str| {
+        s.pub_request(
+            format!(
+                "POST /bitrix/pub/?CHANNEL_ID={ch}&clientId=abc&signature={sig} HTTP/1.0\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+    };
+    post(&wrong, body).assert_error(400, "4026: Wrong request signature.");
+    let r = post(&sign(body), body);
+    assert_eq!(
+        r.status,
+        200,
+        "a correct body signature is accepted: {:?}",
+        r.body_str()
+    );
+    assert_eq!(
+        ws.frames(1, WAIT)[0].text,
+        body,
+        "only the correctly signed publish arrives"
+    );
+    // Online GET: the signature is over the CHANNEL_ID value.
+    let get = |sig: &str| {
+        s.pub_request(
+            format!("GET /bitrix/pub/?CHANNEL_ID={ch}&signature={sig} HTTP/1.0\r\n\r\n").as_bytes(),
+        )
+    };
+    get(&sign_with("otherKey", &ch)).assert_error(400, "4026: Wrong request signature.");
+    let r = get(&sign(&ch));
+    assert_eq!(r.status, 200, "{:?}", r.body_str());
+    assert!(r.body_str().contains(&ch), "online: {:?}", r.body_str());
+}

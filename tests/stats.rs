@@ -171,3 +171,32 @@ fn g2_trusted_routes_only_on_pub_socket() {
         200
     );
 }
+
+#[test]
+fn s3_lp_channel_stays_online_for_online_ttl() {
+    let s = Server::builder()
+        .env("LONG_POLL_TIMEOUT", "1")
+        .env("ONLINE_TTL", "2")
+        .start();
+    let ch = new_id();
+    let r = s.lp(&cid(&ch));
+    assert_eq!(r.status, 304);
+    let ended = std::time::Instant::now();
+    assert_eq!(
+        infos(&s.online(&[&ch])).len(),
+        1,
+        "online right after the poll ended"
+    );
+    let ok = wait_until(std::time::Duration::from_secs(6), || {
+        infos(&s.online(&[&ch])).is_empty()
+    });
+    let at = ended.elapsed();
+    assert!(
+        ok,
+        "still online {at:?} after the poll ended with ONLINE_TTL=2"
+    );
+    assert!(
+        at >= std::time::Duration::from_millis(1500),
+        "went offline after {at:?}, before ONLINE_TTL=2"
+    );
+}

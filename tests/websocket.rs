@@ -385,3 +385,29 @@ fn c7_sha256_signatures() {
     let mut bad = s.ws(&format!("CHANNEL_ID={}", enc(&signed(&ch))));
     assert_eq!(bad.expect_close(WAIT).0, 4010);
 }
+
+#[test]
+fn ws_backlog_over_200_arrives_in_chunks_gap_free() {
+    let s = Server::start();
+    let ch = new_id();
+    let sent: Vec<String> = (0..250).map(|i| format!("{{\"k\":{i}}}")).collect();
+    for b in &sent {
+        s.publish_ok(&ch, b, Some(86400));
+    }
+    let mut ws = s.ws(&format!("{}&mid={OLD_MID}", cid(&ch)));
+    let first = parse_frames(&ws.next_text(WAIT)).expect("v3 frames");
+    assert_eq!(
+        first.len(),
+        200,
+        "the first WS message carries a full chunk of 200"
+    );
+    let mut got: Vec<String> = first.into_iter().map(|f| f.text).collect();
+    got.extend(ws.frames(50, WAIT).into_iter().map(|f| f.text));
+    assert_eq!(got, sent, "gap-free, in order, each once");
+    s.publish_ok(&ch, "\"live\"", None);
+    assert_eq!(
+        ws.frames(1, WAIT)[0].text,
+        "\"live\"",
+        "nothing repeated after the backlog"
+    );
+}
