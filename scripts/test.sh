@@ -29,7 +29,7 @@ ensure_pkg() {
 # --- what the tests need -------------------------------------------------------------------
 ensure_pkg curl
 # ensure_pkg redis-server      # issue: Redis store
-# ensure_pkg nginx             # issue: nginx integration
+ensure_pkg nginx               # tests/nginx.rs: the shipped snippets in front of the server
 # ensure_pkg node nodejs       # issue: JS client tests
 
 # --- checks ----------------------------------------------------------------------------------
