@@ -145,6 +145,10 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// Origin of every rendered key (keyed by the sysconfig name).
     pub origins: BTreeMap<&'static str, Origin>,
+    /// Environment keys ignored at this load because `EnvironmentFile=` copied them from the
+    /// file. The environment never changes after start, so a reload must keep ignoring them,
+    /// or a stale copy would override the edited file.
+    pub env_copies: Vec<&'static str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -273,6 +277,7 @@ pub fn load_with_default(
         );
     }
     apply_env(env, &mut settings);
+    let env_copies = settings.copies.clone();
     let zero_config = file.is_none() && ZERO_CONFIG_BLOCKERS.iter().all(|k| env(k).is_none());
     Builder {
         settings,
@@ -281,6 +286,10 @@ pub fn load_with_default(
         warnings,
     }
     .build(zero_config)
+    .map(|mut c| {
+        c.env_copies = env_copies;
+        c
+    })
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
@@ -322,6 +331,8 @@ struct Settings {
     /// Right-hand sides exactly as written in the file, to recognise environment values that
     /// systemd's `EnvironmentFile=` derived from the same file (comments and all).
     raw: HashMap<&'static str, Vec<String>>,
+    /// Environment keys ignored because they are such copies.
+    copies: Vec<&'static str>,
 }
 
 fn known_key(key: &str) -> Option<(&'static str, bool)> {
@@ -384,7 +395,9 @@ fn apply_env(env: &dyn Fn(&str) -> Option<String>, settings: &mut Settings) {
             .raw
             .get(key)
             .is_some_and(|raws| raws.iter().any(|raw| same_as_raw(&value, raw)));
-        if !from_same_file {
+        if from_same_file {
+            settings.copies.push(key);
+        } else {
             settings.values.insert(key, (value, Origin::Env));
         }
     }
@@ -584,6 +597,7 @@ impl Builder {
             store,
             warnings: self.warnings,
             origins: self.origins,
+            env_copies: Vec::new(),
         })
     }
 

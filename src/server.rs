@@ -630,7 +630,14 @@ impl Server {
 
     /// SIGHUP: re-reads the configuration and applies what can change live.
     fn reload(&mut self) {
-        let env = |k: &str| std::env::var(k).ok();
+        let copies = self.cfg.env_copies.clone();
+        let env = |k: &str| {
+            if copies.contains(&k) {
+                None
+            } else {
+                std::env::var(k).ok()
+            }
+        };
         let new = match config::load(self.config_path.as_deref(), &env) {
             Ok(c) => c,
             Err(e) => {

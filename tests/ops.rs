@@ -49,10 +49,15 @@ fn cid_with(key: &str, id: &str) -> String {
 fn sighup_changes_key_and_log_level_keeping_websockets() {
     let dir = TestDir::new();
     let file = dir.join("push-server-multi");
-    std::fs::write(&file, "SECURITY_KEY=oldKey1\nLOG_LEVEL=info\n").expect("write config");
+    std::fs::write(&file, "SECURITY_KEY=oldKey1\nLOG_LEVEL=info   # quiet\n")
+        .expect("write config");
     // zero_config() only drops the harness's env defaults, so the file is authoritative.
+    // The two env values are what systemd's `EnvironmentFile=` makes of that file (the trailing
+    // comment stays in the value): they must not pin the old values across a reload.
     let s = Server::builder()
         .zero_config()
+        .env("SECURITY_KEY", "oldKey1")
+        .env("LOG_LEVEL", "info   # quiet")
         .arg("--config")
         .arg(file.display().to_string())
         .start();
