@@ -609,9 +609,16 @@ impl Conn {
 
     fn fill(&mut self) -> io::Result<usize> {
         let mut chunk = [0u8; 65536];
-        let n = self.stream.read(&mut chunk)?;
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(n)
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Reads the response head only (up to the blank line) and returns it raw.
@@ -904,7 +911,13 @@ impl Ws {
             .get_ref()
             .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
             .expect("set timeout");
-        match self.ws.read() {
+        let read = loop {
+            match self.ws.read() {
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                r => break r,
+            }
+        };
+        match read {
             Ok(Message::Text(t)) => WsEvent::Text(t.as_str().to_string()),
             Ok(Message::Binary(b)) => WsEvent::Binary(b.to_vec()),
             Ok(Message::Ping(_)) => WsEvent::Ping,
