@@ -1,0 +1,66 @@
+//! What the tool reads from `/proc`: the server's RSS and CPU time, kernel TCP socket memory.
+
+use std::process::Command;
+
+/// `VmRSS` of `pid` in KiB.
+pub fn rss_kb(pid: u32) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("{path}: no VmRSS line"))
+}
+
+/// utime + stime of `pid` in clock ticks (fields 14 and 15 of `/proc/<pid>/stat`).
+pub fn cpu_ticks(pid: u32) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    // The command name (field 2) is in parentheses and may hold spaces: split after the last ')'.
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| format!("{path}: malformed"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state), so field k is at index k - 3.
+    let get = |k: usize| -> Result<u64, String> {
+        fields
+            .get(k - 3)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("{path}: no field {k}"))
+    };
+    Ok(get(14)? + get(15)?)
+}
+
+/// `getconf <name>` as a number (`CLK_TCK`, `PAGESIZE`).
+pub fn getconf(name: &str, fallback: u64) -> u64 {
+    Command::new("getconf")
+        .arg(name)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(fallback)
+}
+
+/// The `mem` field (pages) of the `TCP:` line of `/proc/net/sockstat`.
+pub fn tcp_mem_pages() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut it = line.split_whitespace();
+    while let Some(w) = it.next() {
+        if w == "mem" {
+            return it.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+/// Reads a pid from a pid file.
+pub fn read_pidfile(path: &str) -> Result<u32, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    text.trim()
+        .parse()
+        .map_err(|_| format!("{path}: not a pid: {:?}", text.trim()))
+}

@@ -1,0 +1,240 @@
+//! The publisher: one keep-alive connection to the trusted listener, pipelined. A writer thread
+//! sends the requests (as fast as possible or on a fixed-rate schedule) while the calling thread
+//! reads and counts the answers. Also the `/server-stat/` query.
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::net::Addr;
+use crate::proto;
+
+/// How many requests to send and when.
+pub struct Schedule {
+    /// Requests per second; `None` = back to back.
+    pub rate: Option<f64>,
+    /// Stop after this many requests.
+    pub count: Option<u64>,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+}
+
+#[derive(Default, Debug)]
+pub struct Outcome {
+    pub sent: u64,
+    pub ok: u64,
+    pub failed: u64,
+    pub first_error: Option<String>,
+    pub first_send: Option<Instant>,
+    pub last_send: Option<Instant>,
+    /// Worst delay of a send behind its schedule, in microseconds.
+    pub max_lag_us: u64,
+}
+
+/// Publishes until the schedule ends or `stop` is set. `make(k, out)` appends request `k`.
+pub fn run<F>(
+    addr: &Addr,
+    sched: Schedule,
+    stop: &AtomicBool,
+    mut make: F,
+) -> Result<Outcome, String>
+where
+    F: FnMut(u64, &mut Vec<u8>) + Send,
+{
+    let mut reader = addr
+        .connect_blocking(Duration::from_secs(10))
+        .map_err(|e| format!("publisher: connect to {addr}: {e}"))?;
+    let mut writer = reader.try_clone().map_err(|e| format!("publisher: {e}"))?;
+    reader
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .map_err(|e| format!("publisher: {e}"))?;
+    let sent = AtomicU64::new(0);
+    let writer_done = AtomicBool::new(false);
+    let writer_failed = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let w = s.spawn(|| {
+            let r = write_loop(&mut writer, &sched, stop, &sent, &mut make);
+            writer_failed.store(r.is_err(), Ordering::Release);
+            writer_done.store(true, Ordering::Release);
+            r
+        });
+        let mut out = Outcome::default();
+        let read_result = read_loop(&mut reader, &mut out, &sent, &writer_done, &writer_failed);
+        let (first, last, lag) = match w.join() {
+            Ok(r) => r?,
+            Err(_) => return Err("publisher: writer thread panicked".to_string()),
+        };
+        read_result?;
+        out.sent = sent.load(Ordering::Acquire);
+        out.first_send = first;
+        out.last_send = last;
+        out.max_lag_us = lag;
+        Ok(out)
+    })
+}
+
+type WriteResult = Result<(Option<Instant>, Option<Instant>, u64), String>;
+
+fn write_loop<F>(
+    w: &mut impl Write,
+    sched: &Schedule,
+    stop: &AtomicBool,
+    sent: &AtomicU64,
+    make: &mut F,
+) -> WriteResult
+where
+    F: FnMut(u64, &mut Vec<u8>),
+{
+    let start = Instant::now();
+    let end = sched.duration.map(|d| start + d);
+    let mut k = 0u64;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut first = None;
+    let mut last = None;
+    let mut max_lag = Duration::ZERO;
+    loop {
+        if stop.load(Ordering::Relaxed) || sched.count.is_some_and(|c| k >= c) {
+            break;
+        }
+        let now = Instant::now();
+        if end.is_some_and(|e| now >= e) {
+            break;
+        }
+        // How many are due now (back to back: a batch of up to 64).
+        let due = match sched.rate {
+            None => 64,
+            Some(r) => {
+                let target = start + Duration::from_secs_f64(k as f64 / r);
+                if target > now {
+                    std::thread::sleep((target - now).min(Duration::from_millis(50)));
+                    continue;
+                }
+                max_lag = max_lag.max(now - target);
+                let behind = (now - start).as_secs_f64() * r - k as f64;
+                (behind as u64).clamp(1, 256)
+            }
+        };
+        buf.clear();
+        let mut n = 0;
+        while n < due && sched.count.is_none_or(|c| k + n < c) {
+            make(k + n, &mut buf);
+            n += 1;
+        }
+        // Count before writing, so the reader never sees more answers than `sent`.
+        sent.fetch_add(n, Ordering::AcqRel);
+        let t = Instant::now();
+        first.get_or_insert(t);
+        last = Some(t);
+        w.write_all(&buf)
+            .map_err(|e| format!("publisher: write: {e}"))?;
+        k += n;
+    }
+    Ok((first, last, max_lag.as_micros() as u64))
+}
+
+fn read_loop(
+    r: &mut impl Read,
+    out: &mut Outcome,
+    sent: &AtomicU64,
+    writer_done: &AtomicBool,
+    writer_failed: &AtomicBool,
+) -> Result<(), String> {
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        // Whole answers in the buffer.
+        let mut pos = 0;
+        while let Some(h) = proto::parse_response_head(&buf[pos..])? {
+            let total = h.head_len + h.content_length;
+            if buf.len() - pos < total {
+                break;
+            }
+            if h.status == 200 {
+                out.ok += 1;
+            } else {
+                out.failed += 1;
+                if out.first_error.is_none() {
+                    out.first_error = Some(format!(
+                        "publish answered {}: {}",
+                        h.status,
+                        proto::preview(&buf[pos + h.head_len..pos + total])
+                    ));
+                }
+            }
+            pos += total;
+        }
+        buf.drain(..pos);
+        let answered = out.ok + out.failed;
+        if writer_failed.load(Ordering::Acquire) {
+            // The writer's error is the one reported.
+            return Ok(());
+        }
+        if writer_done.load(Ordering::Acquire) && answered >= sent.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        match r.read(&mut chunk) {
+            Ok(0) => {
+                return Err(format!(
+                    "publisher: server closed the connection after {answered} answers"
+                ));
+            }
+            Ok(n) => {
+                idle_since = None;
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if writer_done.load(Ordering::Acquire) {
+                    let since = *idle_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > Duration::from_secs(5) {
+                        return Err(format!(
+                            "publisher: {} of {} publishes unanswered",
+                            sent.load(Ordering::Acquire) - answered,
+                            sent.load(Ordering::Acquire)
+                        ));
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("publisher: read: {e}")),
+        }
+    }
+}
+
+/// `GET /server-stat/` on the trusted listener: the first element of the JSON array.
+pub fn server_stat(addr: &Addr) -> Result<serde_json::Value, String> {
+    let mut s = addr
+        .connect_blocking(Duration::from_secs(5))
+        .map_err(|e| format!("server-stat: connect to {addr}: {e}"))?;
+    s.write_all(b"GET /server-stat/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("server-stat: write: {e}"))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(h) = proto::parse_response_head(&buf)?
+            && buf.len() >= h.head_len + h.content_length
+        {
+            if h.status != 200 {
+                return Err(format!("server-stat: status {}", h.status));
+            }
+            let body = &buf[h.head_len..h.head_len + h.content_length];
+            let v: serde_json::Value =
+                serde_json::from_slice(body).map_err(|e| format!("server-stat: bad JSON: {e}"))?;
+            return v
+                .get(0)
+                .cloned()
+                .ok_or_else(|| "server-stat: not a non-empty array".to_string());
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => return Err("server-stat: connection closed early".into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("server-stat: read: {e}")),
+        }
+    }
+}

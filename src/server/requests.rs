@@ -1,0 +1,553 @@
+//! Requests and subscriptions: routing a complete request, publishing and fan-out, long polls
+//! and WebSocket subscriptions. Everything here runs inside one loop pass of [`Server`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tungstenite::Bytes;
+
+use crate::channel::ChannelId;
+use crate::conn::{Conn, Hold, Phase, WsState};
+use crate::error::{ApiError, HttpError, close};
+use crate::http::{Method, RequestHead};
+use crate::message::{Message, Mid, Sender, now_ms};
+use crate::metrics::Gauges;
+use crate::publish;
+use crate::query;
+use crate::response::{self, Persist};
+use crate::route::{self, Route};
+use crate::slab::ConnId;
+use crate::store::Store;
+use crate::subscription::{self, Subscription};
+use crate::websocket::{self, OP_CLOSE, OP_PING, OP_PONG};
+
+use super::{BACKLOG_CHUNK, CLOSE_LINGER, Server};
+
+impl Server {
+    // ---- requests ----
+
+    pub(super) fn handle_request(&mut self, id: ConnId, head: RequestHead, body: Bytes) {
+        let Some(conn) = self.conns.get(id) else {
+            return;
+        };
+        let persist = if head.keep_alive && self.shutdown_deadline.is_none() {
+            Persist::KeepAlive
+        } else {
+            Persist::Close
+        };
+        let route = route::route(conn.role, head.path(), &self.cfg.paths);
+        log::debug!(
+            "{id}: {:?} {} from {}",
+            head.method,
+            head.path(),
+            head.client_ip.as_deref().unwrap_or("-")
+        );
+        match (route, head.method) {
+            (Route::Subscribe, Method::Options) => {
+                self.respond(id, response::options(persist), persist)
+            }
+            (Route::Subscribe, Method::Get) => self.subscribe(id, head, persist),
+            (Route::Publish, Method::Post) if query::flag(head.query(), "binaryMode") => {
+                // The protobuf publish (v4) is not implemented yet; say so instead of a 200.
+                log::warn!("{id}: binary publish is not supported by this version");
+                self.respond_error(id, ApiError::WrongRequestData, persist);
+            }
+            (Route::Publish, Method::Post) => self.text_publish(id, &head, body, persist),
+            (Route::Publish, Method::Get) => self.online_query(id, &head, persist),
+            (Route::ServerStats, Method::Get) => {
+                self.stats.count_request("serverStats", now_ms());
+                let body = self.stats.render(
+                    &self.process_id,
+                    self.registry.private_channels(),
+                    &self.cfg.limits,
+                    now_ms(),
+                );
+                let r = response::full(200, "text/plain", body.as_bytes(), persist);
+                self.respond(id, r, persist);
+            }
+            (Route::Health, Method::Get) => {
+                let (status, body): (u16, &[u8]) = if self.shutdown_deadline.is_some() {
+                    (503, b"shutting down\n")
+                } else {
+                    (200, b"ok: serving, embedded store\n")
+                };
+                self.respond(
+                    id,
+                    response::full(status, "text/plain", body, persist),
+                    persist,
+                );
+            }
+            (Route::Metrics, Method::Get) => {
+                let st = self.store.stats();
+                let text = self.metrics.render(&Gauges {
+                    websockets: self.stats.websockets,
+                    long_polls: self.stats.pollings,
+                    channels: self.registry.private_channels(),
+                    stored_messages: st.messages,
+                    stored_bytes: st.bytes,
+                    store_evictions: st.evicted,
+                    store_kind: "memory",
+                    store_up: true,
+                });
+                let r = response::full(200, "text/plain; version=0.0.4", text.as_bytes(), persist);
+                self.respond(id, r, persist);
+            }
+            _ => self.respond_error(id, HttpError::NotFound.into(), persist),
+        }
+    }
+
+    /// Queues a complete response and moves the connection to its next phase.
+    pub(super) fn respond(&mut self, id: ConnId, bytes: Vec<u8>, persist: Persist) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        conn.outbox.push(Bytes::from(bytes));
+        let at = match persist {
+            Persist::KeepAlive => {
+                conn.phase = Phase::Request(None);
+                Instant::now() + self.cfg.timings.keepalive_timeout
+            }
+            Persist::Close => {
+                conn.phase = Phase::Closing;
+                Instant::now() + CLOSE_LINGER
+            }
+        };
+        self.set_deadline(id, Some(at));
+        self.mark_dirty(id);
+    }
+
+    pub(super) fn respond_error(&mut self, id: ConnId, err: ApiError, persist: Persist) {
+        // Framing errors leave the stream position unknown: never keep such a connection.
+        let persist = match err {
+            ApiError::Http(HttpError::NotFound) => persist,
+            ApiError::Http(_) => Persist::Close,
+            _ => persist,
+        };
+        self.respond(id, response::error(err, persist), persist);
+    }
+
+    pub(super) fn text_publish(
+        &mut self,
+        id: ConnId,
+        head: &RequestHead,
+        body: Bytes,
+        persist: Persist,
+    ) {
+        let limits = &self.cfg.limits;
+        match publish::text_publish(
+            head.query(),
+            &body,
+            &self.signer,
+            limits.max_channels_per_request,
+        ) {
+            Err(e) => {
+                log::info!("{id}: publish rejected: {e}");
+                let code = e
+                    .code()
+                    .map_or_else(|| e.status().to_string(), |c| c.to_string());
+                self.metrics.count_publish_error(&code);
+                self.respond_error(id, e, persist);
+            }
+            Ok(receivers) => {
+                // Answer first: PHP hangs up after the head, and the fan-out below no longer
+                // depends on this socket.
+                self.respond(id, response::full(200, "text/plain", b"", persist), persist);
+                self.publish(body, head.message_expiry, Sender::Backend, None, &receivers);
+            }
+        }
+    }
+
+    pub(super) fn online_query(&mut self, id: ConnId, head: &RequestHead, persist: Persist) {
+        self.stats.count_request("channelStats", now_ms());
+        let channels = match publish::online_query(
+            head.query(),
+            &self.signer,
+            self.cfg.limits.max_channels_per_request,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                log::info!("{id}: online query rejected: {e}");
+                self.respond_error(id, e, persist);
+                return;
+            }
+        };
+        let now = Instant::now();
+        let mut body = String::from("{\"infos\":[");
+        let mut first = true;
+        for ch in &channels {
+            let local = self.registry.subscribers(ch).len();
+            if local == 0 && !self.store.recently_online(ch, now) {
+                continue;
+            }
+            if !first {
+                body.push(',');
+            }
+            first = false;
+            body.push_str(&format!(
+                "{{\"channel\":\"{ch}\",\"subscribers\":{}}}",
+                local.max(1)
+            ));
+        }
+        body.push_str("]}");
+        let r = response::full(200, "text/plain", body.as_bytes(), persist);
+        self.respond(id, r, persist);
+    }
+
+    // ---- publishing ----
+
+    pub(super) fn publish(
+        &mut self,
+        body: Bytes,
+        expiry: u32,
+        sender: Sender,
+        kind: Option<String>,
+        receivers: &[ChannelId],
+    ) {
+        let created_ms = now_ms();
+        self.stats.count_message(kind.as_deref(), created_ms);
+        let msg = Arc::new(Message::new(
+            self.mids.next(),
+            created_ms,
+            expiry,
+            sender,
+            body,
+            kind,
+        ));
+        let started = Instant::now();
+        self.store.save(&msg, receivers, started);
+        self.metrics.observe_store(started.elapsed());
+        self.metrics.messages_published += 1;
+        log::trace!("published {} to {} receivers", msg.mid, receivers.len());
+        self.fan_out(&msg, receivers);
+    }
+
+    /// Hands `msg` to every connection subscribed to any receiver, once per connection.
+    pub(super) fn fan_out(&mut self, msg: &Arc<Message>, receivers: &[ChannelId]) {
+        self.publish_seq += 1;
+        let seq = self.publish_seq;
+        let limit = self.cfg.limits.outbox_limit;
+        let mut failed: Vec<ConnId> = Vec::new();
+        let mut slow: Vec<ConnId> = Vec::new();
+        let mut delivered = 0u64;
+        for ch in receivers {
+            for &cid in self.registry.subscribers(ch) {
+                let Some(conn) = self.conns.get_mut(cid) else {
+                    continue;
+                };
+                if conn.last_seq == seq {
+                    continue;
+                }
+                conn.last_seq = seq;
+                delivered += 1;
+                match &mut conn.phase {
+                    Phase::Hold(hold) => {
+                        hold.pending.push(Arc::clone(msg));
+                        if !conn.dirty {
+                            conn.dirty = true;
+                            self.dirty.push(cid);
+                        }
+                    }
+                    Phase::WebSocket(_) => {
+                        if conn.send(msg.v3_ws_frame()).is_err() {
+                            failed.push(cid);
+                        } else if conn.outbox.queued() > limit {
+                            slow.push(cid);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.metrics.messages_delivered += delivered - (failed.len() + slow.len()) as u64;
+        self.metrics.messages_dropped += (failed.len() + slow.len()) as u64;
+        self.metrics.slow_consumer_disconnects += slow.len() as u64;
+        for cid in failed {
+            self.close_now(cid);
+        }
+        for cid in slow {
+            log::info!("{cid}: slow consumer (outbox over OUTBOX_LIMIT {limit}); closing");
+            self.close_ws(cid, close::POLICY, "slow consumer");
+        }
+    }
+
+    // ---- subscribing ----
+
+    pub(super) fn subscribe(&mut self, id: ConnId, head: RequestHead, persist: Persist) {
+        let parsed = subscription::parse(head.query(), &self.signer);
+        let client = head.client_ip;
+        if parsed == Err(ApiError::WrongChannelId) {
+            self.metrics.signature_failures += 1;
+        }
+        if let Some(key) = head.ws_key {
+            self.open_websocket(id, &key, parsed, client);
+            return;
+        }
+        match parsed {
+            Err(e) => {
+                log::info!(
+                    "{id}: long poll rejected from {}: {e}",
+                    client.as_deref().unwrap_or("-")
+                );
+                self.respond_error(id, e, persist);
+            }
+            Ok(sub) => self.start_long_poll(id, sub, persist, client),
+        }
+    }
+
+    pub(super) fn start_long_poll(
+        &mut self,
+        id: ConnId,
+        sub: Subscription,
+        persist: Persist,
+        client: Option<Box<str>>,
+    ) {
+        self.enforce_conn_cap(&sub);
+        let receivers = sub.receiver_ids();
+        let now = Instant::now();
+        self.store.touch_online(&receivers, now);
+        if let Some(mid) = sub.mid {
+            let backlog = self.store.backlog(&receivers, mid, BACKLOG_CHUNK, now);
+            self.metrics.observe_store(now.elapsed());
+            match backlog {
+                Ok(backlog) if !backlog.is_empty() => {
+                    self.answer_messages(id, backlog, persist);
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    log::warn!("{id}: backlog read failed: {e:?}");
+                    self.respond_error(id, ApiError::StorageFailure, persist);
+                    return;
+                }
+            }
+        }
+        self.registry.subscribe(id, &sub.receivers);
+        self.stats.pollings += 1;
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        conn.phase = Phase::Hold(Box::new(Hold {
+            sub,
+            pending: Vec::new(),
+            keep_alive: persist == Persist::KeepAlive,
+            client,
+        }));
+        let at = now + self.cfg.timings.long_poll_timeout;
+        self.set_deadline(id, Some(at));
+    }
+
+    /// A 200 carrying v3 frames: the small head plus the shared frame of each message.
+    pub(super) fn answer_messages(
+        &mut self,
+        id: ConnId,
+        mut messages: Vec<Arc<Message>>,
+        persist: Persist,
+    ) {
+        messages.sort_by_key(|m| m.mid);
+        messages.dedup_by_key(|m| m.mid);
+        let len: usize = messages.iter().map(|m| m.v3_frame().len()).sum();
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        conn.outbox
+            .push(Bytes::from(response::head(200, "text/plain", len, persist)));
+        for m in &messages {
+            conn.outbox.push(m.v3_frame().clone());
+        }
+        self.respond(id, Vec::new(), persist);
+    }
+
+    /// Ends a held poll: unsubscribes and answers with its messages, or 304 when none came.
+    pub(super) fn finish_hold(&mut self, id: ConnId, shutting_down: bool) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        let Phase::Hold(hold) = std::mem::replace(&mut conn.phase, Phase::Closing) else {
+            return;
+        };
+        self.registry.unsubscribe(id, &hold.sub.receivers);
+        self.stats.pollings -= 1;
+        let receivers = hold.sub.receiver_ids();
+        self.store.touch_online(&receivers, Instant::now());
+        let persist = if hold.keep_alive && !shutting_down && self.shutdown_deadline.is_none() {
+            Persist::KeepAlive
+        } else {
+            Persist::Close
+        };
+        if hold.pending.is_empty() {
+            let last = hold
+                .sub
+                .mid
+                .or_else(|| self.store.newest_mid(&receivers))
+                .or_else(|| self.mids.last())
+                .unwrap_or_else(|| Mid::new(self.mids.epoch(), 0));
+            let mut digits = Vec::with_capacity(26);
+            last.write_to(&mut digits);
+            self.respond(id, response::not_modified(&digits), persist);
+        } else {
+            log::trace!(
+                "{id}: long poll answered for {}",
+                hold.client.as_deref().unwrap_or("-")
+            );
+            self.answer_messages(id, hold.pending, persist);
+        }
+        // A keep-alive client may have pipelined its next request already.
+        if persist == Persist::KeepAlive {
+            self.process_input(id);
+        }
+    }
+
+    pub(super) fn open_websocket(
+        &mut self,
+        id: ConnId,
+        key: &str,
+        parsed: Result<Subscription, ApiError>,
+        client: Option<Box<str>>,
+    ) {
+        let accept = websocket::accept_key(key);
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        conn.outbox
+            .push(Bytes::from(response::switching_protocols(&accept)));
+        let sub = match parsed {
+            Ok(sub) => sub,
+            Err(e) => {
+                // Handshake first, then the close code: the client reloads its config only
+                // on 4010, never on an HTTP error (D13).
+                log::info!(
+                    "{id}: websocket rejected from {}: {e}",
+                    client.as_deref().unwrap_or("-")
+                );
+                conn.outbox
+                    .push(websocket::close_frame(e.ws_close_code(), &e.to_string()));
+                conn.phase = Phase::Closing;
+                self.set_deadline(id, Some(Instant::now() + CLOSE_LINGER));
+                self.mark_dirty(id);
+                return;
+            }
+        };
+        self.enforce_conn_cap(&sub);
+        self.registry.subscribe(id, &sub.receivers);
+        self.stats.websockets += 1;
+        let receivers = sub.receiver_ids();
+        let after = sub.mid;
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        conn.phase = Phase::WebSocket(Box::new(WsState {
+            sub,
+            reader: websocket::Reader::default(),
+            ping_outstanding: false,
+            stalled: false,
+            client,
+        }));
+        if let Some(mut after) = after {
+            // Registered before reading the backlog (D8); the memory store answers within
+            // this pass, so no live message can fall between the two.
+            loop {
+                let now = Instant::now();
+                match self.store.backlog(&receivers, after, BACKLOG_CHUNK, now) {
+                    Ok(chunk) if chunk.is_empty() => break,
+                    Ok(chunk) => {
+                        let mut payload = Vec::new();
+                        for m in &chunk {
+                            payload.extend_from_slice(m.v3_frame());
+                        }
+                        after = chunk.last().map_or(after, |m| m.mid);
+                        let frame = websocket::server_frame(websocket::OP_TEXT, &payload);
+                        if let Some(conn) = self.conns.get_mut(id) {
+                            conn.outbox.push(frame);
+                        }
+                        if chunk.len() < BACKLOG_CHUNK {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        log::warn!("{id}: backlog read failed: {e:?}");
+                        self.close_ws(id, 4011, &ApiError::StorageFailure.to_string());
+                        return;
+                    }
+                }
+            }
+        }
+        let at = Instant::now() + self.cfg.timings.ws_ping_interval;
+        self.set_deadline(id, Some(at));
+        self.mark_dirty(id);
+    }
+
+    /// Applies `MAX_CONN_PER_CHANNEL` to the private ids that come with a public id: the
+    /// oldest connections are closed with 4029 until there is room (§8.7).
+    pub(super) fn enforce_conn_cap(&mut self, sub: &Subscription) {
+        let max = self.cfg.limits.max_conn_per_channel;
+        for ch in &sub.capped {
+            while self.registry.subscribers(ch).len() >= max {
+                let oldest = self.registry.subscribers(ch)[0];
+                log::info!("{oldest}: closed, over MAX_CONN_PER_CHANNEL {max} on {ch}");
+                let is_ws = self.conns.get(oldest).is_some_and(Conn::is_websocket);
+                if is_ws {
+                    let reason = ApiError::TooManyConnections.to_string();
+                    self.close_ws(oldest, 4029, &reason);
+                } else {
+                    self.leave_subscription(oldest);
+                    self.respond_error(oldest, ApiError::TooManyConnections, Persist::Close);
+                }
+            }
+        }
+    }
+
+    // ---- WebSocket input ----
+
+    pub(super) fn process_ws_input(&mut self, id: ConnId) {
+        let max = self.cfg.limits.max_payload;
+        loop {
+            let Some(conn) = self.conns.get_mut(id) else {
+                return;
+            };
+            let Conn {
+                phase,
+                rbuf,
+                outbox,
+                ..
+            } = conn;
+            let Phase::WebSocket(ws) = phase else {
+                return;
+            };
+            let frame = match ws.reader.parse(rbuf, max) {
+                Ok(None) => return,
+                Err(websocket::Violation(code)) => {
+                    log::info!("{id}: websocket protocol violation, closing with {code}");
+                    let reason = if code == close::TOO_BIG {
+                        "message too big"
+                    } else {
+                        "protocol error"
+                    };
+                    self.close_ws(id, code, reason);
+                    return;
+                }
+                Ok(Some((frame, used))) => {
+                    if used >= rbuf.len() {
+                        *rbuf = Vec::new();
+                    } else {
+                        rbuf.drain(..used);
+                    }
+                    frame
+                }
+            };
+            match frame.opcode {
+                OP_PING => {
+                    outbox.push(websocket::server_frame(OP_PONG, &frame.payload));
+                    self.mark_dirty(id);
+                }
+                OP_PONG => ws.ping_outstanding = false,
+                OP_CLOSE => {
+                    log::debug!("{id}: websocket closed by client");
+                    self.close_ws(id, close::NORMAL, "");
+                    return;
+                }
+                // v3 clients send nothing; data frames are ignored (W-7).
+                _ => {}
+            }
+        }
+    }
+}
