@@ -30,7 +30,7 @@ ensure_pkg() {
 ensure_pkg curl               # zero-config test runs the printed curl commands
 ensure_pkg kill procps        # tests send signals with kill(1)
 # ensure_pkg redis-server      # issue: Redis store
-# ensure_pkg nginx             # issue: nginx integration
+ensure_pkg nginx               # tests/nginx.rs: the shipped snippets in front of the server
 # ensure_pkg node nodejs       # issue: JS client tests
 
 # --- checks ----------------------------------------------------------------------------------

@@ -152,6 +152,9 @@ impl Server {
                 // Answer first: PHP hangs up after the head, and the fan-out below no longer
                 // depends on this socket.
                 self.respond(id, response::full(200, "text/plain", b"", persist), persist);
+                // Write it now, not at the end of the pass: PHP waits for it (1 s read
+                // timeout) and must not wait behind a large fan-out.
+                self.flush_conn(id);
                 self.publish(body, head.message_expiry, Sender::Backend, None, &receivers);
             }
         }

@@ -254,6 +254,7 @@ fn spawn_reader(mut r: impl Read + Send + 'static, buf: Arc<Mutex<Vec<u8>>>) -> 
         let mut chunk = [0u8; 4096];
         loop {
             match r.read(&mut chunk) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Ok(0) | Err(_) => break,
                 Ok(n) => buf
                     .lock()
@@ -609,16 +610,14 @@ impl Conn {
 
     fn fill(&mut self) -> io::Result<usize> {
         let mut chunk = [0u8; 65536];
-        loop {
+        let n = loop {
             match self.stream.read(&mut chunk) {
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    return Ok(n);
-                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                r => break r?,
             }
-        }
+        };
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
     }
 
     /// Reads the response head only (up to the blank line) and returns it raw.
