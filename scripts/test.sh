@@ -11,7 +11,7 @@ APT_UPDATED=0
 # missing. Later issues add redis-server, nginx and node here.
 ensure_pkg() {
     local cmd="$1" pkg="${2:-$1}"
-    if command -v "$cmd" >/dev/null 2>&1; then
+    if type -P "$cmd" >/dev/null 2>&1; then
         return 0
     fi
     echo "test.sh: '$cmd' missing, installing package '$pkg'"
@@ -27,7 +27,8 @@ ensure_pkg() {
 }
 
 # --- what the tests need -------------------------------------------------------------------
-ensure_pkg curl
+ensure_pkg curl               # zero-config test runs the printed curl commands
+ensure_pkg kill procps        # tests send signals with kill(1)
 # ensure_pkg redis-server      # issue: Redis store
 ensure_pkg nginx               # tests/nginx.rs: the shipped snippets in front of the server
 # ensure_pkg node nodejs       # issue: JS client tests
@@ -38,6 +39,9 @@ cargo fmt --all -- --check
 
 echo "== cargo clippy"
 cargo clippy --all-targets -- -D warnings
+
+echo "== cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 
 echo "== cargo test"
 log="$(mktemp)"

@@ -273,11 +273,15 @@ fn g3_no_tcp_listener_unless_configured_and_only_loopback() {
     let s = Server::builder()
         .env("PUB_LISTEN", format!("127.0.0.1:{port}"))
         .start();
-    let addrs = listening_addrs(s.pid());
-    assert_eq!(
-        addrs,
-        vec![format!("0100007F:{port:04X}")],
-        "exactly the configured loopback address"
+    let want = vec![format!("0100007F:{port:04X}")];
+    let mut addrs = Vec::new();
+    let ok = wait_until(WAIT, || {
+        addrs = listening_addrs(s.pid());
+        addrs == want
+    });
+    assert!(
+        ok,
+        "exactly the configured loopback address {want:?} (hex) expected, got {addrs:?}"
     );
 }
 

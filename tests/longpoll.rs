@@ -467,3 +467,24 @@ fn l3_publish_during_hold_answers_immediately() {
         "a held poll must complete right after the publish (took {took:?})"
     );
 }
+
+#[test]
+fn lp_backlog_merges_channels_in_mid_order_once() {
+    let s = Server::start();
+    let (a, b) = (new_id(), new_id());
+    s.publish_ok(&a, "\"a1\"", Some(86400));
+    s.publish_ok(&b, "\"b1\"", Some(86400));
+    s.publish_ok(&format!("{a}/{b}"), "\"ab\"", Some(86400));
+    s.publish_ok(&a, "\"a2\"", Some(86400));
+    s.publish_ok(&b, "\"b2\"", Some(86400));
+    let q = format!(
+        "CHANNEL_ID={}&mid={OLD_MID}",
+        enc(&format!("{}/{}", signed(&a), signed(&b)))
+    );
+    let r = s.lp(&q);
+    assert_eq!(r.status, 200);
+    let f = r.frames();
+    let texts: Vec<&str> = f.iter().map(|f| f.text.as_str()).collect();
+    assert_eq!(texts, ["\"a1\"", "\"b1\"", "\"ab\"", "\"a2\"", "\"b2\""]);
+    assert!(f.windows(2).all(|w| w[0].mid < w[1].mid));
+}

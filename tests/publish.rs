@@ -391,3 +391,21 @@ fn p8_trusted_signature_param_must_match_body() {
     assert_eq!(r.status, 200, "{:?}", r.body_str());
     assert!(r.body_str().contains(&ch), "online: {:?}", r.body_str());
 }
+
+#[test]
+fn publish_head_and_body_in_separate_writes() {
+    let s = Server::start();
+    let ch = new_id();
+    let mut ws = s.ws(&cid(&ch));
+    let body = b"{\"split\":\"body\"}";
+    let raw = publish_request(&ch, body, None);
+    let mut c = s.pub_conn();
+    let head_end = raw.len() - body.len();
+    c.send(&raw[..20]);
+    c.send(&raw[20..head_end]);
+    c.send(&body[..5]);
+    c.send(&body[5..]);
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    assert_eq!(ws.frames(1, WAIT)[0].text, "{\"split\":\"body\"}");
+}

@@ -411,3 +411,41 @@ fn ws_backlog_over_200_arrives_in_chunks_gap_free() {
         "nothing repeated after the backlog"
     );
 }
+
+#[test]
+fn ws_client_ping_gets_pong_and_client_close_gets_reply() {
+    let s = Server::start();
+    let ch = new_id();
+    let mut ws = s.ws(&cid(&ch));
+    ws.ws
+        .send(Message::Ping(b"hi".to_vec().into()))
+        .expect("send ping");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match ws.recv(deadline.saturating_duration_since(Instant::now())) {
+            WsEvent::Pong => break,
+            WsEvent::Ping => {}
+            other => panic!("expected a Pong to the client's Ping, got {other:?}"),
+        }
+    }
+    ws.ws.close(None).expect("send close");
+    let (code, _) = ws.expect_close(WAIT);
+    assert!(
+        code == 1000 || code == 1005,
+        "the server echoes the client's close, got {code}"
+    );
+}
+
+#[test]
+fn conn_cap_answers_pending_long_poll_with_429() {
+    let s = Server::builder().env("MAX_CONN_PER_CHANNEL", "1").start();
+    let (p, q) = (new_id(), new_id());
+    let query = format!("CHANNEL_ID={}", enc(&signed_pair(&p, &q)));
+    let mut lp = s.lp_begin(&query);
+    s.wait_online(&p);
+    let mut ws = s.ws(&query);
+    let r = lp.read_response();
+    r.assert_error(429, "4029: Too many connections");
+    s.publish_ok(&p, "\"newest-stays\"", None);
+    assert_eq!(ws.frames(1, WAIT)[0].text, "\"newest-stays\"");
+}

@@ -910,7 +910,13 @@ impl Ws {
             .get_ref()
             .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
             .expect("set timeout");
-        match self.ws.read() {
+        let read = loop {
+            match self.ws.read() {
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                r => break r,
+            }
+        };
+        match read {
             Ok(Message::Text(t)) => WsEvent::Text(t.as_str().to_string()),
             Ok(Message::Binary(b)) => WsEvent::Binary(b.to_vec()),
             Ok(Message::Ping(_)) => WsEvent::Ping,
