@@ -19,6 +19,7 @@ pub mod message;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;
+pub mod proto;
 pub mod publish;
 pub mod query;
 pub mod registry;
