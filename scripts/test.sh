@@ -29,7 +29,7 @@ ensure_pkg() {
 # --- what the tests need -------------------------------------------------------------------
 ensure_pkg curl               # zero-config test runs the printed curl commands
 ensure_pkg kill procps        # tests send signals with kill(1)
-# ensure_pkg redis-server      # issue: Redis store
+ensure_pkg redis-server        # tests/redis_store.rs, tests/redis_cluster.rs: a private redis-server per test
 ensure_pkg nginx               # tests/nginx.rs: the shipped snippets in front of the server
 # ensure_pkg node nodejs       # issue: JS client tests
 

@@ -999,7 +999,7 @@ fn mask_key(key: &str) -> String {
 }
 
 /// Hides the password of `redis://user:password@host`.
-fn mask_url(url: &str) -> String {
+pub(crate) fn mask_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };

@@ -1,0 +1,38 @@
+-- Backlog of several channels in one round trip (docs/redis.md).
+-- ARGV: prefix, after (13-byte id), limit, specs (17 bytes per receiver as in publish.lua)
+-- Returns the stored OutgoingMessage values newer than `after`, ascending by id, each once,
+-- skipping expired ones, at most `limit`.
+local prefix, after, limit, specs = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local seen, ids, epochs, counters = {}, {}, {}, {}
+for j = 1, #specs, 17 do
+  local set = (specs:sub(j, j) == 'p') and 'pubchannel:messages:' or 'channel:messages:'
+  local got = redis.call('ZRANGEBYLEX', prefix .. set .. specs:sub(j + 1, j + 16), '(' .. after, '+')
+  for _, id in ipairs(got) do
+    if not seen[id] and #id == 13 then
+      seen[id] = true
+      ids[#ids + 1] = id
+      -- Numeric sort keys: Lua compares strings with strcoll, not byte by byte.
+      local e, c = 0, 0
+      for i = 1, 5 do
+        local b = id:byte(i)
+        e = e * 100 + math.floor(b / 16) * 10 + b % 16
+      end
+      for i = 6, 13 do
+        local b = id:byte(i)
+        c = c * 100 + math.floor(b / 16) * 10 + b % 16
+      end
+      epochs[id], counters[id] = e, c
+    end
+  end
+end
+table.sort(ids, function(x, y)
+  if epochs[x] ~= epochs[y] then return epochs[x] < epochs[y] end
+  return counters[x] < counters[y]
+end)
+local out = {}
+for _, id in ipairs(ids) do
+  if #out >= limit then break end
+  local v = redis.call('GET', prefix .. 'message:' .. id)
+  if v then out[#out + 1] = v end
+end
+return out

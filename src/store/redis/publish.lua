@@ -1,0 +1,80 @@
+-- Publish a batch atomically: mint ids, store, index, announce (docs/redis.md).
+-- ARGV: prefix, uid, last_epoch, last_counter, n, channel_ttl, cap,
+--       then per message: ttl, rest, receivers, specs
+--   rest      = the OutgoingMessage protobuf without its id field
+--   receivers = the IPCMessage `receivers` fields, pre-encoded
+--   specs     = 17 bytes per receiver: 'c' (private) or 'p' (public), then the 16-byte id
+-- Returns {epoch, first counter}.
+local prefix, uid = ARGV[1], ARGV[2]
+local last_epoch, last_counter = tonumber(ARGV[3]), tonumber(ARGV[4])
+local n, channel_ttl, cap = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+if #ARGV ~= 7 + 4 * n then
+  return redis.error_reply('ERR publish script: bad argument count')
+end
+
+local kstart = prefix .. 'server:startdate'
+local kcounter = prefix .. 'server:messagecounter'
+local epoch = tonumber(redis.call('GET', kstart))
+local counter = tonumber(redis.call('GET', kcounter))
+-- Regression protection: a missing key (flush, eviction, restart without persistence) or a
+-- value below what this instance has already seen starts a new epoch above everything seen.
+if not epoch or not counter or epoch < last_epoch
+    or (epoch == last_epoch and counter < last_counter) then
+  local e = tonumber(redis.call('TIME')[1])
+  if epoch and epoch + 1 > e then e = epoch + 1 end
+  if last_epoch + 1 > e then e = last_epoch + 1 end
+  redis.call('SET', kstart, string.format('%d', e))
+  redis.call('SET', kcounter, '0')
+  epoch = e
+end
+local first = redis.call('INCRBY', kcounter, n) - n + 1
+
+-- The 26 digits "%010d%016d" read as hex: two decimal digits per byte.
+local function mid(c)
+  local d = string.format('%010d%016d', epoch, c)
+  local t = {}
+  for i = 1, 26, 2 do
+    t[#t + 1] = string.char((d:byte(i) - 48) * 16 + d:byte(i + 1) - 48)
+  end
+  return table.concat(t)
+end
+
+local function varint(v)
+  local t = {}
+  while v >= 128 do
+    t[#t + 1] = string.char(v % 128 + 128)
+    v = math.floor(v / 128)
+  end
+  t[#t + 1] = string.char(v)
+  return table.concat(t)
+end
+
+local entries, touched = {}, {}
+local a = 8
+for i = 0, n - 1 do
+  local ttl, rest, receivers, specs = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  a = a + 4
+  local id = mid(first + i)
+  local om = '\10\13' .. id .. rest
+  if ttl > 0 then
+    redis.call('SET', prefix .. 'message:' .. id, om, 'EX', ttl)
+    for j = 1, #specs, 17 do
+      local set = (specs:sub(j, j) == 'p') and 'pubchannel:messages:' or 'channel:messages:'
+      local key = prefix .. set .. specs:sub(j + 1, j + 16)
+      redis.call('ZADD', key, 0, id)
+      touched[key] = true
+    end
+  end
+  -- IPCMessage { receivers = 1; outgoingMessageId = 2; outgoingMessage = 3 }
+  local ipc = receivers .. '\18\13' .. id .. '\26' .. varint(#om) .. om
+  entries[#entries + 1] = '\10' .. varint(#ipc) .. ipc
+end
+for key in pairs(touched) do
+  redis.call('ZREMRANGEBYRANK', key, 0, -(cap + 1))
+  redis.call('EXPIRE', key, channel_ttl, 'NX')
+end
+-- NotificationBatch { notifications = 1 } -> Notification { ipcMessages = 1 } -> IPCMessages
+local messages = table.concat(entries)
+local notification = '\10' .. varint(#messages) .. messages
+redis.call('PUBLISH', prefix .. 'pushserver:' .. uid, '\10' .. varint(#notification) .. notification)
+return {epoch, first}

@@ -1,0 +1,639 @@
+//! The worker thread: the command connection, one pipeline per round of queued jobs.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver as ChanReceiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use redis::{Connection, ConnectionInfo, Value};
+use serde_json::Value as Json;
+
+use super::codec::{decode_stored, encode_receivers, encode_rest, receiver_specs};
+use super::{Backoff, IO_TIMEOUT, Shared, failed};
+use crate::message::{Message, Mid, now_ms};
+use crate::registry::Kind;
+use crate::store::{Done, Draft, Job, Receiver, StoreError};
+
+const PUBLISH_LUA: &str = include_str!("publish.lua");
+const BACKLOG_LUA: &str = include_str!("backlog.lua");
+
+/// At most this many jobs go into one pipeline, so one round stays well inside the timeouts.
+const MAX_ROUND: usize = 500;
+/// A PING after this long without jobs notices a dead connection before a publish does.
+const IDLE_PING: Duration = Duration::from_millis(500);
+/// The channel index lives this long from its first message and is never refreshed
+/// (OPERATIONS.md §3.1); longer when the message TTL is configured longer.
+const CHANNEL_TTL: u32 = 86_400;
+/// `stats` entries older than this are another instance's leftovers (OPERATIONS.md §5.1).
+const STATS_STALE_MS: u64 = 70_000;
+
+/// How a pipeline failed.
+enum Exchange {
+    /// Writing failed: Redis got nothing (or a torn command it drops with the connection).
+    NotSent(String),
+    /// Sent, but the replies did not all come: the commands may have run.
+    Lost(String),
+}
+
+impl Exchange {
+    fn reason(self) -> String {
+        match self {
+            Exchange::NotSent(r) | Exchange::Lost(r) => r,
+        }
+    }
+}
+
+/// Script hashes, known after `SCRIPT LOAD`.
+struct Scripts {
+    publish: String,
+    backlog: String,
+}
+
+/// A job in flight, and how many replies of the round are its own.
+enum Pending {
+    Publish {
+        token: u64,
+        drafts: Vec<Draft>,
+    },
+    Backlog {
+        token: u64,
+    },
+    Online {
+        token: u64,
+    },
+    Stats {
+        token: u64,
+    },
+    /// Replies nobody waits for (touches, stats writes).
+    Ignore,
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    info: ConnectionInfo,
+    conn: Option<(Connection, Scripts)>,
+    backoff: Backoff,
+    retry_at: Instant,
+    /// The `stats` field this instance writes (the `processUniqueId` of its JSON).
+    stats_field: Option<String>,
+}
+
+pub(super) fn run(shared: Arc<Shared>, info: ConnectionInfo, jobs: ChanReceiver<Job>) {
+    let mut w = Worker {
+        shared,
+        info,
+        conn: None,
+        backoff: Backoff::new(),
+        retry_at: Instant::now(),
+        stats_field: None,
+    };
+    loop {
+        if w.conn.is_none() {
+            let wait = w.retry_at.saturating_duration_since(Instant::now());
+            match jobs.recv_timeout(wait) {
+                Ok(job) => {
+                    // Down: answer at once, nothing waits for Redis to come back.
+                    let err = w.shared.unavailable();
+                    let mut done: Vec<Done> = failed(job, &err).into_iter().collect();
+                    done.extend(jobs.try_iter().filter_map(|j| failed(j, &err)));
+                    w.shared.send_all(done);
+                }
+                Err(RecvTimeoutError::Timeout) => w.connect(),
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            continue;
+        }
+        match jobs.recv_timeout(IDLE_PING) {
+            Ok(first) => {
+                let mut round = vec![first];
+                round.extend(jobs.try_iter().take(MAX_ROUND - 1));
+                if w.shared.verify.swap(false, Ordering::AcqRel) {
+                    w.refresh();
+                }
+                if w.conn.is_none() {
+                    let err = w.shared.unavailable();
+                    w.shared
+                        .send_all(round.into_iter().filter_map(|j| failed(j, &err)).collect());
+                    continue;
+                }
+                w.round(round);
+            }
+            Err(RecvTimeoutError::Timeout) if w.shared.stop.load(Ordering::Acquire) => return,
+            Err(RecvTimeoutError::Timeout) => {
+                if w.shared.verify.swap(false, Ordering::AcqRel) {
+                    w.refresh();
+                } else {
+                    w.ping();
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+impl Worker {
+    fn connect(&mut self) {
+        match self.try_connect() {
+            Ok((conn, scripts, latest)) => {
+                self.conn = Some((conn, scripts));
+                self.backoff.reset();
+                self.shared.set_cmd(Ok(latest));
+            }
+            Err(reason) => {
+                self.retry_at = Instant::now() + self.backoff.next_delay();
+                self.shared.set_cmd(Err(reason));
+            }
+        }
+    }
+
+    fn try_connect(&mut self) -> Result<(Connection, Scripts, Mid), String> {
+        self.connect_inner().map_err(|e| e.to_string())
+    }
+
+    fn connect_inner(&mut self) -> redis::RedisResult<(Connection, Scripts, Mid)> {
+        let client = redis::Client::open(self.info.clone())?;
+        let mut conn = client.get_connection_with_timeout(IO_TIMEOUT)?;
+        conn.set_read_timeout(Some(IO_TIMEOUT))?;
+        conn.set_write_timeout(Some(IO_TIMEOUT))?;
+        let (publish, backlog): (String, String) = redis::pipe()
+            .cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(PUBLISH_LUA)
+            .cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(BACKLOG_LUA)
+            .query(&mut conn)?;
+        let latest = self.read_latest(&mut conn)?;
+        Ok((conn, Scripts { publish, backlog }, latest))
+    }
+
+    /// What [`Done::Up`] reports, from the id keys as they are now.
+    fn read_latest(&self, conn: &mut Connection) -> redis::RedisResult<Mid> {
+        let keys = &self.shared.keys;
+        let (start, counter, time): (Option<u64>, Option<u64>, (u64, u64)) = redis::pipe()
+            .cmd("GET")
+            .arg(keys.startdate())
+            .cmd("GET")
+            .arg(keys.counter())
+            .cmd("TIME")
+            .query(conn)?;
+        let latest = latest_id(start, counter, time.0, self.shared.last_seen());
+        if latest.counter() > 0 {
+            self.shared.see(latest);
+        }
+        Ok(latest)
+    }
+
+    /// The subscription broke, so this connection is suspect too: check it before the link
+    /// may be reported up again (otherwise a dead connection would report up until its next
+    /// use).
+    fn refresh(&mut self) {
+        let Some((mut conn, scripts)) = self.conn.take() else {
+            return;
+        };
+        match self.read_latest(&mut conn) {
+            Ok(latest) => {
+                self.conn = Some((conn, scripts));
+                self.shared.set_cmd(Ok(latest));
+            }
+            Err(e) => self.lose(e.to_string()),
+        }
+    }
+
+    fn lose(&mut self, reason: String) {
+        self.conn = None;
+        self.retry_at = Instant::now() + self.backoff.next_delay();
+        self.shared.set_cmd(Err(reason));
+    }
+
+    fn ping(&mut self) {
+        let Some((conn, _)) = self.conn.as_mut() else {
+            return;
+        };
+        if let Err(e) = redis::cmd("PING").query::<String>(conn) {
+            self.lose(e.to_string());
+        }
+    }
+
+    /// Runs one round of jobs as one pipeline (plus a retry for scripts Redis forgot).
+    fn round(&mut self, jobs: Vec<Job>) {
+        let cfg = self.shared.cfg();
+        let Some((_, scripts)) = self.conn.as_ref() else {
+            return;
+        };
+        let keys = &self.shared.keys;
+        let mut cmds: Vec<redis::Cmd> = Vec::with_capacity(jobs.len());
+        let mut pending = Vec::with_capacity(jobs.len());
+        let mut done = Vec::new();
+        let mut touched: Vec<Receiver> = Vec::new();
+        let last = self.shared.last_seen();
+        for job in jobs {
+            match job {
+                Job::Publish { token, drafts } if drafts.is_empty() => done.push(Done::Published {
+                    token,
+                    result: Ok(Vec::new()),
+                }),
+                Job::Publish { token, drafts } => {
+                    cmds.push(publish_cmd(
+                        &scripts.publish,
+                        keys.prefix(),
+                        &self.shared.uid,
+                        last,
+                        &cfg,
+                        &drafts,
+                    ));
+                    pending.push(Pending::Publish { token, drafts });
+                }
+                Job::Backlog {
+                    token,
+                    receivers,
+                    after,
+                    limit,
+                } => {
+                    if receivers.is_empty() || limit == 0 {
+                        done.push(Done::Backlog {
+                            token,
+                            result: Ok(Vec::new()),
+                        });
+                        continue;
+                    }
+                    cmds.push(backlog_cmd(
+                        &scripts.backlog,
+                        keys.prefix(),
+                        after,
+                        limit,
+                        &receivers,
+                    ));
+                    pending.push(Pending::Backlog { token });
+                }
+                Job::Touch { channels } => touched.extend(channels),
+
+                Job::Online { token, channels } => {
+                    if channels.is_empty() {
+                        done.push(Done::Online {
+                            token,
+                            result: Ok(Vec::new()),
+                        });
+                        continue;
+                    }
+                    let mut c = redis::cmd("MGET");
+                    for ch in &channels {
+                        c.arg(keys.online(ch));
+                    }
+                    cmds.push(c);
+                    pending.push(Pending::Online { token });
+                }
+                Job::PutStats { json } => {
+                    let field = stats_field(&json).unwrap_or_else(|| self.shared.uid.clone());
+                    let mut c = redis::cmd("HSET");
+                    c.arg(keys.stats()).arg(&field).arg(json);
+                    cmds.push(c);
+                    self.stats_field = Some(field);
+                    pending.push(Pending::Ignore);
+                }
+                Job::Stats { token } => {
+                    let mut c = redis::cmd("HGETALL");
+                    c.arg(keys.stats());
+                    cmds.push(c);
+                    pending.push(Pending::Stats { token });
+                }
+            }
+        }
+        // Touches go first (an online query of the same round sees them), one SET per
+        // channel however often it was touched.
+        let mut seen = HashSet::new();
+        touched.retain(|(id, kind)| seen.insert((*id, *kind == Kind::Private)));
+        let sets: Vec<redis::Cmd> = touched
+            .iter()
+            .map(|ch| {
+                let mut c = redis::cmd("SET");
+                c.arg(keys.online(ch))
+                    .arg("1")
+                    .arg("EX")
+                    .arg(cfg.online_ttl.max(1));
+                c
+            })
+            .collect();
+        pending.splice(0..0, sets.iter().map(|_| Pending::Ignore));
+        cmds.splice(0..0, sets);
+        if pending.is_empty() {
+            self.shared.send_all(done);
+            return;
+        }
+        let replies = match self.exchange(&cmds) {
+            Ok(r) => r,
+            Err(Exchange::NotSent(_)) => {
+                // Nothing reached Redis (a connection that died while idle): one immediate
+                // reconnect, then the same commands again.
+                self.conn = None;
+                self.connect();
+                match self.exchange(&cmds) {
+                    Ok(r) => r,
+                    Err(e) => return self.fail_round(pending, done, e.reason()),
+                }
+            }
+            Err(e) => return self.fail_round(pending, done, e.reason()),
+        };
+        let mut retry = (Vec::new(), Vec::new());
+        for ((p, c), reply) in pending.into_iter().zip(cmds).zip(replies) {
+            if is_noscript(&reply) {
+                retry.0.push(p);
+                retry.1.push(c);
+            } else {
+                done.extend(self.answer(p, Ok(reply)));
+            }
+        }
+        if !retry.0.is_empty() {
+            // Redis lost its script cache (SCRIPT FLUSH, a failover): load the scripts (same
+            // hashes) and send the same commands again. Every EVALSHA of the round failed
+            // alike, so the ids keep the order of the jobs.
+            let (pending, cmds) = retry;
+            match self
+                .load_scripts()
+                .map_err(Exchange::Lost)
+                .and_then(|()| self.exchange(&cmds))
+            {
+                Ok(replies) => {
+                    for (p, reply) in pending.into_iter().zip(replies) {
+                        done.extend(self.answer(p, Ok(reply)));
+                    }
+                }
+                Err(e) => return self.fail_round(pending, done, e.reason()),
+            }
+        }
+        self.shared.send_all(done);
+    }
+
+    fn load_scripts(&mut self) -> Result<(), String> {
+        let Some((conn, scripts)) = self.conn.as_mut() else {
+            return Err("not connected".into());
+        };
+        let (publish, backlog): (String, String) = redis::pipe()
+            .cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(PUBLISH_LUA)
+            .cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(BACKLOG_LUA)
+            .query(conn)
+            .map_err(|e| e.to_string())?;
+        *scripts = Scripts { publish, backlog };
+        Ok(())
+    }
+
+    /// Sends `cmds` as one pipeline and reads their replies, stopping at the first I/O error
+    /// (one timeout is enough to give the connection up; waiting for every remaining reply
+    /// would multiply it).
+    fn exchange(&mut self, cmds: &[redis::Cmd]) -> Result<Vec<Value>, Exchange> {
+        let Some((conn, _)) = self.conn.as_mut() else {
+            return Err(Exchange::NotSent(self.shared.unavailable().0));
+        };
+        let mut packed = Vec::new();
+        for c in cmds {
+            packed.extend_from_slice(&c.get_packed_command());
+        }
+        conn.send_packed_command(&packed)
+            .map_err(|e| Exchange::NotSent(e.to_string()))?;
+        let mut replies = Vec::with_capacity(cmds.len());
+        for _ in cmds {
+            replies.push(
+                conn.recv_response()
+                    .map_err(|e| Exchange::Lost(e.to_string()))?,
+            );
+        }
+        Ok(replies)
+    }
+
+    /// The connection broke mid-round: every job of the round fails (a publish may have run
+    /// in Redis all the same; the publisher is told it failed), then reconnect.
+    fn fail_round(&mut self, pending: Vec<Pending>, mut done: Vec<Done>, reason: String) {
+        self.lose(reason);
+        let err = self.shared.unavailable();
+        for p in pending {
+            done.extend(self.answer(p, Err(err.clone())));
+        }
+        self.shared.send_all(done);
+    }
+
+    /// The answer to one job from its reply.
+    fn answer(&mut self, p: Pending, reply: Result<Value, StoreError>) -> Option<Done> {
+        let reply = match reply {
+            Ok(Value::ServerError(e)) => Err(StoreError(format!("Redis error: {e}"))),
+            other => other,
+        };
+        Some(match p {
+            Pending::Ignore => return None,
+            Pending::Publish { token, drafts } => Done::Published {
+                token,
+                result: reply.and_then(|r| self.published(r, drafts)),
+            },
+            Pending::Backlog { token } => Done::Backlog {
+                token,
+                result: reply.and_then(backlog_from),
+            },
+            Pending::Online { token } => Done::Online {
+                token,
+                result: reply.and_then(|r| match r {
+                    Value::Array(v) => Ok(v.iter().map(|x| *x != Value::Nil).collect()),
+                    other => Err(unexpected(&other)),
+                }),
+            },
+            Pending::Stats { token } => Done::Stats {
+                token,
+                result: reply.and_then(|r| self.stats_from(r)),
+            },
+        })
+    }
+
+    fn published(
+        &mut self,
+        reply: Value,
+        drafts: Vec<Draft>,
+    ) -> Result<Vec<Arc<Message>>, StoreError> {
+        let (epoch, first) = match &reply {
+            Value::Array(v) => match v.as_slice() {
+                [Value::Int(e), Value::Int(c)] if *e > 0 && *c > 0 => (*e as u64, *c as u64),
+                _ => return Err(unexpected(&reply)),
+            },
+            _ => return Err(unexpected(&reply)),
+        };
+        let msgs: Vec<Arc<Message>> = drafts
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| {
+                Arc::new(Message::new(
+                    Mid::new(epoch, first + i as u64),
+                    d.created_ms,
+                    d.expiry,
+                    d.sender,
+                    d.body,
+                    d.kind,
+                ))
+            })
+            .collect();
+        if let Some(m) = msgs.last() {
+            self.shared.see(m.mid);
+        }
+        Ok(msgs)
+    }
+
+    /// The other instances' fresh entries; stale ones (and entries without a date) are
+    /// deleted, as the 2.0 processes do.
+    fn stats_from(&mut self, reply: Value) -> Result<Vec<String>, StoreError> {
+        let Value::Array(items) = reply else {
+            return Err(unexpected(&reply));
+        };
+        let now = now_ms();
+        let mut fresh = Vec::new();
+        let mut stale = Vec::new();
+        let mut it = items.into_iter();
+        while let (Some(f), Some(v)) = (it.next(), it.next()) {
+            let (Value::BulkString(f), Value::BulkString(v)) = (f, v) else {
+                continue;
+            };
+            if self.stats_field.as_deref().map(str::as_bytes) == Some(f.as_slice()) {
+                continue;
+            }
+            let date = serde_json::from_slice::<Json>(&v)
+                .ok()
+                .and_then(|j| j.get("date").and_then(Json::as_f64));
+            match date {
+                Some(d) if now.saturating_sub(d as u64) <= STATS_STALE_MS => {
+                    fresh.push(String::from_utf8_lossy(&v).into_owned());
+                }
+                _ => stale.push(f),
+            }
+        }
+        if !stale.is_empty()
+            && let Some((conn, _)) = self.conn.as_mut()
+        {
+            let mut c = redis::cmd("HDEL");
+            c.arg(self.shared.keys.stats()).arg(stale);
+            // Housekeeping only; a failure shows up on the next job.
+            let _ = c.query::<Value>(conn);
+        }
+        Ok(fresh)
+    }
+}
+
+/// The `processUniqueId` of a stats entry, used as its field in the `stats` hash.
+fn stats_field(json: &str) -> Option<String> {
+    serde_json::from_str::<Json>(json)
+        .ok()?
+        .get("processUniqueId")?
+        .as_str()
+        .map(str::to_string)
+}
+
+fn backlog_from(reply: Value) -> Result<Vec<Arc<Message>>, StoreError> {
+    match reply {
+        Value::Array(values) => Ok(values
+            .iter()
+            .filter_map(|v| match v {
+                Value::BulkString(b) => decode_stored(b),
+                _ => None,
+            })
+            .collect()),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn unexpected(v: &Value) -> StoreError {
+    StoreError(format!("unexpected Redis reply: {v:?}"))
+}
+
+fn is_noscript(v: &Value) -> bool {
+    matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT")
+}
+
+/// The id a poll without `mid` reports before any publish: what Redis holds, or, when the
+/// publish script would start a new epoch, the start of that epoch (never above a future id).
+pub(super) fn latest_id(start: Option<u64>, counter: Option<u64>, now: u64, last: Mid) -> Mid {
+    match (start, counter) {
+        (Some(e), Some(c)) if e > last.epoch() || (e == last.epoch() && c >= last.counter()) => {
+            Mid::new(e, c)
+        }
+        _ => Mid::new(now.max(start.map_or(0, |e| e + 1)).max(last.epoch() + 1), 0),
+    }
+}
+
+/// The message TTL in Redis: `min(expiry, message_ttl)`, or the grace window for expiry 0.
+fn ttl(d: &Draft, cfg: &crate::config::StoreConfig) -> u32 {
+    if d.expiry == 0 {
+        cfg.expiry0_grace
+    } else {
+        d.expiry.min(cfg.message_ttl)
+    }
+}
+
+fn publish_cmd(
+    sha: &str,
+    prefix: &[u8],
+    uid: &str,
+    last: Mid,
+    cfg: &crate::config::StoreConfig,
+    drafts: &[Draft],
+) -> redis::Cmd {
+    let mut c = redis::cmd("EVALSHA");
+    c.arg(sha)
+        .arg(0)
+        .arg(prefix)
+        .arg(uid)
+        .arg(last.epoch())
+        .arg(last.counter())
+        .arg(drafts.len())
+        .arg(CHANNEL_TTL.max(cfg.message_ttl))
+        .arg(cfg.channel_history);
+    for d in drafts {
+        c.arg(ttl(d, cfg))
+            .arg(encode_rest(d))
+            .arg(encode_receivers(&d.receivers))
+            .arg(receiver_specs(&d.receivers));
+    }
+    c
+}
+
+fn backlog_cmd(
+    sha: &str,
+    prefix: &[u8],
+    after: Mid,
+    limit: usize,
+    receivers: &[Receiver],
+) -> redis::Cmd {
+    let mut c = redis::cmd("EVALSHA");
+    c.arg(sha)
+        .arg(0)
+        .arg(prefix)
+        .arg(after.to_binary().as_slice())
+        .arg(limit)
+        .arg(receiver_specs(receivers));
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latest_never_above_a_future_id() {
+        let last = Mid::new(100, 5);
+        assert_eq!(latest_id(Some(100), Some(7), 500, last), Mid::new(100, 7));
+        assert_eq!(latest_id(Some(101), Some(0), 500, last), Mid::new(101, 0));
+        // Regressions: what the publish script would do next.
+        assert_eq!(latest_id(Some(100), Some(3), 50, last), Mid::new(101, 0));
+        assert_eq!(latest_id(Some(99), Some(9), 50, last), Mid::new(101, 0));
+        assert_eq!(latest_id(None, None, 500, last), Mid::new(500, 0));
+        assert_eq!(latest_id(Some(600), None, 500, last), Mid::new(601, 0));
+        assert_eq!(latest_id(None, None, 500, Mid::new(0, 0)), Mid::new(500, 0));
+    }
+
+    #[test]
+    fn stats_field_from_json() {
+        assert_eq!(
+            stats_field(r#"{"pid":1,"processUniqueId":"h-42"}"#).as_deref(),
+            Some("h-42")
+        );
+        assert_eq!(stats_field("[]"), None);
+    }
+}

@@ -1,0 +1,689 @@
+//! The Redis store driven directly (no server): round trips, ids across instances and across
+//! Redis losing its data, fan-out between instances, outage and recovery. Each test has its own
+//! `redis-server` on a temp Unix socket.
+
+mod common;
+mod redis_server;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Poll, Token, Waker};
+use tungstenite::Bytes;
+
+use common::TestDir;
+use push_server::channel::ChannelId;
+use push_server::config::StoreConfig;
+use push_server::message::{Message, Mid, Sender, now_ms};
+use push_server::registry::Kind;
+use push_server::store::redis::{RedisOptions, RedisStore, Target};
+use push_server::store::{Done, Draft, Job, Receiver, Store};
+use redis_server::RedisServer;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn store_cfg() -> StoreConfig {
+    StoreConfig {
+        message_ttl: 86400,
+        expiry0_grace: 60,
+        online_ttl: 130,
+        channel_history: 100,
+        max_bytes: 1 << 20,
+        state_file: "/nonexistent".into(),
+    }
+}
+
+/// A store with its own Poll and Waker, as the server would have.
+struct Inst {
+    store: RedisStore,
+    poll: Poll,
+    events: Events,
+    got: Vec<Done>,
+    next_token: u64,
+}
+
+impl Inst {
+    fn start(sock: &Path, prefix: &str) -> Inst {
+        let poll = Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), Token(0)).unwrap());
+        let opts = RedisOptions {
+            target: Target::Socket(sock.to_path_buf()),
+            prefix: prefix.into(),
+            store: store_cfg(),
+        };
+        Inst {
+            store: RedisStore::start(opts, waker).unwrap(),
+            poll,
+            events: Events::with_capacity(8),
+            got: Vec::new(),
+            next_token: 1,
+        }
+    }
+
+    fn up(sock: &Path) -> Inst {
+        let mut i = Inst::start(sock, "");
+        i.wait_up();
+        i
+    }
+
+    /// Waits (woken by the store) for the first answer matching `pick`, keeping the others.
+    fn wait<T>(&mut self, what: &str, mut pick: impl FnMut(&Done) -> Option<T>) -> T {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(pos) = self.got.iter().position(|d| pick(d).is_some()) {
+                let d = self.got.remove(pos);
+                return pick(&d).unwrap();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "timed out waiting for {what}; have {:?}",
+                self.got
+            );
+            self.poll.poll(&mut self.events, Some(left)).unwrap();
+            self.store.drain(&mut self.got);
+        }
+    }
+
+    fn wait_up(&mut self) -> Mid {
+        self.wait("Up", |d| match d {
+            Done::Up { latest } => Some(*latest),
+            _ => None,
+        })
+    }
+
+    fn wait_down(&mut self) -> String {
+        self.wait("Down", |d| match d {
+            Done::Down { reason } => Some(reason.clone()),
+            _ => None,
+        })
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    fn publish_result(&mut self, drafts: Vec<Draft>) -> Result<Vec<Arc<Message>>, String> {
+        let token = self.token();
+        self.store
+            .submit(Job::Publish { token, drafts })
+            .expect("queue has room");
+        self.wait("Published", |d| match d {
+            Done::Published { token: t, result } if *t == token => {
+                Some(result.clone().map_err(|e| e.0))
+            }
+            _ => None,
+        })
+    }
+
+    fn publish(&mut self, drafts: Vec<Draft>) -> Vec<Arc<Message>> {
+        self.publish_result(drafts).expect("publish succeeds")
+    }
+
+    fn backlog(&mut self, receivers: Vec<Receiver>, after: Mid, limit: usize) -> Vec<Arc<Message>> {
+        let token = self.token();
+        self.store
+            .submit(Job::Backlog {
+                token,
+                receivers,
+                after,
+                limit,
+            })
+            .unwrap();
+        self.wait("Backlog", |d| match d {
+            Done::Backlog { token: t, result } if *t == token => {
+                Some(result.clone().expect("backlog succeeds"))
+            }
+            _ => None,
+        })
+    }
+
+    fn online(&mut self, channels: Vec<Receiver>) -> Vec<bool> {
+        let token = self.token();
+        self.store.submit(Job::Online { token, channels }).unwrap();
+        self.wait("Online", |d| match d {
+            Done::Online { token: t, result } if *t == token => {
+                Some(result.clone().expect("online succeeds"))
+            }
+            _ => None,
+        })
+    }
+
+    fn stats(&mut self) -> Vec<String> {
+        let token = self.token();
+        self.store.submit(Job::Stats { token }).unwrap();
+        self.wait("Stats", |d| match d {
+            Done::Stats { token: t, result } if *t == token => {
+                Some(result.clone().expect("stats succeed"))
+            }
+            _ => None,
+        })
+    }
+
+    fn remote(&mut self) -> Vec<(Arc<Message>, Vec<Receiver>)> {
+        self.wait("Remote", |d| match d {
+            Done::Remote(batch) => Some(batch.clone()),
+            _ => None,
+        })
+    }
+}
+
+fn ch(n: u8) -> ChannelId {
+    let mut id = [0u8; 16];
+    id[0] = n;
+    id[15] = 0xee;
+    ChannelId(id)
+}
+
+fn draft(body: &str, receivers: Vec<Receiver>) -> Draft {
+    Draft {
+        body: Bytes::from(body.to_string()),
+        expiry: 86400,
+        sender: Sender::Backend,
+        kind: Some("im_message".into()),
+        receivers,
+        created_ms: now_ms(),
+    }
+}
+
+fn mids(msgs: &[Arc<Message>]) -> Vec<Mid> {
+    msgs.iter().map(|m| m.mid).collect()
+}
+
+fn assert_increasing(ids: &[Mid]) {
+    for w in ids.windows(2) {
+        assert!(w[0] < w[1], "ids not strictly increasing: {ids:?}");
+    }
+}
+
+#[test]
+fn batch_of_100_is_one_round_trip_and_backlog_another() {
+    let dir = TestDir::new();
+    let redis = RedisServer::start(&dir.path);
+    let mut a = Inst::up(&redis.sock);
+    let drafts: Vec<Draft> = (0..100)
+        .map(|i| {
+            draft(
+                &format!("{{\"n\":{i}}}"),
+                vec![(ch(1), Kind::Private), (ch(i as u8 % 4 + 2), Kind::Public)],
+            )
+        })
+        .collect();
+    let before = redis.calls("evalsha");
+    let published_before = redis.calls("publish");
+    let msgs = a.publish(drafts);
+    assert_eq!(
+        redis.calls("evalsha") - before,
+        1,
+        "one EVALSHA for 100 messages"
+    );
+    assert_eq!(
+        redis.calls("publish") - published_before,
+        1,
+        "one notification"
+    );
+    assert_eq!(msgs.len(), 100);
+    assert_increasing(&mids(&msgs));
+    assert_eq!(&msgs[7].body[..], b"{\"n\":7}");
+    assert_eq!(msgs[0].mid.counter() + 99, msgs[99].mid.counter());
+
+    let before = redis.calls("evalsha");
+    let got = a.backlog(
+        vec![
+            (ch(1), Kind::Private),
+            (ch(2), Kind::Public),
+            (ch(3), Kind::Public),
+        ],
+        msgs[9].mid,
+        200,
+    );
+    assert_eq!(
+        redis.calls("evalsha") - before,
+        1,
+        "one EVALSHA for a backlog"
+    );
+    assert_eq!(
+        mids(&got),
+        mids(&msgs[10..]),
+        "merged, ascending, each once"
+    );
+    let m = &got[0];
+    assert_eq!(m.kind.as_deref(), Some("im_message"));
+    assert_eq!(m.created_ms, msgs[10].created_ms, "milliseconds survive");
+    assert_eq!(m.sender, Sender::Backend);
+    assert_eq!(m.expiry, 86400);
+
+    // Limit, and the public set alone.
+    let got = a.backlog(vec![(ch(2), Kind::Public)], Mid::new(0, 0), 5);
+    let want: Vec<Mid> = msgs.iter().step_by(4).take(5).map(|m| m.mid).collect();
+    assert_eq!(mids(&got), want);
+    // The private id's set is not the public one's.
+    assert!(
+        a.backlog(vec![(ch(2), Kind::Private)], Mid::new(0, 0), 5)
+            .is_empty()
+    );
+}
+
+#[test]
+fn layout_is_the_2_0_one() {
+    let dir = TestDir::new();
+    let redis = RedisServer::start(&dir.path);
+    let mut a = Inst::start(&redis.sock, "site1:");
+    a.wait_up();
+    let mut d = draft("{}", vec![(ch(1), Kind::Private), (ch(2), Kind::Public)]);
+    d.expiry = 120;
+    let m = a.publish(vec![d, draft("x", vec![(ch(1), Kind::Private)])]);
+    let mut c = redis.conn();
+    let start: u64 = redis::cmd("GET")
+        .arg("site1:server:startdate")
+        .query(&mut c)
+        .unwrap();
+    let counter: u64 = redis::cmd("GET")
+        .arg("site1:server:messagecounter")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(Mid::new(start, counter), m[1].mid);
+    let key = [b"site1:message:".as_slice(), &m[0].mid.to_binary()].concat();
+    let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut c).unwrap();
+    assert!(
+        (100..=120).contains(&ttl),
+        "message TTL min(expiry, 86400): {ttl}"
+    );
+    let value: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut c).unwrap();
+    use prost::Message as _;
+    let om = push_server::proto::OutgoingMessage::decode(value.as_slice()).unwrap();
+    assert_eq!(om.id, m[0].mid.to_binary());
+    assert_eq!(om.body, b"{}");
+    assert_eq!(om.expiry, 120);
+    let set = [b"site1:channel:messages:".as_slice(), &ch(1).0].concat();
+    let members: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+        .arg(&set)
+        .arg(0)
+        .arg(-1)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(
+        members,
+        vec![m[0].mid.to_binary().to_vec(), m[1].mid.to_binary().to_vec()]
+    );
+    let ttl: i64 = redis::cmd("TTL").arg(&set).query(&mut c).unwrap();
+    assert!(ttl > 86000, "channel TTL 86400: {ttl}");
+    let pubset = [b"site1:pubchannel:messages:".as_slice(), &ch(2).0].concat();
+    let n: u64 = redis::cmd("ZCARD").arg(&pubset).query(&mut c).unwrap();
+    assert_eq!(n, 1);
+    // Expiry 0: kept for the grace window.
+    let mut d = draft("live", vec![(ch(1), Kind::Private)]);
+    d.expiry = 0;
+    let m = a.publish(vec![d]);
+    let key = [b"site1:message:".as_slice(), &m[0].mid.to_binary()].concat();
+    let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut c).unwrap();
+    assert!((50..=60).contains(&ttl), "grace window: {ttl}");
+    // Nothing without the prefix.
+    let unprefixed: Vec<Vec<u8>> = redis::cmd("KEYS").arg("server:*").query(&mut c).unwrap();
+    assert!(unprefixed.is_empty());
+}
+
+#[test]
+fn history_is_capped_and_expired_messages_are_skipped() {
+    let dir = TestDir::new();
+    let redis = RedisServer::start(&dir.path);
+    let mut a = Inst::up(&redis.sock);
+    let r = vec![(ch(1), Kind::Private)];
+    let msgs = a.publish((0..130).map(|i| draft(&i.to_string(), r.clone())).collect());
+    let got = a.backlog(r.clone(), Mid::new(0, 0), 200);
+    assert_eq!(mids(&got), mids(&msgs[30..]), "the newest 100");
+    // A message that expired (deleted here) is skipped; its id stays in the set.
+    let mut c = redis.conn();
+    let key = [b"message:".as_slice(), &msgs[50].mid.to_binary()].concat();
+    let _: i64 = redis::cmd("DEL").arg(&key).query(&mut c).unwrap();
+    let got = a.backlog(r, msgs[48].mid, 3);
+    assert_eq!(mids(&got), vec![msgs[49].mid, msgs[51].mid, msgs[52].mid]);
+}
+
+#[test]
+fn ids_increase_across_instances_and_data_loss() {
+    let dir = TestDir::new();
+    let redis = RedisServer::start(&dir.path);
+    let mut a = Inst::up(&redis.sock);
+    let mut b = Inst::up(&redis.sock);
+    let r = vec![(ch(1), Kind::Private)];
+    let mut all = Vec::new();
+    for i in 0..5 {
+        all.extend(mids(
+            &a.publish(vec![draft("a", r.clone()), draft("a", r.clone())]),
+        ));
+        all.extend(mids(&b.publish(vec![draft(&i.to_string(), r.clone())])));
+    }
+    assert_increasing(&all);
+    let mut c = redis.conn();
+
+    // The counter is lost (eviction): a new epoch, above everything.
+    let _: i64 = redis::cmd("DEL")
+        .arg("server:messagecounter")
+        .query(&mut c)
+        .unwrap();
+    all.extend(mids(&a.publish(vec![draft("x", r.clone())])));
+    all.extend(mids(&b.publish(vec![draft("y", r.clone())])));
+    assert_increasing(&all);
+
+    // The counter goes backwards (restored from an old snapshot).
+    let _: () = redis::cmd("SET")
+        .arg("server:messagecounter")
+        .arg(1)
+        .query(&mut c)
+        .unwrap();
+    all.extend(mids(&b.publish(vec![draft("z", r.clone())])));
+    assert_increasing(&all);
+
+    // Everything is lost, twice within a second. B has seen A's id (pub/sub delivers in
+    // milliseconds; an instance that has not would start the same epoch: docs/redis.md).
+    let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap();
+    let m = a.publish(vec![draft("1", r.clone())])[0].mid;
+    all.push(m);
+    b.wait("A's id", |d| match d {
+        Done::Remote(batch) if batch.iter().any(|(x, _)| x.mid == m) => Some(()),
+        _ => None,
+    });
+    let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap();
+    all.extend(mids(&b.publish(vec![draft("2", r.clone())])));
+    all.extend(mids(&a.publish(vec![draft("3", r.clone())])));
+    assert_increasing(&all);
+    assert!(all.iter().all(|m| m.counter() > 0), "counters start at 1");
+
+    // A third instance starting now reports a latest id not above the next one.
+    let mut d = Inst::start(&redis.sock, "");
+    let latest = d.wait_up();
+    let next = d.publish(vec![draft("4", r.clone())])[0].mid;
+    assert!(latest < next && *all.last().unwrap() < next);
+}
+
+#[test]
+fn other_instances_receive_with_receivers_and_sender() {
+    let dir = TestDir::new();
+    let redis = RedisServer::start(&dir.path);
+    let mut a = Inst::up(&redis.sock);
+    let mut b = Inst::up(&redis.sock);
+    let mut c = Inst::start(&redis.sock, "other-site:");
+    c.wait_up();
+    let mut d1 = draft(
+        "{\"x\":1}",
+        vec![(ch(1), Kind::Private), (ch(2), Kind::Public)],
+    );
+    d1.sender = Sender::Client(ch(9));
+    d1.kind = None;
+    let mut d2 = draft("bin\u{2028}", vec![(ch(3), Kind::Private)]);
+    d2.expiry = 0;
+    let sent = a.publish(vec![d1, d2]);
+    let got = b.remote();
+    assert_eq!(got.len(), 2);
+    for ((m, rs), s) in got.iter().zip(&sent) {
+        assert_eq!(m.mid, s.mid);
+        assert_eq!(m.body, s.body);
+        assert_eq!(m.created_ms, s.created_ms);
+        assert_eq!(m.expiry, s.expiry);
+        assert_eq!(m.sender, s.sender);
+        assert_eq!(m.kind, s.kind);
+        assert!(!rs.is_empty());
+    }
+    assert_eq!(
+        got[0].1,
+        vec![(ch(1), Kind::Private), (ch(2), Kind::Public)]
+    );
+    assert_eq!(got[1].1, vec![(ch(3), Kind::Private)]);
+    assert_eq!(got[0].0.sender, Sender::Client(ch(9)));
+
+    // B publishes; A hears it, B does not hear itself, another prefix hears nothing.
+    let sent = b.publish(vec![draft("from b", vec![(ch(1), Kind::Private)])]);
+    let got = a.remote();
+    assert_eq!(got[0].0.mid, sent[0].mid);
+    // Markers: Redis delivers on each subscription in publish order, so once B has A's marker
+    // and C has C2's, anything else meant for them would already be there.
+    let marker = a.publish(vec![draft("marker", vec![(ch(1), Kind::Private)])]);
+    assert_eq!(b.remote()[0].0.mid, marker[0].mid);
+    let mut c2 = Inst::start(&redis.sock, "other-site:");
+    c2.wait_up();
+    let marker = c2.publish(vec![draft("marker", vec![(ch(1), Kind::Private)])]);
+    assert_eq!(c.remote()[0].0.mid, marker[0].mid);
+    b.store.drain(&mut b.got);
+    c.store.drain(&mut c.got);
+    assert!(
+        !b.got.iter().any(|d| matches!(d, Done::Remote(_))),
+        "{:?}",
+        b.got
+    );
+    assert!(
+        !c.got.iter().any(|d| matches!(d, Done::Remote(_))),
+        "{:?}",
+        c.got
+    );
+}
+
+#[test]
+fn online_and_stats_cover_every_instance() {
+    let dir = TestDir::new();
+    let redis = RedisServer::start(&dir.path);
+    let mut a = Inst::up(&redis.sock);
+    let mut b = Inst::up(&redis.sock);
+    a.store
+        .submit(Job::Touch {
+            channels: vec![
+                (ch(1), Kind::Private),
+                (ch(2), Kind::Public),
+                (ch(1), Kind::Private),
+            ],
+        })
+        .unwrap();
+    let json_a = format!(
+        r#"{{"pid":1,"date":{},"processUniqueId":"host-a-1","channels":3}}"#,
+        now_ms()
+    );
+    a.store
+        .submit(Job::PutStats {
+            json: json_a.clone(),
+        })
+        .unwrap();
+    // The touch and the stats write go ahead of this query on A's connection.
+    assert_eq!(a.online(vec![(ch(1), Kind::Private)]), vec![true]);
+    assert_eq!(
+        b.online(vec![
+            (ch(1), Kind::Private),
+            (ch(2), Kind::Private),
+            (ch(2), Kind::Public),
+            (ch(3), Kind::Private)
+        ]),
+        vec![true, false, true, false]
+    );
+    let mut c = redis.conn();
+    let ttl: i64 = redis::cmd("TTL")
+        .arg([b"channel:online:".as_slice(), &ch(1).0].concat())
+        .query(&mut c)
+        .unwrap();
+    assert!((120..=130).contains(&ttl), "online TTL: {ttl}");
+
+    // A stale entry of a dead process is dropped and deleted.
+    let stale = format!(
+        r#"{{"date":{},"processUniqueId":"gone"}}"#,
+        now_ms() - 71_000
+    );
+    let _: i64 = redis::cmd("HSET")
+        .arg("stats")
+        .arg("gone")
+        .arg(&stale)
+        .query(&mut c)
+        .unwrap();
+    let json_b = format!(r#"{{"date":{},"processUniqueId":"host-b-2"}}"#, now_ms());
+    b.store
+        .submit(Job::PutStats {
+            json: json_b.clone(),
+        })
+        .unwrap();
+    assert_eq!(b.stats(), vec![json_a.clone()], "others only, fresh only");
+    assert_eq!(a.stats(), vec![json_b]);
+    let left: Vec<String> = redis::cmd("HKEYS").arg("stats").query(&mut c).unwrap();
+    assert!(!left.contains(&"gone".to_string()), "{left:?}");
+}
+
+#[test]
+fn script_cache_loss_is_recovered() {
+    let dir = TestDir::new();
+    let redis = RedisServer::start(&dir.path);
+    let mut a = Inst::up(&redis.sock);
+    let r = vec![(ch(1), Kind::Private)];
+    let first = a.publish(vec![draft("1", r.clone())]);
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut redis.conn())
+        .unwrap();
+    let again = a.publish(vec![draft("2", r.clone())]);
+    assert!(again[0].mid > first[0].mid);
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut redis.conn())
+        .unwrap();
+    assert_eq!(a.backlog(r, Mid::new(0, 0), 10).len(), 2);
+}
+
+#[test]
+fn outage_fails_fast_and_recovers() {
+    let dir = TestDir::new();
+    let mut redis = RedisServer::start(&dir.path);
+    let mut a = Inst::up(&redis.sock);
+    let mut b = Inst::up(&redis.sock);
+    let r = vec![(ch(1), Kind::Private)];
+    let kept = a.publish(vec![draft("kept 1", r.clone()), draft("kept 2", r.clone())]);
+    let _ = b.remote();
+
+    // Stopped, saving its data: both instances go down; publishes fail quickly with a reason.
+    redis.shutdown_saving();
+    let reason = a.wait_down();
+    assert!(!reason.is_empty());
+    b.wait_down();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let err = a
+            .publish_result(vec![draft("lost", r.clone())])
+            .unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        assert!(err.starts_with("Redis unavailable"), "{err}");
+    }
+    let token = a.token();
+    a.store
+        .submit(Job::Backlog {
+            token,
+            receivers: r.clone(),
+            after: Mid::new(0, 0),
+            limit: 10,
+        })
+        .unwrap();
+    a.wait("backlog error", |d| match d {
+        Done::Backlog {
+            token: t,
+            result: Err(_),
+        } if *t == token => Some(()),
+        _ => None,
+    });
+    // Down is reported once, not per request.
+    a.store.drain(&mut a.got);
+    assert!(
+        !a.got.iter().any(|d| matches!(d, Done::Down { .. })),
+        "{:?}",
+        a.got
+    );
+
+    // Back with its data: up again, the backlog is there, ids go on increasing, and the
+    // subscription works again.
+    redis.restart();
+    let latest = a.wait_up();
+    b.wait_up();
+    assert!(latest >= kept[1].mid);
+    assert_eq!(mids(&a.backlog(r.clone(), Mid::new(0, 0), 10)), mids(&kept));
+    let after = a.publish(vec![draft("after", r.clone())]);
+    assert!(after[0].mid > kept[1].mid);
+    assert_eq!(b.remote()[0].0.mid, after[0].mid);
+
+    // Killed: what was published since the snapshot is lost, and the restart loads the
+    // older snapshot (counter and all): ids still increase.
+    redis.kill();
+    a.wait_down();
+    b.wait_down();
+    redis.restart();
+    a.wait_up();
+    b.wait_up();
+    let m1 = b.publish(vec![draft("b", r.clone())]);
+    let m2 = a.publish(vec![draft("a", r.clone())]);
+    assert!(after[0].mid < m1[0].mid && m1[0].mid < m2[0].mid);
+    assert_eq!(
+        mids(&a.backlog(r, kept[0].mid, 10)),
+        vec![kept[1].mid, m1[0].mid, m2[0].mid]
+    );
+}
+
+#[test]
+fn starts_without_redis_and_connects_when_it_appears() {
+    let dir = TestDir::new();
+    let sock = dir.join("r.sock");
+    let mut a = Inst::start(&sock, "");
+    a.wait_down();
+    let t = Instant::now();
+    let err = a
+        .publish_result(vec![draft("x", vec![(ch(1), Kind::Private)])])
+        .unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(1));
+    assert!(err.contains("Redis unavailable"), "{err}");
+    let redis = RedisServer::start(&dir.path);
+    a.wait_up();
+    let m = a.publish(vec![draft("x", vec![(ch(1), Kind::Private)])]);
+    assert_eq!(m.len(), 1);
+    drop(redis);
+}
+
+#[test]
+fn a_full_queue_hands_the_job_back() {
+    let dir = TestDir::new();
+    let redis = RedisServer::start(&dir.path);
+    let mut a = Inst::up(&redis.sock);
+    // Freeze Redis so the worker sits in one round while the queue fills.
+    let pid = redis.pid().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let token = a.token();
+    a.store
+        .submit(Job::Publish {
+            token,
+            drafts: vec![draft("x", vec![(ch(1), Kind::Private)])],
+        })
+        .unwrap();
+    let mut rejected = 0;
+    for _ in 0..push_server::store::redis::QUEUE_CAPACITY + 600 {
+        if a.store
+            .submit(Job::Touch {
+                channels: vec![(ch(1), Kind::Private)],
+            })
+            .is_err()
+        {
+            rejected += 1;
+        }
+    }
+    assert!(rejected > 0);
+    assert_eq!(a.store.stats().rejected_jobs, rejected);
+    // The frozen round times out: the link goes down and the publish fails.
+    a.wait_down();
+    let res = a.wait("Published", |d| match d {
+        Done::Published { token: t, result } if *t == token => Some(result.clone()),
+        _ => None,
+    });
+    assert!(res.is_err());
+    let cont = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap();
+    assert!(cont.success());
+    a.wait_up();
+}
