@@ -687,3 +687,76 @@ fn a_full_queue_hands_the_job_back() {
     assert!(cont.success());
     a.wait_up();
 }
+
+#[test]
+fn a_one_megabyte_notification_arrives_whole() {
+    let dir = TestDir::new();
+    let redis = RedisServer::start(&dir.path);
+    let mut a = Inst::up(&redis.sock);
+    let mut b = Inst::up(&redis.sock);
+    let body = "x".repeat(10_000);
+    let sent = a.publish(
+        (0..100)
+            .map(|i| draft(&format!("{i}{body}"), vec![(ch(1), Kind::Private)]))
+            .collect(),
+    );
+    let got = b.remote();
+    assert_eq!(got.len(), 100);
+    for ((m, _), s) in got.iter().zip(&sent) {
+        assert_eq!((m.mid, &m.body), (s.mid, &s.body));
+    }
+}
+
+/// Publishes/s of 1-recipient messages, one message per publish job, with 1 and 2 instances
+/// sharing one Redis. `cargo test --release --test redis_store -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn bench_single_message_publishes() {
+    let dir = TestDir::new();
+    let redis = RedisServer::start(&dir.path);
+    const N: usize = 20_000;
+    const IN_FLIGHT: usize = 200;
+    let run = |sock: std::path::PathBuf| {
+        std::thread::spawn(move || {
+            let mut a = Inst::up(&sock);
+            let t = Instant::now();
+            let (mut sent, mut answered) = (0, 0);
+            while answered < N {
+                while sent < N && sent - answered < IN_FLIGHT {
+                    let token = a.token();
+                    let d = draft(
+                        "{\"module_id\":\"im\",\"command\":\"x\"}",
+                        vec![(ChannelId([(sent % 251) as u8; 16]), Kind::Private)],
+                    );
+                    a.store
+                        .submit(Job::Publish {
+                            token,
+                            drafts: vec![d],
+                        })
+                        .unwrap();
+                    sent += 1;
+                }
+                a.poll.poll(&mut a.events, Some(WAIT)).unwrap();
+                a.store.drain(&mut a.got);
+                for d in a.got.drain(..) {
+                    if let Done::Published { result, .. } = d {
+                        result.unwrap();
+                        answered += 1;
+                    }
+                }
+            }
+            t.elapsed()
+        })
+    };
+    let one = run(redis.sock.clone()).join().unwrap();
+    println!(
+        "1 instance: {:.0} publishes/s",
+        N as f64 / one.as_secs_f64()
+    );
+    let (x, y) = (run(redis.sock.clone()), run(redis.sock.clone()));
+    let (x, y) = (x.join().unwrap(), y.join().unwrap());
+    println!(
+        "2 instances: {:.0} publishes/s together",
+        2.0 * N as f64 / x.max(y).as_secs_f64()
+    );
+}
