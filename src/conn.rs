@@ -48,6 +48,8 @@ pub struct WsState {
     /// The outbox made no progress since the last ping tick (send stall detection).
     pub stalled: bool,
     pub client: Option<Box<str>>,
+    /// v4: a fragmented binary client message in progress.
+    pub partial: Option<Vec<u8>>,
 }
 
 pub struct Conn {

@@ -32,4 +32,5 @@ pub mod stats;
 pub mod store;
 pub mod subscription;
 pub mod timers;
+pub mod v4;
 pub mod websocket;

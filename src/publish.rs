@@ -8,7 +8,11 @@ use crate::query;
 use crate::signature::Signer;
 
 /// Checks the optional `signature` query parameter against `signed` (§1.2).
-fn check_signature(query_string: &[u8], signed: &[u8], signer: &Signer) -> Result<(), ApiError> {
+pub fn check_signature(
+    query_string: &[u8],
+    signed: &[u8],
+    signer: &Signer,
+) -> Result<(), ApiError> {
     match query::param(query_string, "signature") {
         Some(sig) if !signer.verify_hex(signed, &sig) => Err(ApiError::WrongSignature),
         _ => Ok(()),

@@ -35,6 +35,7 @@ use crate::timers::Timers;
 use crate::websocket::{self, OP_PING};
 
 mod requests;
+mod v4;
 
 const SIGNAL_TOKEN: Token = Token(8);
 /// At most this many messages per long-poll answer or backlog WebSocket message (§4.4).

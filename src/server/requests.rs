@@ -48,10 +48,10 @@ impl Server {
             }
             (Route::Subscribe, Method::Get) => self.subscribe(id, head, persist),
             (Route::Publish, Method::Post) if query::flag(head.query(), "binaryMode") => {
-                // The protobuf publish (v4) is not implemented yet; say so instead of a 200.
-                log::warn!("{id}: binary publish is not supported by this version");
-                self.respond_error(id, ApiError::WrongRequestData, persist);
+                self.binary_publish(id, &head, body, persist)
             }
+            (Route::Rest, Method::Post) => self.rest_publish(id, &head, body, persist),
+            (Route::Rest, Method::Options) => self.respond(id, response::options(persist), persist),
             (Route::Publish, Method::Post) => self.text_publish(id, &head, body, persist),
             (Route::Publish, Method::Get) => self.online_query(id, &head, persist),
             (Route::ServerStats, Method::Get) => {
@@ -175,13 +175,17 @@ impl Server {
             }
         };
         let now = Instant::now();
+        if query::flag(head.query(), "binaryMode") {
+            self.answer_online_binary(id, &channels, persist);
+            return;
+        }
         let mut body = String::from("{\"infos\":[");
         let mut first = true;
         for ch in &channels {
-            let local = self.registry.subscribers(ch).len();
-            if local == 0 && !self.store.recently_online(ch, now) {
+            if !self.channel_online(ch, now) {
                 continue;
             }
+            let local = self.registry.subscribers(ch).len();
             if !first {
                 body.push(',');
             }
@@ -250,8 +254,9 @@ impl Server {
                             self.dirty.push(cid);
                         }
                     }
-                    Phase::WebSocket(_) => {
-                        if conn.send(msg.v3_ws_frame()).is_err() {
+                    Phase::WebSocket(ws) => {
+                        let frame = msg.ws_frame(ws.sub.binary);
+                        if conn.send(frame).is_err() {
                             failed.push(cid);
                         } else if conn.outbox.queued() > limit {
                             slow.push(cid);
@@ -313,7 +318,7 @@ impl Server {
             self.metrics.observe_store(now.elapsed());
             match backlog {
                 Ok(backlog) if !backlog.is_empty() => {
-                    self.answer_messages(id, backlog, persist);
+                    self.answer_messages(id, backlog, sub.binary, persist);
                     return;
                 }
                 Ok(_) => {}
@@ -339,15 +344,23 @@ impl Server {
         self.set_deadline(id, Some(at));
     }
 
-    /// A 200 carrying v3 frames: the small head plus the shared frame of each message.
+    /// A 200 carrying v3 frames: the small head plus the shared frame of each message; or,
+    /// for a `binary` (v4) poll, one `ResponseBatch`.
     pub(super) fn answer_messages(
         &mut self,
         id: ConnId,
         mut messages: Vec<Arc<Message>>,
+        binary: bool,
         persist: Persist,
     ) {
         messages.sort_by_key(|m| m.mid);
         messages.dedup_by_key(|m| m.mid);
+        if binary {
+            let body = crate::v4::outgoing_batch(&messages);
+            let r = response::full(200, "application/octet-stream", &body, persist);
+            self.respond(id, r, persist);
+            return;
+        }
         let len: usize = messages.iter().map(|m| m.v3_frame().len()).sum();
         let Some(conn) = self.conns.get_mut(id) else {
             return;
@@ -392,7 +405,7 @@ impl Server {
                 "{id}: long poll answered for {}",
                 hold.client.as_deref().unwrap_or("-")
             );
-            self.answer_messages(id, hold.pending, persist);
+            self.answer_messages(id, hold.pending, hold.sub.binary, persist);
         }
         // A keep-alive client may have pipelined its next request already.
         if persist == Persist::KeepAlive {
@@ -435,6 +448,7 @@ impl Server {
         self.stats.websockets += 1;
         let receivers = sub.receiver_ids();
         let after = sub.mid;
+        let binary = sub.binary;
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
@@ -444,6 +458,7 @@ impl Server {
             ping_outstanding: false,
             stalled: false,
             client,
+            partial: None,
         }));
         if let Some(mut after) = after {
             // Registered before reading the backlog (D8); the memory store answers within
@@ -453,12 +468,17 @@ impl Server {
                 match self.store.backlog(&receivers, after, BACKLOG_CHUNK, now) {
                     Ok(chunk) if chunk.is_empty() => break,
                     Ok(chunk) => {
-                        let mut payload = Vec::new();
-                        for m in &chunk {
-                            payload.extend_from_slice(m.v3_frame());
-                        }
+                        let frame = if binary {
+                            let batch = crate::v4::outgoing_batch(&chunk);
+                            websocket::server_frame(websocket::OP_BINARY, &batch)
+                        } else {
+                            let mut payload = Vec::new();
+                            for m in &chunk {
+                                payload.extend_from_slice(m.v3_frame());
+                            }
+                            websocket::server_frame(websocket::OP_TEXT, &payload)
+                        };
                         after = chunk.last().map_or(after, |m| m.mid);
-                        let frame = websocket::server_frame(websocket::OP_TEXT, &payload);
                         if let Some(conn) = self.conns.get_mut(id) {
                             conn.outbox.push(frame);
                         }
@@ -548,7 +568,13 @@ impl Server {
                     self.close_ws(id, close::NORMAL, "");
                     return;
                 }
-                // v3 clients send nothing; data frames are ignored (W-7).
+                // v3 clients send nothing, and text is ignored on v4 too (W-7); a v4
+                // client's binary message is a client publish (§6.4).
+                _ if ws.sub.binary => {
+                    if let Some(message) = crate::v4::assemble_binary(&mut ws.partial, frame) {
+                        self.ws_client_message(id, message);
+                    }
+                }
                 _ => {}
             }
         }
