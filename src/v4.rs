@@ -406,6 +406,11 @@ mod tests {
                 "{raw:02x?}"
             );
         }
+        // A fixed64 where a receiver (length-delimited) belongs.
+        assert_eq!(
+            decode(&hex("0a0d 0a0b 0a09 09 0000000000000000"), Caller::Backend),
+            Err(ApiError::WrongRequestData)
+        );
         // Wrong wire type for `requests` (varint instead of length-delimited).
         assert_eq!(
             decode(&hex("0801"), Caller::Backend),
