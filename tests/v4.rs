@@ -1061,3 +1061,30 @@ fn v4_websocket_message_over_the_limit_closes_1009() {
         .send(tungstenite::Message::binary(vec![0u8; 1_048_577]));
     assert_eq!(ws.expect_close(WAIT).0, 1009);
 }
+
+#[test]
+fn binary_publish_checks_an_optional_body_signature() {
+    let s = Server::start();
+    let ch = new_id();
+    let mut ws = s.ws(&v4q(&signed(&ch)));
+    let body = one(vec![trusted(&ch, true)], b"\"signed\"", 0);
+    let sig = {
+        use hmac::{Hmac, KeyInit, Mac};
+        let mut mac = <Hmac<sha1::Sha1> as KeyInit>::new_from_slice(KEY.as_bytes()).expect("key");
+        mac.update(&body);
+        hex(&mac.finalize().into_bytes())
+    };
+    let wrong = "0".repeat(40);
+    let r = s.pub_request(&binary_request(
+        &format!("/bitrix/pub/?binaryMode=true&signature={wrong}"),
+        &body,
+    ));
+    r.assert_error(400, "4026: Wrong request signature.");
+    ws.assert_quiet(Duration::from_millis(200));
+    let r = s.pub_request(&binary_request(
+        &format!("/bitrix/pub/?binaryMode=true&clientId=x&signature={sig}"),
+        &body,
+    ));
+    assert_eq!((r.status, r.body_str().as_str()), (200, ""));
+    assert_eq!(bodies(&ws.v4_messages(1, WAIT).0), ["\"signed\""]);
+}
