@@ -320,10 +320,14 @@ fn run(mode: &str) {
     let how = |seq: u64| kinds[(seq as usize) % kinds.len()];
 
     let port = free_port();
-    let s = Server::builder()
+    let mut builder = Server::builder()
         .env("SUB_LISTEN", format!("127.0.0.1:{port}"))
-        .env("MAX_CONN_PER_CHANNEL", "1")
-        .start();
+        .env("MAX_CONN_PER_CHANNEL", "1");
+    if !websocket {
+        // Short polls, so the client also goes through 304 + Last-Message-Id.
+        builder = builder.env("LONG_POLL_TIMEOUT", "0.5");
+    }
+    let s = builder.start();
     assert!(
         wait_until(WAIT, || TcpStream::connect(("127.0.0.1", port)).is_ok()),
         "SUB_LISTEN 127.0.0.1:{port} does not accept"
@@ -342,8 +346,14 @@ fn run(mode: &str) {
         &public_item,
     );
 
-    // 1. connected: the server sees the subscription
+    // 1. connected: the server sees the subscription; a poll first runs into a 304 (its
+    //    Last-Message-Id must become the client's mid, which the script checks)
     s.wait_online(&private);
+    if !websocket {
+        node.wait_event("304 answer to a poll", WAIT, |v| {
+            v["ev"] == "lp-response" && v["status"] == 304
+        });
+    }
 
     // 2. live messages on the first connection
     for seq in 1..=2 {
@@ -405,6 +415,7 @@ fn run(mode: &str) {
     drop(intruders);
 
     let pretty = serde_json::to_string_pretty(&summary).unwrap_or_default();
+    eprintln!("{mode} summary (shown with --nocapture): {pretty}");
     assert!(
         summary["ok"] == true && exit_ok,
         "official client in mode {mode} reported failures: {}\n{}",
@@ -447,6 +458,12 @@ fn run(mode: &str) {
         );
     } else {
         assert_eq!(closes[0]["status"], 429, "{pretty}");
+    }
+    if !websocket {
+        assert!(
+            summary["notModified"].as_u64().is_some_and(|n| n >= 1),
+            "no 304 seen: {pretty}"
+        );
     }
     let transport = &summary["transport"];
     if binary {

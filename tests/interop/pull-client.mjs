@@ -146,7 +146,11 @@ class MinimalXMLHttpRequest extends EventTarget {
               : buf.toString('utf8');
           if (isPoll) {
             conn.status = res.statusCode;
-            emit({ ev: 'lp-response', n: conn.n, status: res.statusCode, bytes: buf.length });
+            if (res.statusCode === 304) {
+              conn.lastMessageId = res.headers['last-message-id'] ?? null;
+              conn.expires = res.headers.expires ?? null;
+            }
+            emit({ ev: 'lp-response', n: conn.n, status: res.statusCode, bytes: buf.length, lastMessageId: conn.lastMessageId });
             if (res.statusCode === 200) {
               conn.messages = 1;
               if (typeof this.response === 'string') transport.textMessages += 1;
@@ -419,7 +423,18 @@ function finish() {
     }
   }
 
-  // 4. server-side closes, reconnects and resume by mid
+  // 4. long polling: a 304's Last-Message-Id becomes the next poll's mid (the client reads it
+  //    only when Expires is exactly its magic date)
+  const notModified = polls.filter((c) => c.status === 304);
+  for (const c of notModified) {
+    const next = connections.find((x) => x.n === c.n + 1);
+    if (!next) continue;
+    if (midParam(next.url) !== c.lastMessageId) {
+      fail(`poll ${c.n} answered 304 with Last-Message-Id ${c.lastMessageId} (Expires ${c.expires}), but the client's next poll sent mid=${midParam(next.url)}`);
+    }
+  }
+
+  // 5. server-side closes, reconnects and resume by mid
   const serverCloses = mode.websocket
     ? sockets.filter((c) => c.close && c.close.code !== 1000 && c !== sockets[sockets.length - 1]).map((c) => ({ n: c.n, code: c.close.code, reason: c.close.reason }))
     : polls.filter((c) => c.status !== null && c.status !== 200 && c.status !== 304).map((c) => ({ n: c.n, status: c.status }));
@@ -449,7 +464,8 @@ function finish() {
     received: received.length,
     seqs,
     endCount,
-    connections: connections.map((c) => ({ n: c.n, kind: c.kind, mid: midParam(c.url), binaryMode: new URL(c.url).searchParams.get('binaryMode'), messages: c.messages, close: c.close ?? undefined, status: c.status ?? undefined })),
+    connections: connections.map((c) => ({ n: c.n, kind: c.kind, mid: midParam(c.url), binaryMode: new URL(c.url).searchParams.get('binaryMode'), messages: c.messages, close: c.close ?? undefined, status: c.status ?? undefined, lastMessageId: c.lastMessageId })),
+    notModified: notModified.length,
     serverCloses,
     resumes,
     messages: received,
