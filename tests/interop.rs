@@ -92,6 +92,9 @@ struct Node {
 
 impl Node {
     fn spawn(mode: &str, sub_url: &str, private: &str, shared: &str, public: &str) -> Node {
+        // v4: the client publishes to its own public channel once it has message 5 (after the
+        // reconnect), and must receive it back as a CLIENT message.
+        let client_publish_at = if mode.starts_with("v4") { "5" } else { "0" };
         let mut child = Command::new("node")
             .arg("pull-client.mjs")
             .current_dir(interop_dir())
@@ -100,6 +103,7 @@ impl Node {
             .env("CHANNEL_PRIVATE", private)
             .env("CHANNEL_SHARED", shared)
             .env("PUBLIC_ID", public)
+            .env("CLIENT_PUBLISH_AT", client_publish_at)
             .env("TIMEOUT_MS", (NODE_TIMEOUT.as_millis() - 2000).to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -410,6 +414,11 @@ fn run(mode: &str) {
         );
     }
     node.wait_msg(6);
+    if binary {
+        node.wait_event("the client's own publish coming back", WAIT, |v| {
+            v["ev"] == "client-msg"
+        });
+    }
     publish(&s, how(7), &private, "end", r#"{"count":6}"#);
     let (summary, exit_ok) = node.finish();
     drop(intruders);
@@ -464,6 +473,12 @@ fn run(mode: &str) {
             summary["notModified"].as_u64().is_some_and(|n| n >= 1),
             "no 304 seen: {pretty}"
         );
+    }
+    if binary {
+        let cm = &summary["clientMessages"];
+        assert_eq!(cm.as_array().map(Vec::len), Some(1), "{pretty}");
+        assert_eq!(cm[0]["sender"]["type"], 1, "{pretty}");
+        assert_eq!(cm[0]["sender"]["id"], public.as_str(), "{pretty}");
     }
     let transport = &summary["transport"];
     if binary {

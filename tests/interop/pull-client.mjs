@@ -18,6 +18,9 @@
 //   CHANNEL_SHARED  the shared item <shared>.<sig> (optional)
 //   PUBLIC_ID       <pub>.<sig(public:<pub>)> (optional, config `public_id`)
 //   TIMEOUT_MS      overall deadline (default 30000)
+//   CLIENT_PUBLISH_AT  v4: when message seq N arrives, the client publishes one message to its own
+//                   public channel with sendMessageToChannels (WS binary, or POST /bitrix/rest/ when
+//                   long polling); it must come back once to the client's "client" subscribers
 //
 // The driver (tests/interop.rs) publishes messages with module_id "interop", command "seq" and
 // params {seq: 1..N}, closes the client's connection from the server side at some point, and finally
@@ -36,6 +39,7 @@ const CHANNEL_PRIVATE = process.env.CHANNEL_PRIVATE || '';
 const CHANNEL_SHARED = process.env.CHANNEL_SHARED || '';
 const PUBLIC_ID = process.env.PUBLIC_ID || '';
 const TIMEOUT_MS = Number(process.env.TIMEOUT_MS || 30000);
+const CLIENT_PUBLISH_AT = Number(process.env.CLIENT_PUBLISH_AT || 0);
 
 const MODES = {
   'v3-ws': { version: 3, websocket: true },
@@ -75,6 +79,8 @@ const binary = mode.version === 4;
 
 /** One entry per connection: a WebSocket, or (long polling) one poll request. */
 const connections = [];
+/** Client publishes over HTTP (long polling) and their answers. */
+const posts = [];
 /** The transport message being dispatched right now: {conn, index} (index within its connection). */
 let current = null;
 const transport = { textMessages: 0, binaryMessages: 0, otherMessages: 0 };
@@ -144,6 +150,10 @@ class MinimalXMLHttpRequest extends EventTarget {
             this.responseType === 'arraybuffer'
               ? buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.length)
               : buf.toString('utf8');
+          if (!isPoll) {
+            posts.push({ url: this.#url, status: res.statusCode, body: buf.toString('utf8') });
+            emit({ ev: 'post-response', status: res.statusCode, body: buf.toString('utf8') });
+          }
           if (isPoll) {
             conn.status = res.statusCode;
             if (res.statusCode === 304) {
@@ -337,6 +347,23 @@ client.subscribe({
     }
     received.push(entry);
     emit({ ev: 'msg', ...entry });
+    if (CLIENT_PUBLISH_AT && entry.seq === CLIENT_PUBLISH_AT) {
+      emit({ ev: 'client-publish' });
+      client
+        .sendMessageToChannels([PUBLIC_ID], 'interop', 'fromClient', { text: 'hello from the client' }, 60)
+        .catch((e) => fail(`sendMessageToChannels rejected: ${e?.message || e}`));
+    }
+  },
+});
+/** Messages published by a client (sender type CLIENT), as the client's subscribers see them. */
+const clientMessages = [];
+client.subscribe({
+  type: 'client',
+  moduleId: 'interop',
+  callback: (data) => {
+    const entry = { command: data.command, params: data.params, sender: data.extra?.sender ?? null, conn: current?.conn ?? null };
+    clientMessages.push(entry);
+    emit({ ev: 'client-msg', ...entry });
   },
 });
 client.subscribe({
@@ -423,6 +450,24 @@ function finish() {
     }
   }
 
+  // client publishing (v4)
+  if (CLIENT_PUBLISH_AT) {
+    const ok = clientMessages.filter((m) => m.command === 'fromClient' && m.params?.text === 'hello from the client');
+    if (clientMessages.length !== 1 || ok.length !== 1) {
+      fail(`expected the client's own publish back once, got ${JSON.stringify(clientMessages)}`);
+    }
+    for (const m of clientMessages) {
+      if (!m.sender || m.sender.type !== 1 || m.sender.id !== pubId) {
+        fail(`client message sender ${JSON.stringify(m.sender)}, expected {type: 1 (CLIENT), id: ${pubId}}`);
+      }
+    }
+    if (!mode.websocket && (posts.length !== 1 || posts[0].status !== 200)) {
+      fail(`expected one POST to the publish URL answered 200, got ${JSON.stringify(posts)}`);
+    }
+  } else if (clientMessages.length > 0) {
+    fail(`unexpected client messages ${JSON.stringify(clientMessages)}`);
+  }
+
   // 4. long polling: a 304's Last-Message-Id becomes the next poll's mid (the client reads it
   //    only when Expires is exactly its magic date)
   const notModified = polls.filter((c) => c.status === 304);
@@ -471,6 +516,8 @@ function finish() {
     messages: received,
     transport,
     restCalls,
+    clientMessages,
+    posts,
     logs: logs.filter((l) => l.level !== 'debug'),
     failures,
   };
