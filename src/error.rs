@@ -35,6 +35,9 @@ pub enum ApiError {
     TooManyConnections,
     /// 4030: malformed channel stats request.
     WrongChannelStatsRequest,
+    /// 503: the message store cannot take the publish (Redis down or its queue full);
+    /// nothing of the request was published.
+    StoreUnavailable,
     /// HTTP-level failures (no Bitrix code).
     Http(HttpError),
 }
@@ -62,6 +65,7 @@ pub mod close {
     pub const PROTOCOL: u16 = 1002;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+    pub const TRY_AGAIN: u16 = 1013;
 }
 
 impl ApiError {
@@ -83,7 +87,7 @@ impl ApiError {
             ApiError::WrongSignature => 4026,
             ApiError::TooManyConnections => 4029,
             ApiError::WrongChannelStatsRequest => 4030,
-            ApiError::Http(_) => return None,
+            ApiError::Http(_) | ApiError::StoreUnavailable => return None,
         })
     }
 
@@ -104,6 +108,9 @@ impl ApiError {
             ApiError::WrongSignature => "Wrong request signature.",
             ApiError::TooManyConnections => "Too many connections",
             ApiError::WrongChannelStatsRequest => "Wrong ChannelStats Request.",
+            ApiError::StoreUnavailable => {
+                "503: Message store unavailable; nothing was published. Retry later."
+            }
             ApiError::Http(HttpError::Malformed) => "Bad Request",
             ApiError::Http(HttpError::NotFound) => "Not Found",
             ApiError::Http(HttpError::Timeout) => "Request Timeout",
@@ -117,6 +124,7 @@ impl ApiError {
     pub fn status(self) -> u16 {
         match self {
             ApiError::TooManyConnections => 429,
+            ApiError::StoreUnavailable => 503,
             ApiError::Http(h) => match h {
                 HttpError::Malformed => 400,
                 HttpError::NotFound => 404,
@@ -134,6 +142,7 @@ impl ApiError {
         match self {
             ApiError::Http(HttpError::PayloadTooLarge) => close::TOO_BIG,
             ApiError::Http(_) => close::PROTOCOL,
+            ApiError::StoreUnavailable => close::TRY_AGAIN,
             other => other.code().unwrap_or(close::PROTOCOL),
         }
     }

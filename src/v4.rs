@@ -18,7 +18,9 @@ use crate::channel::ChannelId;
 use crate::error::ApiError;
 use crate::message::{Message, Sender};
 use crate::proto::{self, request, response};
+use crate::registry::Kind;
 use crate::signature::Signer;
+use crate::store::Receiver;
 use crate::websocket::{Frame, OP_BINARY, OP_CONTINUATION};
 
 /// Who sent a `RequestBatch`, which decides the checks of §8.3 (trusted) or §6.4 (untrusted).
@@ -40,10 +42,11 @@ pub struct Limits {
     pub max_channels: usize,
 }
 
-/// One message to publish: receivers de-duplicated, in first-occurrence order.
+/// One message to publish: receivers de-duplicated, in first-occurrence order; `isPrivate`
+/// receivers are private/shared channels, the others public ids (§8.3).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Outgoing {
-    pub receivers: Vec<ChannelId>,
+    pub receivers: Vec<Receiver>,
     pub body: Bytes,
     pub expiry: u32,
     /// The `type` field (statistics only); None when empty.
@@ -55,6 +58,21 @@ pub struct Outgoing {
 pub struct StatsQuery {
     pub id: ChannelId,
     pub is_private: bool,
+}
+
+impl StatsQuery {
+    /// The presence key to ask the store about.
+    pub fn receiver(self) -> Receiver {
+        (self.id, kind(self.is_private))
+    }
+}
+
+fn kind(is_private: bool) -> Kind {
+    if is_private {
+        Kind::Private
+    } else {
+        Kind::Public
+    }
 }
 
 /// A validated request.
@@ -107,7 +125,7 @@ pub fn decode_batch(
                 let mut msgs = Vec::with_capacity(r.messages.len());
                 for m in r.messages {
                     let ids = check_ids(&m.receivers, trusted, signer, limits)?;
-                    let receivers = dedup(ids.into_iter().map(|(id, _)| id));
+                    let receivers = dedup(ids.into_iter().map(|(id, p)| (id, kind(p))));
                     let kind = (!m.r#type.is_empty())
                         .then(|| String::from_utf8_lossy(&m.r#type).into_owned());
                     msgs.push(Outgoing {
@@ -169,10 +187,11 @@ fn check_ids(
     Ok(out)
 }
 
-/// Drops repeated ids, keeping first-occurrence order.
-fn dedup(ids: impl Iterator<Item = ChannelId>) -> Vec<ChannelId> {
+/// Drops repeated receivers, keeping first-occurrence order.
+fn dedup(ids: impl Iterator<Item = Receiver>) -> Vec<Receiver> {
     let mut seen = HashSet::new();
-    ids.filter(|id| seen.insert(*id)).collect()
+    ids.filter(|&(id, kind)| seen.insert((id, kind == Kind::Private)))
+        .collect()
 }
 
 // ---- encoding ----
@@ -363,7 +382,7 @@ mod tests {
         assert_eq!(
             cmds,
             vec![Command::Publish(vec![Outgoing {
-                receivers: vec![id(PRIV)],
+                receivers: vec![(id(PRIV), Kind::Private)],
                 body: Bytes::from_static(b"{}"),
                 expiry: 86400,
                 kind: Some("im_message".into()),
@@ -383,7 +402,7 @@ mod tests {
         let Command::Publish(msgs) = &cmds[0] else {
             panic!("{cmds:?}")
         };
-        assert_eq!(msgs[0].receivers, vec![id(PUB)]);
+        assert_eq!(msgs[0].receivers, vec![(id(PUB), Kind::Public)]);
         assert_eq!(msgs[0].expiry, 30);
         assert_eq!(
             decode(&raw, Caller::Client(None)),
