@@ -41,10 +41,9 @@ pub enum Phase {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backlog {
     Done,
-    /// A store job with this token is reading the next chunk.
+    /// A store job with this token is reading the next chunk. (A failed read ends the
+    /// subscription with 4011, §4.4.)
     Pending(u64),
-    /// The store failed; retried when it is back (parked messages stay parked).
-    Failed,
 }
 
 pub struct Hold {

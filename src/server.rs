@@ -53,6 +53,8 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Unparsed input a held long poll may accumulate (pipelined bytes) before it is cut.
 const HOLD_INPUT_CAP: usize = 64 * 1024;
 const WS_PING_PAYLOAD: &[u8] = b"ws ping";
+/// Store drain rounds per loop pass before sockets get their turn again.
+const MAX_DRAIN_ROUNDS: usize = 64;
 
 pub struct Server {
     poll: Poll,
@@ -65,6 +67,9 @@ pub struct Server {
     waiting: HashMap<u64, (Instant, store_io::Waiter)>,
     next_token: u64,
     done_buf: Vec<Done>,
+    /// The last pass stopped draining the store with answers possibly left: poll without
+    /// sleeping.
+    drain_again: bool,
     /// The newest id this instance has seen (minted here or elsewhere): the `Last-Message-Id`
     /// of a 304 for a poll without `mid`.
     latest_mid: Mid,
@@ -137,6 +142,7 @@ impl Server {
             waiting: HashMap::new(),
             next_token: 0,
             done_buf: Vec::new(),
+            drain_again: false,
             latest_mid: Mid::new(0, 0),
             // Until the store says it is up (the embedded one does at once).
             store_down: Some("connecting".to_owned()),
@@ -219,15 +225,31 @@ impl Server {
             self.expire_timers(now);
             if now >= self.next_sweep {
                 self.store.sweep(now);
+                self.expire_waiters(now);
                 self.next_sweep = now + SWEEP_EVERY;
             }
             if now >= self.next_stats_put {
                 self.put_stats();
                 self.next_stats_put = now + STATS_PUT_EVERY;
             }
-            // Jobs submitted in this pass may already have answers (the embedded store).
+            // Jobs submitted in this pass may already have answers (the embedded store), and
+            // acting on an answer or flushing can submit more: a pipelined request behind an
+            // answered one, a keep-alive poll behind a finished one. Nothing else would wake
+            // the loop for those (the embedded store has no waker; a TCP peer reading its
+            // answer raises no event), so drain until quiet, within a bound.
             self.drain_store();
             self.flush_dirty();
+            let mut rounds = 0;
+            self.drain_again = false;
+            while self.drain_store() {
+                self.flush_dirty();
+                rounds += 1;
+                if rounds == MAX_DRAIN_ROUNDS {
+                    // Let sockets have their turn; poll again without sleeping.
+                    self.drain_again = true;
+                    break;
+                }
+            }
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.accept_paused_until = None;
                 for i in 0..self.listeners.len() {
@@ -261,6 +283,9 @@ impl Server {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
+        if self.drain_again {
+            return Some(Duration::ZERO);
+        }
         let now = Instant::now();
         let next = [
             self.timers.next_deadline(),

@@ -476,12 +476,13 @@ impl Server {
             client,
             partial: None,
         }));
-        if let Some((receivers, mid)) = resume {
-            self.request_backlog(id, receivers, mid);
-        }
         let at = Instant::now() + self.cfg.timings.ws_ping_interval;
         self.set_deadline(id, Some(at));
         self.mark_dirty(id);
+        // Last: a refused read closes the socket, and its linger deadline must stand.
+        if let Some((receivers, mid)) = resume {
+            self.request_backlog(id, receivers, mid);
+        }
     }
 
     /// Applies `MAX_CONN_PER_CHANNEL` to the private ids that come with a public id: the

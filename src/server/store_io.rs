@@ -25,6 +25,10 @@ use super::{BACKLOG_CHUNK, Server};
 /// a lost answer keeping a connection forever.
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A job unanswered this long counts as failed, so that a lost answer neither leaks its
+/// waiter nor leaves a subscriber waiting for its backlog forever.
+const LOST_AFTER: Duration = Duration::from_secs(60);
+
 /// What waits for a store answer.
 pub(super) enum Waiter {
     /// A publish: `reply` is the HTTP request to answer (none for a WebSocket client publish);
@@ -33,8 +37,9 @@ pub(super) enum Waiter {
         reply: Option<(ConnId, Persist)>,
         receivers: Vec<Vec<Receiver>>,
     },
-    /// The next backlog chunk of a subscriber.
-    Backlog(ConnId),
+    /// The next backlog chunk of a subscriber, read after `after`: the last id it was sent
+    /// (or its `mid`).
+    Backlog { conn: ConnId, after: Mid },
     /// A legacy online query: `local[i]` is the local subscriber count of `channels[i]`; the
     /// store was asked about the channels with none.
     Online {
@@ -142,7 +147,25 @@ impl Server {
         }
     }
 
+    /// The 503 of a publish the store answered with an error (the connection was Busy).
+    fn refuse_busy_publish(&mut self, reply: Option<(ConnId, Persist)>) {
+        self.metrics.count_publish_error("503");
+        if let Some((id, persist)) = reply {
+            self.answer_busy(id, persist, |p| {
+                response::error(ApiError::StoreUnavailable, p)
+            });
+        }
+    }
+
     fn respond_published(&mut self, id: ConnId, persist: Persist) {
+        self.answer_busy(id, persist, |p| response::full(200, "text/plain", b"", p));
+    }
+
+    /// Answers a request that waited for the store (Busy). The peer may have hung up, or
+    /// shutdown begun, meanwhile: then the connection closes after the answer. Otherwise
+    /// input that was pipelined behind the request is parsed now; nothing else would look at
+    /// it, since it arrived while the connection was Busy.
+    fn answer_busy(&mut self, id: ConnId, persist: Persist, make: impl FnOnce(Persist) -> Vec<u8>) {
         let Some(conn) = self.conns.get(id) else {
             return;
         };
@@ -151,7 +174,7 @@ impl Server {
         } else {
             persist
         };
-        self.respond(id, response::full(200, "text/plain", b"", persist), persist);
+        self.respond(id, make(persist), persist);
         // Write it now, not at the end of the pass: PHP waits for it (1 s read timeout) and
         // must not wait behind a large fan-out.
         self.flush_conn(id);
@@ -169,59 +192,124 @@ impl Server {
             after,
             limit: BACKLOG_CHUNK,
         };
-        let state = match self.store.submit(job) {
-            Ok(()) => {
-                self.waiting
-                    .insert(token, (Instant::now(), Waiter::Backlog(id)));
-                Backlog::Pending(token)
-            }
-            Err(_) => {
-                log::warn!("{id}: store queue full; backlog read deferred");
-                Backlog::Failed
-            }
-        };
-        self.set_backlog_state(id, state);
-    }
-
-    fn set_backlog_state(&mut self, id: ConnId, state: Backlog) {
+        if self.store.submit(job).is_err() {
+            log::warn!("{id}: store queue full; backlog not read");
+            self.backlog_failed(id);
+            return;
+        }
+        self.waiting
+            .insert(token, (Instant::now(), Waiter::Backlog { conn: id, after }));
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         match &mut conn.phase {
-            Phase::Hold(h) => h.backlog = state,
-            Phase::WebSocket(ws) => ws.backlog = state,
+            Phase::Hold(h) => h.backlog = Backlog::Pending(token),
+            Phase::WebSocket(ws) => ws.backlog = Backlog::Pending(token),
             _ => {}
         }
     }
 
-    /// Acts on every answer the store has ready.
-    pub(super) fn drain_store(&mut self) {
+    /// The backlog could not be read (§4.4 "Storage failure"): a WebSocket is closed with 4011,
+    /// a long poll answered 400 4011. The client keeps its mid and comes back for the backlog
+    /// and the live messages parked meanwhile (they are stored). Waiting instead for the store
+    /// to recover would hold a WebSocket silent for as long as it takes, its parked messages
+    /// piling up, and a queue-full refusal is never followed by a recovery event at all.
+    fn backlog_failed(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get(id) else {
+            return;
+        };
+        let keep_alive = match &conn.phase {
+            Phase::WebSocket(_) => {
+                let reason = ApiError::StorageFailure.to_string();
+                self.close_ws(id, ApiError::StorageFailure.ws_close_code(), &reason);
+                return;
+            }
+            Phase::Hold(h) => h.keep_alive,
+            _ => return,
+        };
+        let persist = if keep_alive && self.shutdown_deadline.is_none() {
+            Persist::KeepAlive
+        } else {
+            Persist::Close
+        };
+        self.leave_subscription(id);
+        self.respond_error(id, ApiError::StorageFailure, persist);
+        if persist == Persist::KeepAlive {
+            self.process_input(id);
+        }
+    }
+
+    /// Acts on every answer the store has ready; `false` when there was none.
+    pub(super) fn drain_store(&mut self) -> bool {
         let mut done = std::mem::take(&mut self.done_buf);
         self.store.drain(&mut done);
+        let any = !done.is_empty();
         for d in done.drain(..) {
-            match d {
-                Done::Published { token, result } => self.on_published(token, result),
-                Done::Backlog { token, result } => self.on_backlog(token, result),
-                Done::Online { token, result } if self.is_v4_stats(token) => {
-                    self.on_v4_online(token, result)
-                }
-                Done::Stats { token, result } if self.is_v4_stats(token) => {
-                    self.on_v4_stats(token, result)
-                }
-                Done::Online { token, result } => self.on_online(token, result),
-                Done::Stats { token, result } => self.on_stats(token, result),
-                Done::Remote(batch) => {
-                    for (msg, receivers) in batch {
-                        self.note_mid(msg.mid);
-                        let ids: Vec<ChannelId> = receivers.iter().map(|r| r.0).collect();
-                        self.fan_out(&msg, &ids);
-                    }
-                }
-                Done::Up { latest } => self.on_store_up(latest),
-                Done::Down { reason } => self.on_store_down(reason),
-            }
+            self.on_done(d);
         }
         self.done_buf = done;
+        any
+    }
+
+    /// Acts on one store answer.
+    fn on_done(&mut self, d: Done) {
+        match d {
+            Done::Published { token, result } => self.on_published(token, result),
+            Done::Backlog { token, result } => self.on_backlog(token, result),
+            Done::Online { token, result } if self.is_v4_stats(token) => {
+                self.on_v4_online(token, result)
+            }
+            Done::Stats { token, result } if self.is_v4_stats(token) => {
+                self.on_v4_stats(token, result)
+            }
+            Done::Online { token, result } => self.on_online(token, result),
+            Done::Stats { token, result } => self.on_stats(token, result),
+            Done::Remote(batch) => {
+                for (msg, receivers) in batch {
+                    self.note_mid(msg.mid);
+                    let ids: Vec<ChannelId> = receivers.iter().map(|r| r.0).collect();
+                    self.fan_out(&msg, &ids);
+                }
+            }
+            Done::Up { latest } => self.on_store_up(latest),
+            Done::Down { reason } => self.on_store_down(reason),
+        }
+    }
+
+    /// Fails the jobs unanswered for [`LOST_AFTER`] (called with the periodic sweep): each
+    /// gets the error answer a failing store would have given.
+    pub(super) fn expire_waiters(&mut self, now: Instant) {
+        let lost: Vec<Done> = self
+            .waiting
+            .iter()
+            .filter(|(_, (since, _))| now.saturating_duration_since(*since) > LOST_AFTER)
+            .map(|(&token, (_, w))| {
+                let error = StoreError("no answer from the store".to_owned());
+                match w {
+                    Waiter::Publish { .. } => Done::Published {
+                        token,
+                        result: Err(error),
+                    },
+                    Waiter::Backlog { .. } => Done::Backlog {
+                        token,
+                        result: Err(error),
+                    },
+                    Waiter::Online { .. } => Done::Online {
+                        token,
+                        result: Err(error),
+                    },
+                    // A v4 plan fails over to local data whichever job it waited for.
+                    Waiter::Stats { .. } | Waiter::V4Stats(_) => Done::Stats {
+                        token,
+                        result: Err(error),
+                    },
+                }
+            })
+            .collect();
+        for d in lost {
+            log::warn!("store job unanswered for {LOST_AFTER:?}; counted as failed: {d:?}");
+            self.on_done(d);
+        }
     }
 
     /// The waiter of `token`, timing the store's round trip for the metrics.
@@ -263,13 +351,13 @@ impl Server {
             }
             Err(e) => {
                 log::info!("publish not stored, answered 503: {e}");
-                self.refuse_publish(reply);
+                self.refuse_busy_publish(reply);
             }
         }
     }
 
     fn on_backlog(&mut self, token: Token, result: Result<Vec<Arc<Message>>, StoreError>) {
-        let Some(Waiter::Backlog(id)) = self.take_waiter(token) else {
+        let Some(Waiter::Backlog { conn: id, after }) = self.take_waiter(token) else {
             return;
         };
         let Some(conn) = self.conns.get_mut(id) else {
@@ -277,6 +365,15 @@ impl Server {
         };
         match &mut conn.phase {
             Phase::Hold(hold) if hold.backlog == Backlog::Pending(token) => match result {
+                Ok(msgs) if msgs.len() >= BACKLOG_CHUNK => {
+                    // More is stored after this chunk: answer it alone, now. A live message
+                    // in the same answer (already parked, or arriving before the end of the
+                    // pass) would move the client's mid past the unread rest; the live ones
+                    // are stored and come with the rest on the next poll.
+                    hold.pending = msgs;
+                    hold.backlog = Backlog::Done;
+                    self.finish_hold(id, false);
+                }
                 Ok(msgs) => {
                     hold.pending.extend(msgs);
                     hold.backlog = Backlog::Done;
@@ -285,22 +382,23 @@ impl Server {
                     }
                 }
                 Err(e) => {
-                    log::info!("{id}: backlog read failed, retried when the store is back: {e}");
-                    hold.backlog = Backlog::Failed;
+                    log::info!("{id}: backlog read failed: {e}");
+                    self.backlog_failed(id);
                 }
             },
             Phase::WebSocket(ws) if ws.backlog == Backlog::Pending(token) => match result {
                 Ok(msgs) => {
-                    let full = msgs.len() >= BACKLOG_CHUNK;
-                    let last = msgs.last().map(|m| m.mid);
-                    let mut batch = msgs;
-                    if full {
+                    // Parked messages at or below the last id already sent went out with an
+                    // earlier chunk (D8: only the buffered messages above it follow).
+                    ws.parked.retain(|m| m.mid > after);
+                    if msgs.len() >= BACKLOG_CHUNK {
                         // More to read: this chunk goes now, live ones stay parked.
                         let receivers = ws.sub.receivers.clone();
-                        let after = last.unwrap_or(Mid::new(0, 0));
-                        self.send_ws_batch(id, batch);
-                        self.request_backlog(id, receivers, after);
+                        let last = msgs.last().map_or(after, |m| m.mid);
+                        self.send_ws_batch(id, msgs);
+                        self.request_backlog(id, receivers, last);
                     } else {
+                        let mut batch = msgs;
                         batch.append(&mut ws.parked);
                         ws.parked = Vec::new();
                         ws.backlog = Backlog::Done;
@@ -308,8 +406,8 @@ impl Server {
                     }
                 }
                 Err(e) => {
-                    log::info!("{id}: backlog read failed, retried when the store is back: {e}");
-                    ws.backlog = Backlog::Failed;
+                    log::info!("{id}: backlog read failed: {e}");
+                    self.backlog_failed(id);
                 }
             },
             _ => {}
@@ -380,8 +478,9 @@ impl Server {
             .get(conn)
             .is_some_and(|c| matches!(c.phase, Phase::Busy))
         {
-            let r = response::full(200, "text/plain", body.as_bytes(), persist);
-            self.respond(conn, r, persist);
+            self.answer_busy(conn, persist, |p| {
+                response::full(200, "text/plain", body.as_bytes(), p)
+            });
         }
     }
 
@@ -399,8 +498,9 @@ impl Server {
             .is_some_and(|c| matches!(c.phase, Phase::Busy))
         {
             let body = stats::render_array(&own, &others);
-            let r = response::full(200, "text/plain", body.as_bytes(), persist);
-            self.respond(conn, r, persist);
+            self.answer_busy(conn, persist, |p| {
+                response::full(200, "text/plain", body.as_bytes(), p)
+            });
         }
     }
 
@@ -420,24 +520,16 @@ impl Server {
         if !self.store.shared() {
             return;
         }
-        // A restarted Redis lost the presence keys and our stats entry: write them again, and
-        // retry the backlog reads that failed meanwhile.
+        // A restarted Redis lost the presence keys and our stats entry: write them again.
         let mut live: Vec<Receiver> = Vec::new();
-        let mut retry: Vec<(ConnId, Vec<Receiver>, Mid)> = Vec::new();
         for id in self.conns.ids() {
             let Some(conn) = self.conns.get(id) else {
                 continue;
             };
-            let (sub, backlog) = match &conn.phase {
-                Phase::Hold(h) => (&h.sub, h.backlog),
-                Phase::WebSocket(ws) => (&ws.sub, ws.backlog),
-                _ => continue,
-            };
-            live.extend_from_slice(&sub.receivers);
-            if backlog == Backlog::Failed
-                && let Some(mid) = sub.mid
-            {
-                retry.push((id, sub.receivers.clone(), mid));
+            match &conn.phase {
+                Phase::Hold(h) => live.extend_from_slice(&h.sub.receivers),
+                Phase::WebSocket(ws) => live.extend_from_slice(&ws.sub.receivers),
+                _ => {}
             }
         }
         live.sort_unstable_by_key(|r| r.0);
@@ -446,9 +538,6 @@ impl Server {
             self.submit_quiet(Job::Touch { channels: live });
         }
         self.put_stats();
-        for (id, receivers, mid) in retry {
-            self.request_backlog(id, receivers, mid);
-        }
     }
 
     fn on_store_down(&mut self, reason: String) {
