@@ -165,7 +165,12 @@ impl Server {
     /// shutdown begun, meanwhile: then the connection closes after the answer. Otherwise
     /// input that was pipelined behind the request is parsed now; nothing else would look at
     /// it, since it arrived while the connection was Busy.
-    fn answer_busy(&mut self, id: ConnId, persist: Persist, make: impl FnOnce(Persist) -> Vec<u8>) {
+    pub(super) fn answer_busy(
+        &mut self,
+        id: ConnId,
+        persist: Persist,
+        make: impl FnOnce(Persist) -> Vec<u8>,
+    ) {
         let Some(conn) = self.conns.get(id) else {
             return;
         };
