@@ -87,13 +87,6 @@ fn main() -> ExitCode {
     for w in &cfg.warnings {
         log::warn!("{w}");
     }
-    if cfg.redis_sock.is_some() || cfg.redis_url.is_some() {
-        log::error!(
-            "REDIS_SOCK/REDIS_URL is set, but this build has only the embedded store; \
-             unset them to run on the embedded store"
-        );
-        return ExitCode::from(2);
-    }
     match &cfg.source {
         Some(p) => log::info!("configuration from {}", p.display()),
         None => log::info!("no configuration file; using the environment and defaults"),

@@ -199,7 +199,7 @@ impl MidGen {
     }
 }
 
-fn read_last_epoch(path: &Path) -> io::Result<Option<u64>> {
+pub(crate) fn read_last_epoch(path: &Path) -> io::Result<Option<u64>> {
     let text = match fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -219,7 +219,7 @@ fn read_last_epoch(path: &Path) -> io::Result<Option<u64>> {
 
 /// Writes `epoch` to a temp file in the same directory, syncs it, and renames it over `path`,
 /// so a crash leaves either the old or the new epoch, never a torn file.
-fn write_epoch_atomically(path: &Path, epoch: u64) -> io::Result<()> {
+pub(crate) fn write_epoch_atomically(path: &Path, epoch: u64) -> io::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     if let Some(dir) = dir {
         fs::create_dir_all(dir)?;

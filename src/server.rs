@@ -9,9 +9,10 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use tungstenite::Bytes;
@@ -31,6 +32,7 @@ use crate::signature::Signer;
 use crate::slab::{ConnId, Slab};
 use crate::stats::Stats;
 use crate::store::memory::Embedded;
+use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::{Done, Store};
 use crate::timers::Timers;
 use crate::websocket::{self, OP_PING};
@@ -130,7 +132,7 @@ impl Server {
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         poll.registry()
             .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
-        let store = Self::open_store(&cfg)?;
+        let store = Self::open_store(&cfg, &poll)?;
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "localhost".to_owned());
@@ -177,7 +179,16 @@ impl Server {
             .collect()
     }
 
-    fn open_store(cfg: &Config) -> io::Result<Box<dyn Store>> {
+    /// The Redis store when `REDIS_SOCK`/`REDIS_URL` is set (it wakes the loop through
+    /// [`STORE_WAKE_TOKEN`] and reports up or down by itself), else the embedded one.
+    fn open_store(cfg: &Config, poll: &Poll) -> io::Result<Box<dyn Store>> {
+        if let Some(opts) = RedisOptions::from_config(cfg) {
+            let waker = Arc::new(Waker::new(poll.registry(), STORE_WAKE_TOKEN)?);
+            let store = RedisStore::start(opts, waker)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.0))?;
+            log::info!("redis store (docs/redis.md), instance {}", store.uid());
+            return Ok(Box::new(store));
+        }
         let now_unix = now_ms() / 1000;
         let mids = MidGen::start(&cfg.store.state_file, now_unix).map_err(|e| {
             io::Error::new(

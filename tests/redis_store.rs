@@ -3,7 +3,6 @@
 //! `redis-server` on a temp Unix socket.
 
 mod common;
-mod redis_server;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,25 +11,27 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll, Token, Waker};
 use tungstenite::Bytes;
 
-use common::TestDir;
+use common::Redis;
 use push_server::channel::ChannelId;
 use push_server::config::StoreConfig;
 use push_server::message::{Message, Mid, Sender, now_ms};
 use push_server::registry::Kind;
 use push_server::store::redis::{RedisOptions, RedisStore, Target};
 use push_server::store::{Done, Draft, Job, Receiver, Store};
-use redis_server::RedisServer;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn store_cfg() -> StoreConfig {
+/// Each instance gets its own id state file beside the Redis socket.
+fn store_cfg(sock: &Path) -> StoreConfig {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     StoreConfig {
         message_ttl: 86400,
         expiry0_grace: 60,
         online_ttl: 130,
         channel_history: 100,
         max_bytes: 1 << 20,
-        state_file: "/nonexistent".into(),
+        state_file: sock.with_file_name(format!("mid-epoch-{n}")),
     }
 }
 
@@ -45,12 +46,16 @@ struct Inst {
 
 impl Inst {
     fn start(sock: &Path, prefix: &str) -> Inst {
+        Inst::with_config(sock, prefix, store_cfg(sock))
+    }
+
+    fn with_config(sock: &Path, prefix: &str, store: StoreConfig) -> Inst {
         let poll = Poll::new().unwrap();
         let waker = Arc::new(Waker::new(poll.registry(), Token(0)).unwrap());
         let opts = RedisOptions {
             target: Target::Socket(sock.to_path_buf()),
             prefix: prefix.into(),
-            store: store_cfg(),
+            store,
         };
         Inst {
             store: RedisStore::start(opts, waker).unwrap(),
@@ -200,8 +205,7 @@ fn assert_increasing(ids: &[Mid]) {
 
 #[test]
 fn batch_of_100_is_one_round_trip_and_backlog_another() {
-    let dir = TestDir::new();
-    let redis = RedisServer::start(&dir.path);
+    let redis = Redis::start();
     let mut a = Inst::up(&redis.sock);
     let drafts: Vec<Draft> = (0..100)
         .map(|i| {
@@ -259,17 +263,14 @@ fn batch_of_100_is_one_round_trip_and_backlog_another() {
     let got = a.backlog(vec![(ch(2), Kind::Public)], Mid::new(0, 0), 5);
     let want: Vec<Mid> = msgs.iter().step_by(4).take(5).map(|m| m.mid).collect();
     assert_eq!(mids(&got), want);
-    // The private id's set is not the public one's.
-    assert!(
-        a.backlog(vec![(ch(2), Kind::Private)], Mid::new(0, 0), 5)
-            .is_empty()
-    );
+    // Both sets of an id are read, whatever the kind asked for (as the embedded store does).
+    let got = a.backlog(vec![(ch(2), Kind::Private)], Mid::new(0, 0), 5);
+    assert_eq!(mids(&got), want);
 }
 
 #[test]
 fn layout_is_the_2_0_one() {
-    let dir = TestDir::new();
-    let redis = RedisServer::start(&dir.path);
+    let redis = Redis::start();
     let mut a = Inst::start(&redis.sock, "site1:");
     a.wait_up();
     let mut d = draft("{}", vec![(ch(1), Kind::Private), (ch(2), Kind::Public)]);
@@ -327,8 +328,7 @@ fn layout_is_the_2_0_one() {
 
 #[test]
 fn history_is_capped_and_expired_messages_are_skipped() {
-    let dir = TestDir::new();
-    let redis = RedisServer::start(&dir.path);
+    let redis = Redis::start();
     let mut a = Inst::up(&redis.sock);
     let r = vec![(ch(1), Kind::Private)];
     let msgs = a.publish((0..130).map(|i| draft(&i.to_string(), r.clone())).collect());
@@ -344,8 +344,7 @@ fn history_is_capped_and_expired_messages_are_skipped() {
 
 #[test]
 fn ids_increase_across_instances_and_data_loss() {
-    let dir = TestDir::new();
-    let redis = RedisServer::start(&dir.path);
+    let redis = Redis::start();
     let mut a = Inst::up(&redis.sock);
     let mut b = Inst::up(&redis.sock);
     let r = vec![(ch(1), Kind::Private)];
@@ -400,9 +399,27 @@ fn ids_increase_across_instances_and_data_loss() {
 }
 
 #[test]
+fn a_restarted_process_on_an_emptied_redis_stays_above_its_old_ids() {
+    let mut redis = Redis::start();
+    let cfg = store_cfg(&redis.sock);
+    let r = vec![(ch(1), Kind::Private)];
+    let mut a = Inst::with_config(&redis.sock, "", cfg.clone());
+    a.wait_up();
+    let old = a.publish(vec![draft("1", r.clone()), draft("2", r.clone())]);
+    drop(a);
+    // Redis restarts empty and the process restarts, both within the same second.
+    redis.stop();
+    redis.restart();
+    let mut a = Inst::with_config(&redis.sock, "", cfg);
+    let latest = a.wait_up();
+    assert!(latest > old[1].mid, "{latest} > {}", old[1].mid);
+    let new = a.publish(vec![draft("3", r)]);
+    assert!(new[0].mid > old[1].mid, "{} > {}", new[0].mid, old[1].mid);
+}
+
+#[test]
 fn other_instances_receive_with_receivers_and_sender() {
-    let dir = TestDir::new();
-    let redis = RedisServer::start(&dir.path);
+    let redis = Redis::start();
     let mut a = Inst::up(&redis.sock);
     let mut b = Inst::up(&redis.sock);
     let mut c = Inst::start(&redis.sock, "other-site:");
@@ -462,8 +479,7 @@ fn other_instances_receive_with_receivers_and_sender() {
 
 #[test]
 fn online_and_stats_cover_every_instance() {
-    let dir = TestDir::new();
-    let redis = RedisServer::start(&dir.path);
+    let redis = Redis::start();
     let mut a = Inst::up(&redis.sock);
     let mut b = Inst::up(&redis.sock);
     a.store
@@ -527,8 +543,7 @@ fn online_and_stats_cover_every_instance() {
 
 #[test]
 fn script_cache_loss_is_recovered() {
-    let dir = TestDir::new();
-    let redis = RedisServer::start(&dir.path);
+    let redis = Redis::start();
     let mut a = Inst::up(&redis.sock);
     let r = vec![(ch(1), Kind::Private)];
     let first = a.publish(vec![draft("1", r.clone())]);
@@ -547,8 +562,7 @@ fn script_cache_loss_is_recovered() {
 
 #[test]
 fn outage_fails_fast_and_recovers() {
-    let dir = TestDir::new();
-    let mut redis = RedisServer::start(&dir.path);
+    let mut redis = Redis::start();
     let mut a = Inst::up(&redis.sock);
     let mut b = Inst::up(&redis.sock);
     let r = vec![(ch(1), Kind::Private)];
@@ -605,7 +619,7 @@ fn outage_fails_fast_and_recovers() {
 
     // Killed: what was published since the snapshot is lost, and the restart loads the
     // older snapshot (counter and all): ids still increase.
-    redis.kill();
+    redis.stop();
     a.wait_down();
     b.wait_down();
     redis.restart();
@@ -622,9 +636,9 @@ fn outage_fails_fast_and_recovers() {
 
 #[test]
 fn starts_without_redis_and_connects_when_it_appears() {
-    let dir = TestDir::new();
-    let sock = dir.join("r.sock");
-    let mut a = Inst::start(&sock, "");
+    let mut redis = Redis::start();
+    redis.stop();
+    let mut a = Inst::start(&redis.sock, "");
     a.wait_down();
     let t = Instant::now();
     let err = a
@@ -632,17 +646,15 @@ fn starts_without_redis_and_connects_when_it_appears() {
         .unwrap_err();
     assert!(t.elapsed() < Duration::from_secs(1));
     assert!(err.contains("Redis unavailable"), "{err}");
-    let redis = RedisServer::start(&dir.path);
+    redis.restart();
     a.wait_up();
     let m = a.publish(vec![draft("x", vec![(ch(1), Kind::Private)])]);
     assert_eq!(m.len(), 1);
-    drop(redis);
 }
 
 #[test]
 fn a_full_queue_hands_the_job_back() {
-    let dir = TestDir::new();
-    let redis = RedisServer::start(&dir.path);
+    let redis = Redis::start();
     let mut a = Inst::up(&redis.sock);
     // Freeze Redis so the worker sits in one round while the queue fills.
     let pid = redis.pid().unwrap().to_string();
@@ -690,8 +702,7 @@ fn a_full_queue_hands_the_job_back() {
 
 #[test]
 fn a_one_megabyte_notification_arrives_whole() {
-    let dir = TestDir::new();
-    let redis = RedisServer::start(&dir.path);
+    let redis = Redis::start();
     let mut a = Inst::up(&redis.sock);
     let mut b = Inst::up(&redis.sock);
     let body = "x".repeat(10_000);
@@ -712,8 +723,7 @@ fn a_one_megabyte_notification_arrives_whole() {
 #[test]
 #[ignore]
 fn bench_single_message_publishes() {
-    let dir = TestDir::new();
-    let redis = RedisServer::start(&dir.path);
+    let redis = Redis::start();
     const N: usize = 20_000;
     const IN_FLIGHT: usize = 200;
     let run = |sock: std::path::PathBuf| {

@@ -9,6 +9,7 @@
 //! server, so the memory store also exercises every "answer arrives later" path.
 
 pub mod memory;
+pub mod redis;
 
 use std::fmt;
 use std::sync::Arc;

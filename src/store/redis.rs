@@ -1,11 +1,11 @@
 //! The Redis store: every instance sharing one Redis behaves as one server (docs/redis.md).
 //!
 //! Two threads per instance, none of them the loop's:
-//! * the **worker** ([`worker`]) owns the command connection. It takes [`Job`]s from a bounded
+//! * the **worker** (`worker.rs`) owns the command connection. It takes [`Job`]s from a bounded
 //!   queue, runs everything queued as one pipeline (a publish batch is one `EVALSHA` of
 //!   `publish.lua`, a backlog one `EVALSHA` of `backlog.lua`), and reconnects with capped,
 //!   jittered back-off when Redis goes away;
-//! * the **subscriber** ([`pubsub`]) holds the one `PSUBSCRIBE <prefix>pushserver:*` of this
+//! * the **subscriber** (`pubsub.rs`) holds the one `PSUBSCRIBE <prefix>pushserver:*` of this
 //!   instance and turns the other instances' notifications into [`Done::Remote`].
 //!
 //! Answers go into a channel, then the `mio::Waker` the server gave to [`RedisStore::start`]
@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use mio::Waker;
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
@@ -136,6 +136,9 @@ struct Shared {
     /// The newest id this instance has seen minted (its own or another instance's); the
     /// publish script starts a new epoch when Redis holds less.
     last_seen: Mutex<Mid>,
+    /// The newest epoch written to the local state file (`STATE_FILE`): a process restarted
+    /// on an emptied Redis starts above it, even within the same second.
+    saved_epoch: Mutex<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -166,6 +169,22 @@ impl Shared {
 
     fn last_seen(&self) -> Mid {
         *lock(&self.last_seen)
+    }
+
+    /// Records a newly minted epoch in the state file (once per epoch, on the worker).
+    fn save_epoch(&self, epoch: u64) {
+        let mut saved = lock(&self.saved_epoch);
+        if epoch <= *saved {
+            return;
+        }
+        *saved = epoch;
+        let path = lock(&self.cfg).state_file.clone();
+        if let Err(e) = crate::message::write_epoch_atomically(&path, epoch) {
+            warn!(
+                "cannot write the message id state file {}: {e}",
+                path.display()
+            );
+        }
     }
 
     fn see(&self, mid: Mid) {
@@ -235,7 +254,8 @@ impl Shared {
                 self.send(Done::Up { latest });
             }
             Err(reason) => {
-                warn!("redis: unavailable ({reason}); publishes fail until it is back, retrying");
+                // The server logs the state change (once) at warn.
+                debug!("redis: link down ({reason}); retrying");
                 self.send(Done::Down { reason });
             }
         }
@@ -276,6 +296,16 @@ impl RedisStore {
     /// Fails only for an address that cannot be used at all.
     pub fn start(opts: RedisOptions, waker: Arc<Waker>) -> Result<RedisStore, StoreError> {
         let info = opts.connection_info()?;
+        let saved_epoch = match crate::message::read_last_epoch(&opts.store.state_file) {
+            Ok(e) => e.unwrap_or(0),
+            Err(e) => {
+                warn!(
+                    "cannot read the message id state file {}: {e}; ids rely on Redis alone",
+                    opts.store.state_file.display()
+                );
+                0
+            }
+        };
         let (job_tx, job_rx) = mpsc::sync_channel(QUEUE_CAPACITY);
         let (done_tx, done_rx) = mpsc::channel();
         let shared = Arc::new(Shared {
@@ -296,7 +326,8 @@ impl RedisStore {
             stop: AtomicBool::new(false),
             verify: AtomicBool::new(false),
             rejected: AtomicU64::new(0),
-            last_seen: Mutex::new(Mid::new(0, 0)),
+            last_seen: Mutex::new(Mid::new(saved_epoch, 0)),
+            saved_epoch: Mutex::new(saved_epoch),
         });
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             thread::Builder::new()

@@ -262,6 +262,10 @@ impl ServerBuilder {
             redis: own_redis,
         };
         server.wait_ready();
+        if server.redis.is_some() {
+            // The suite's servers expect a usable store from the start.
+            server.wait_store_up();
+        }
         server
     }
 }
@@ -341,6 +345,20 @@ impl Server {
             }
             thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Waits until `/health` says the store is up (with Redis: connected and subscribed).
+    pub fn wait_store_up(&self) {
+        let up = wait_until(Duration::from_secs(10), || {
+            self.pub_request(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .status
+                == 200
+        });
+        assert!(
+            up,
+            "store not up within 10 s; stderr:\n{}",
+            self.stderr_text()
+        );
     }
 
     pub fn pid(&self) -> u32 {

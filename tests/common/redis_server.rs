@@ -64,6 +64,41 @@ impl Redis {
         let _ = std::fs::remove_file(&self.sock);
     }
 
+    /// Saves to `dump.rdb` and exits (`SHUTDOWN SAVE`), so the next [`Redis::restart`] loads
+    /// the data, as a Redis with persistence does.
+    pub fn shutdown_saving(&mut self) {
+        let _ = self.try_cli(&["SHUTDOWN", "SAVE"]);
+        if let Some(mut c) = self.child.take() {
+            let exited = wait_until(Duration::from_secs(10), || {
+                c.try_wait().ok().flatten().is_some()
+            });
+            assert!(exited, "redis-server did not exit after SHUTDOWN SAVE");
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// A connection of the `redis` crate, for inspecting or tampering with binary keys.
+    pub fn conn(&self) -> redis::Connection {
+        let info = redis::IntoConnectionInfo::into_connection_info(redis::ConnectionAddr::Unix(
+            self.sock.clone(),
+        ))
+        .expect("unix socket address");
+        redis::Client::open(info)
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+            .expect("connect to the test redis-server")
+    }
+
+    /// The `calls` of one command in `INFO commandstats` (0 when never called).
+    pub fn calls(&self, command: &str) -> u64 {
+        self.command_calls()
+            .into_iter()
+            .find(|(c, _)| c == command)
+            .map_or(0, |(_, n)| n)
+    }
+
     fn try_cli(&self, args: &[&str]) -> Option<String> {
         let out = Command::new("redis-cli")
             .arg("-s")

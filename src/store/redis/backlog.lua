@@ -3,10 +3,20 @@
 -- Returns the stored OutgoingMessage values newer than `after`, ascending by id, each once,
 -- skipping expired ones, at most `limit`.
 local prefix, after, limit, specs = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local seen, ids, epochs, counters = {}, {}, {}, {}
+-- Both sets of every id are read, whatever the receiver's kind: a message addressed to an id
+-- as private still reaches a subscriber holding it as a public id (as with the embedded store).
+local keys, done = {}, {}
 for j = 1, #specs, 17 do
-  local set = (specs:sub(j, j) == 'p') and 'pubchannel:messages:' or 'channel:messages:'
-  local got = redis.call('ZRANGEBYLEX', prefix .. set .. specs:sub(j + 1, j + 16), '(' .. after, '+')
+  local id = specs:sub(j + 1, j + 16)
+  if not done[id] then
+    done[id] = true
+    keys[#keys + 1] = prefix .. 'channel:messages:' .. id
+    keys[#keys + 1] = prefix .. 'pubchannel:messages:' .. id
+  end
+end
+local seen, ids, epochs, counters = {}, {}, {}, {}
+for _, key in ipairs(keys) do
+  local got = redis.call('ZRANGEBYLEX', key, '(' .. after, '+')
   for _, id in ipairs(got) do
     if not seen[id] and #id == 13 then
       seen[id] = true

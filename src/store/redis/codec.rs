@@ -240,9 +240,7 @@ pub type Remote = (Arc<Message>, Vec<Receiver>);
 
 /// A notification another instance (Rust or Node 2.0) published. Entries without a valid id
 /// or receiver are skipped; the result is ascending by id.
-pub fn decode_notification(
-    payload: &[u8],
-) -> Result<Vec<Remote>, prost::DecodeError> {
+pub fn decode_notification(payload: &[u8]) -> Result<Vec<Remote>, prost::DecodeError> {
     let batch = NotificationBatch::decode(payload)?;
     let mut out = Vec::new();
     for n in batch.notifications {

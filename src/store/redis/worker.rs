@@ -474,6 +474,7 @@ impl Worker {
             .collect();
         if let Some(m) = msgs.last() {
             self.shared.see(m.mid);
+            self.shared.save_epoch(epoch);
         }
         Ok(msgs)
     }
