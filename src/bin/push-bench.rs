@@ -1,8 +1,9 @@
 //! `push-bench`: a load tool for push-server (and any server speaking the same v3 protocol).
 //!
 //! It opens thousands of subscriber connections from one or two mio threads, publishes over one
-//! pipelined keep-alive connection to the trusted listener, and reads the server's RSS and CPU
-//! time from `/proc/<pid>`. Scenarios:
+//! pipelined keep-alive connection to the trusted listener, and reads the server's RSS
+//! (`/proc/<pid>/status`) and CPU time (`/proc/<pid>/task/*/schedstat`, nanoseconds; `stat`
+//! ticks where schedstat is missing). Scenarios:
 //!
 //! * `idle`: N WebSocket (or long-poll) subscribers on distinct channels; server RSS per
 //!   connection (and kernel TCP socket memory for TCP).
@@ -402,8 +403,9 @@ impl Run {
         self.a.pid.map(procfs::rss_kb).transpose()
     }
 
+    /// Server CPU time in nanoseconds.
     fn cpu(&self) -> Result<Option<u64>, String> {
-        self.a.pid.map(procfs::cpu_ticks).transpose()
+        self.a.pid.map(procfs::cpu_ns).transpose()
     }
 
     fn base(&self) -> Map<String, Value> {
@@ -658,9 +660,8 @@ fn fanout(run: &mut Run) -> Outcome {
         (Some(f), Some(l)) if l > f => (l - f).as_secs_f64(),
         _ => 0.0,
     };
-    let clk = procfs::getconf("CLK_TCK", 100);
     let cpu_us = match (cpu0, cpu1) {
-        (Some(a), Some(b)) => Some((b.saturating_sub(a)) as f64 * 1e6 / clk as f64),
+        (Some(a), Some(b)) => Some((b.saturating_sub(a)) as f64 / 1e3),
         _ => None,
     };
     let mut m = run.base();
@@ -684,7 +685,10 @@ fn fanout(run: &mut Run) -> Outcome {
         "cpu_us_per_delivery".into(),
         json!(cpu_us.and_then(|c| (rep.delivered > 0).then(|| round6(c / rep.delivered as f64)))),
     );
-    m.insert("clk_tck".into(), json!(clk));
+    m.insert(
+        "deliveries_per_cpu_sec".into(),
+        json!(cpu_us.and_then(|c| (c > 0.0).then(|| round1(rep.delivered as f64 * 1e6 / c)))),
+    );
     m.insert("rss_before_kb".into(), json!(rss0));
     m.insert("rss_after_kb".into(), json!(rss1));
     m.insert("open_s".into(), json!(round3(open_s)));
@@ -768,7 +772,6 @@ fn latency(run: &mut Run) -> Outcome {
         _ => 0.0,
     };
     let lost = po.ok.saturating_sub(rep.delivered);
-    let clk = procfs::getconf("CLK_TCK", 100);
     let mut m = run.base();
     m.insert("rate".into(), json!(run.a.rate));
     m.insert("duration_s".into(), json!(run.a.duration));
@@ -790,7 +793,7 @@ fn latency(run: &mut Run) -> Outcome {
     m.insert(
         "server_cpu_ms".into(),
         json!(match (cpu0, cpu1) {
-            (Some(a), Some(b)) => Some(round3(b.saturating_sub(a) as f64 * 1e3 / clk as f64)),
+            (Some(a), Some(b)) => Some(round3(b.saturating_sub(a) as f64 / 1e6)),
             _ => None,
         }),
     );

@@ -140,3 +140,27 @@ pub fn rss_anon_kb(pid: u32) -> Result<u64, String> {
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| format!("{path}: no RssAnon line"))
 }
+
+/// CPU time of `pid` in nanoseconds: the sum of the first field of
+/// `/proc/<pid>/task/*/schedstat` (nanosecond resolution, every thread), or utime + stime from
+/// `/proc/<pid>/stat` (clock-tick resolution) when schedstat is not there.
+pub fn cpu_ns(pid: u32) -> Result<u64, String> {
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        let mut sum = 0u64;
+        let mut any = false;
+        for t in tasks.flatten() {
+            if let Some(ns) = std::fs::read_to_string(t.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            {
+                sum += ns;
+                any = true;
+            }
+        }
+        if any {
+            return Ok(sum);
+        }
+    }
+    let clk = getconf("CLK_TCK", 100);
+    Ok(cpu_ticks(pid)? * (1_000_000_000 / clk.max(1)))
+}

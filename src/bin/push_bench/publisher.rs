@@ -109,7 +109,15 @@ where
             r
         });
         let mut out = Outcome::default();
-        let read_result = read_loop(&mut reader, &mut out, &sent, &writer_done, &writer_failed);
+        let cap = limit.map(|l| l - k0);
+        let read_result = read_loop(
+            &mut reader,
+            &mut out,
+            &sent,
+            cap,
+            &writer_done,
+            &writer_failed,
+        );
         let w = match w.join() {
             Ok(r) => r?,
             Err(_) => return Err("publisher: writer thread panicked".to_string()),
@@ -210,6 +218,7 @@ fn read_loop(
     r: &mut impl Read,
     out: &mut Outcome,
     sent: &AtomicU64,
+    cap: Option<u64>,
     writer_done: &AtomicBool,
     writer_failed: &AtomicBool,
 ) -> Result<(), String> {
@@ -249,6 +258,9 @@ fn read_loop(
             return Ok(());
         }
         match r.read(&mut chunk) {
+            // nginx closes after the last request it allows; the writer may not have noticed
+            // yet that it reached the cap.
+            Ok(0) if cap.is_some_and(|c| answered >= c) => return Ok(()),
             Ok(0) => {
                 return Err(format!(
                     "publisher: server closed the connection after {answered} answers"
