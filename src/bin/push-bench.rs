@@ -21,6 +21,10 @@
 //! given to `--pid`/`--pidfile` is resolved to its worker; the JSON says which under
 //! `server_process`).
 //!
+//! `fanout` and `latency` also report `others_cpu_pct`: the share of the whole machine that
+//! processes other than the server and push-bench used during the run (on a shared machine the
+//! main source of latency tails).
+//!
 //! Every run is bounded (`--timeout`, default 120 s; exit 3 when hit), prints a progress line
 //! to stderr every 2 s and ends with one JSON line on stdout. Exit 1 on failed checks, 2 on bad
 //! arguments. Addresses are Unix socket paths (anything containing '/') or loopback `host:port`.
@@ -611,6 +615,7 @@ fn fanout(run: &mut Run) -> Outcome {
     let open_s = run.wait_open(n)?;
     let want = n * msgs;
     let cpu0 = run.cpu()?;
+    let host0 = procfs::HostSample::take(run.a.pid);
     let rss0 = run.rss()?;
     let id = run.ids[0].clone();
     let size = run.a.size;
@@ -651,6 +656,7 @@ fn fanout(run: &mut Run) -> Outcome {
     if cpu1.is_none() {
         cpu1 = run.cpu()?;
     }
+    let host1 = procfs::HostSample::take(run.a.pid);
     waited?;
     let po = pub_out?;
     let rss1 = run.rss()?;
@@ -689,6 +695,7 @@ fn fanout(run: &mut Run) -> Outcome {
         "deliveries_per_cpu_sec".into(),
         json!(cpu_us.and_then(|c| (c > 0.0).then(|| round1(rep.delivered as f64 * 1e6 / c)))),
     );
+    m.insert("others_cpu_pct".into(), json!(others_pct(&host0, &host1)));
     m.insert("rss_before_kb".into(), json!(rss0));
     m.insert("rss_after_kb".into(), json!(rss1));
     m.insert("open_s".into(), json!(round3(open_s)));
@@ -729,6 +736,7 @@ fn latency(run: &mut Run) -> Outcome {
     let stop = AtomicBool::new(false);
     let mut rng = Rng::new();
     let cpu0 = run.cpu()?;
+    let host0 = procfs::HostSample::take(run.a.pid);
     let (pub_out, waited) = std::thread::scope(|s| {
         let p = s.spawn(|| {
             publisher::run(&publ, sched, &stop, target.requests_per_conn(), |_, out| {
@@ -756,6 +764,7 @@ fn latency(run: &mut Run) -> Outcome {
         r.shared.delivered.load(Ordering::Relaxed) >= po.ok || Instant::now() >= drain_until
     })?;
     let cpu1 = run.cpu()?;
+    let host1 = procfs::HostSample::take(run.a.pid);
     let lost_conns = run.shared.lost_conns.load(Ordering::Relaxed);
     let mut rep = run.join()?;
     rep.latencies_ns.sort_unstable();
@@ -797,6 +806,7 @@ fn latency(run: &mut Run) -> Outcome {
             _ => None,
         }),
     );
+    m.insert("others_cpu_pct".into(), json!(others_pct(&host0, &host1)));
     m.insert("open_s".into(), json!(round3(open_s)));
     m.insert("mid_regressions".into(), json!(rep.mid_regressions));
     m.insert("malformed".into(), json!(rep.malformed));
@@ -921,6 +931,14 @@ impl Rng {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         (self.0 % n.max(1) as u64) as usize
+    }
+}
+
+/// Percent of the machine other processes used between two samples (a noise indicator).
+fn others_pct(a: &Option<procfs::HostSample>, b: &Option<procfs::HostSample>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => a.others_pct(b).map(round1),
+        _ => None,
     }
 }
 

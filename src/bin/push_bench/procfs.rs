@@ -164,3 +164,45 @@ pub fn cpu_ns(pid: u32) -> Result<u64, String> {
     let clk = getconf("CLK_TCK", 100);
     Ok(cpu_ticks(pid)? * (1_000_000_000 / clk.max(1)))
 }
+
+/// A reading of the machine's CPU time, the server's and push-bench's own (clock ticks), to tell
+/// afterwards how much of the machine other processes took during a run: on a shared machine
+/// that is what makes latency tails and wall-clock rates noisy.
+pub struct HostSample {
+    busy: u64,
+    total: u64,
+    server: u64,
+    own: u64,
+}
+
+impl HostSample {
+    pub fn take(server_pid: Option<u32>) -> Option<HostSample> {
+        let text = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = text.lines().next()?.strip_prefix("cpu ")?;
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal (guest time is inside user already)
+        let total: u64 = v.iter().take(8).sum();
+        let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+        Some(HostSample {
+            busy: total - idle,
+            total,
+            server: server_pid.and_then(|p| cpu_ticks(p).ok()).unwrap_or(0),
+            own: cpu_ticks(std::process::id()).unwrap_or(0),
+        })
+    }
+
+    /// Percent of the whole machine (all cores) busy with neither the server nor push-bench
+    /// between `self` and `later`.
+    pub fn others_pct(&self, later: &HostSample) -> Option<f64> {
+        let total = later.total.checked_sub(self.total)?;
+        if total == 0 {
+            return None;
+        }
+        let busy = later.busy.saturating_sub(self.busy);
+        let ours = later.server.saturating_sub(self.server) + later.own.saturating_sub(self.own);
+        Some(busy.saturating_sub(ours) as f64 * 100.0 / total as f64)
+    }
+}
