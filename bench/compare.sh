@@ -197,7 +197,7 @@ stop_nchan() {
 mkdir -p "$(dirname "$OUT")"
 {
     echo "# bench/compare.sh $(date -u +%FT%TZ) on $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)"
-    echo "# git $(git rev-parse --short HEAD 2>/dev/null || echo '?') $(git status --porcelain 2>/dev/null | grep -q . && echo '(dirty)')"
+    echo "# git $(git rev-parse --short HEAD 2>/dev/null || echo '?') $(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo "(dirty)")"
     echo "# CONNS=$CONNS FANOUT_CONNS=$FANOUT_CONNS FANOUT_MSGS=$FANOUT_MSGS LAT_RATE=$LAT_RATE LAT_DURATION=$LAT_DURATION CHURN_CONNS=$CHURN_CONNS CHURN_RATE=$CHURN_RATE CHURN_DURATION=$CHURN_DURATION"
 } >"$OUT"
 
@@ -294,7 +294,7 @@ METRICS=(
     "latency p99 (us)|latency|.p99_us|0"
     "latency p999 (us)|latency|.p999_us|0"
     "churn RSS drift (%)|churn|.rss_drift_pct|2"
-    "other processes' CPU during the latency run (% of machine)|latency|.others_cpu_pct|0"
+    "other processes' CPU during the latency run (% of machine)|latency|.others_cpu_pct|0|noratio"
 )
 
 table() {
@@ -310,12 +310,16 @@ table() {
     fi
     echo "| metric | $ours | $peer | ours / nchan |"
     echo "|---|---:|---:|---:|"
-    local m name run expr dec a b
+    local m name run expr dec opt a b
     for m in "${METRICS[@]}"; do
-        IFS='|' read -r name run expr dec <<<"$m"
+        IFS='|' read -r name run expr dec opt <<<"$m"
         if [ -n "${SKIP[$ours]:-}" ]; then a=-; else a=$(get "$ours" "$run" "$expr"); fi
         b=$(get "$peer" "$run" "$expr")
-        echo "| $name | $(fmt "$a" "$dec") | $(fmt "$b" "$dec") | $(ratio "$a" "$b") |"
+        if [ "$opt" = noratio ]; then
+            echo "| $name | $(fmt "$a" "$dec") | $(fmt "$b" "$dec") | |"
+        else
+            echo "| $name | $(fmt "$a" "$dec") | $(fmt "$b" "$dec") | $(ratio "$a" "$b") |"
+        fi
     done
     echo "| latency p99 of each run (us) | ${R[$ours/latency_all]:--} | ${R[$peer/latency_all]:--} | |"
     local bad=""
