@@ -31,7 +31,16 @@ ensure_pkg curl               # zero-config test runs the printed curl commands
 ensure_pkg kill procps        # tests send signals with kill(1)
 # ensure_pkg redis-server      # issue: Redis store
 ensure_pkg nginx               # tests/nginx.rs: the shipped snippets in front of the server
-# ensure_pkg node nodejs       # issue: JS client tests
+ensure_pkg node nodejs         # tests/interop.rs: the official JS pull client (node >= 20)
+ensure_pkg npm                 # ... and its npm packages (tests/interop/package-lock.json)
+
+# tests/interop: install the pinned npm packages when missing or older than the lockfile.
+interop=tests/interop
+if [ ! -f "$interop/node_modules/.package-lock.json" ] ||
+    [ "$interop/package-lock.json" -nt "$interop/node_modules/.package-lock.json" ]; then
+    echo "test.sh: installing npm packages in $interop (npm ci)"
+    (cd "$interop" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
 
 # --- checks ----------------------------------------------------------------------------------
 echo "== cargo fmt --check"

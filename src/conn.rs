@@ -27,27 +27,47 @@ pub enum Phase {
     /// A long poll held until a message or its timeout.
     Hold(Box<Hold>),
     WebSocket(Box<WsState>),
+    /// A complete request was handed to the store (a publish); its answer is written when the
+    /// store replies. Further input waits unparsed.
+    Busy,
     /// Writing the last bytes; then the write side is shut and input discarded until EOF or
     /// the deadline.
     Closing,
 }
 
+/// Where a subscriber's replay from `mid` stands (PROTOCOL.md §4.4, ARCHITECTURE.md rule 9).
+/// Until it is `Done`, live messages are parked instead of sent, so the client's `mid` never
+/// moves past backlog it has not seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backlog {
+    Done,
+    /// A store job with this token is reading the next chunk. (A failed read ends the
+    /// subscription with 4011, §4.4.)
+    Pending(u64),
+}
+
 pub struct Hold {
     pub sub: Subscription,
-    /// Messages that arrived for this poll during the current loop pass.
+    /// Messages for this poll: the backlog and live ones, answered together.
     pub pending: Vec<Arc<Message>>,
+    pub backlog: Backlog,
     pub keep_alive: bool,
     pub client: Option<Box<str>>,
 }
 
 pub struct WsState {
     pub sub: Subscription,
+    pub backlog: Backlog,
+    /// Live messages that came while the backlog was being read; sent after it.
+    pub parked: Vec<Arc<Message>>,
     pub reader: websocket::Reader,
     /// A Ping went out and no Pong came back yet.
     pub ping_outstanding: bool,
     /// The outbox made no progress since the last ping tick (send stall detection).
     pub stalled: bool,
     pub client: Option<Box<str>>,
+    /// v4: a fragmented binary client message in progress.
+    pub partial: Option<Vec<u8>>,
 }
 
 pub struct Conn {

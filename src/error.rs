@@ -9,18 +9,35 @@ pub enum ApiError {
     WrongChannelId,
     /// 4011: storage failure during backlog replay.
     StorageFailure,
+    /// 4012: untrusted publish without a validly signed `priv:pub` item.
+    PublicChannelRequired,
     /// 4013: empty or undecodable publish.
     WrongRequestData,
+    /// 4014: a command an untrusted caller may not use (`serverStats`, registration).
+    CommandNotAllowed,
+    /// 4015: unknown or unsupported command on the trusted route.
+    WrongRequestCommand,
+    /// 4016: more messages in one request than allowed.
+    TooManyMessages,
     /// 4017: no channels.
     NoChannels,
     /// 4018: more channels than allowed.
     TooManyChannels,
     /// 4019: malformed channel item in a publish.
     InvalidChannelId,
+    /// 4020: an untrusted receiver or stats id marked private.
+    PrivateChannelNotAllowed,
+    /// 4021: an untrusted receiver whose public signature is missing or wrong.
+    InvalidChannelSignature,
     /// 4026: the `signature` query does not match.
     WrongSignature,
     /// 4029: connection cap per private channel reached; this connection was the oldest.
     TooManyConnections,
+    /// 4030: malformed channel stats request.
+    WrongChannelStatsRequest,
+    /// 503: the message store cannot take the publish (Redis down or its queue full);
+    /// nothing of the request was published.
+    StoreUnavailable,
     /// HTTP-level failures (no Bitrix code).
     Http(HttpError),
 }
@@ -48,6 +65,7 @@ pub mod close {
     pub const PROTOCOL: u16 = 1002;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+    pub const TRY_AGAIN: u16 = 1013;
 }
 
 impl ApiError {
@@ -56,13 +74,20 @@ impl ApiError {
         Some(match self {
             ApiError::WrongChannelId => 4010,
             ApiError::StorageFailure => 4011,
+            ApiError::PublicChannelRequired => 4012,
             ApiError::WrongRequestData => 4013,
+            ApiError::CommandNotAllowed => 4014,
+            ApiError::WrongRequestCommand => 4015,
+            ApiError::TooManyMessages => 4016,
             ApiError::NoChannels => 4017,
             ApiError::TooManyChannels => 4018,
             ApiError::InvalidChannelId => 4019,
+            ApiError::PrivateChannelNotAllowed => 4020,
+            ApiError::InvalidChannelSignature => 4021,
             ApiError::WrongSignature => 4026,
             ApiError::TooManyConnections => 4029,
-            ApiError::Http(_) => return None,
+            ApiError::WrongChannelStatsRequest => 4030,
+            ApiError::Http(_) | ApiError::StoreUnavailable => return None,
         })
     }
 
@@ -70,12 +95,22 @@ impl ApiError {
         match self {
             ApiError::WrongChannelId => "Wrong Channel Id.",
             ApiError::StorageFailure => "Couldn't get last messages.",
+            ApiError::PublicChannelRequired => "Public Channel Id is Required.",
             ApiError::WrongRequestData => "Wrong Request Data.",
+            ApiError::CommandNotAllowed => "Request command is not allowed.",
+            ApiError::WrongRequestCommand => "Wrong Request Command.",
+            ApiError::TooManyMessages => "Request exceeded the maximum number of messages.",
             ApiError::NoChannels => "No channels found.",
             ApiError::TooManyChannels => "Request exceeded the maximum number of channels.",
             ApiError::InvalidChannelId => "Request has an invalid channel id.",
+            ApiError::PrivateChannelNotAllowed => "Private channel is not allowed.",
+            ApiError::InvalidChannelSignature => "Channel has an invalid signature.",
             ApiError::WrongSignature => "Wrong request signature.",
             ApiError::TooManyConnections => "Too many connections",
+            ApiError::WrongChannelStatsRequest => "Wrong ChannelStats Request.",
+            ApiError::StoreUnavailable => {
+                "503: Message store unavailable; nothing was published. Retry later."
+            }
             ApiError::Http(HttpError::Malformed) => "Bad Request",
             ApiError::Http(HttpError::NotFound) => "Not Found",
             ApiError::Http(HttpError::Timeout) => "Request Timeout",
@@ -89,6 +124,7 @@ impl ApiError {
     pub fn status(self) -> u16 {
         match self {
             ApiError::TooManyConnections => 429,
+            ApiError::StoreUnavailable => 503,
             ApiError::Http(h) => match h {
                 HttpError::Malformed => 400,
                 HttpError::NotFound => 404,
@@ -106,6 +142,7 @@ impl ApiError {
         match self {
             ApiError::Http(HttpError::PayloadTooLarge) => close::TOO_BIG,
             ApiError::Http(_) => close::PROTOCOL,
+            ApiError::StoreUnavailable => close::TRY_AGAIN,
             other => other.code().unwrap_or(close::PROTOCOL),
         }
     }
@@ -155,5 +192,39 @@ mod tests {
         assert_eq!((big.status(), big.ws_close_code()), (413, 1009));
         assert_eq!(big.http_body(), "");
         assert_eq!(ApiError::from(HttpError::HeaderTooLarge).status(), 431);
+        for (e, want) in [
+            (
+                ApiError::PublicChannelRequired,
+                "4012: Public Channel Id is Required.",
+            ),
+            (
+                ApiError::CommandNotAllowed,
+                "4014: Request command is not allowed.",
+            ),
+            (
+                ApiError::WrongRequestCommand,
+                "4015: Wrong Request Command.",
+            ),
+            (
+                ApiError::TooManyMessages,
+                "4016: Request exceeded the maximum number of messages.",
+            ),
+            (
+                ApiError::PrivateChannelNotAllowed,
+                "4020: Private channel is not allowed.",
+            ),
+            (
+                ApiError::InvalidChannelSignature,
+                "4021: Channel has an invalid signature.",
+            ),
+            (
+                ApiError::WrongChannelStatsRequest,
+                "4030: Wrong ChannelStats Request.",
+            ),
+        ] {
+            assert_eq!(e.to_string(), want);
+            assert_eq!(e.status(), 400);
+            assert_eq!(Some(e.ws_close_code()), e.code());
+        }
     }
 }

@@ -4,8 +4,8 @@
 //! timeout, read and parse ready connections ([`conn`], [`http`], [`websocket`]), act on
 //! complete requests (route, publish, subscribe), expire timers, then flush connections that
 //! got output. A publish is validated, answered `200`, given an id ([`message::MidGen`]),
-//! saved in the [`store`], then fanned out through the [`registry`]: its v3 frame is encoded
-//! once and the same bytes go to every subscriber.
+//! saved in the [`store`], then fanned out through the [`registry`]: its v3 frame and its v4
+//! protobuf form ([`v4`]) are each encoded once and the same bytes go to every subscriber.
 #![forbid(unsafe_code)]
 
 pub mod channel;
@@ -32,4 +32,5 @@ pub mod stats;
 pub mod store;
 pub mod subscription;
 pub mod timers;
+pub mod v4;
 pub mod websocket;

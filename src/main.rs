@@ -111,7 +111,6 @@ fn main() -> ExitCode {
     for (role, addr, _) in server.listening() {
         log::info!("listening on {addr} ({})", role_name(role));
     }
-    log::info!("embedded store; message id epoch {}", server.mid_epoch());
     // Listeners are bound and the embedded store is ready: systemd may route traffic now.
     push_server::notify::notify_or_log("READY=1");
     if let Some((key, algo)) = zero_config {

@@ -273,6 +273,10 @@ pub struct Message {
     v3: OnceLock<Bytes>,
     /// The v3 frame wrapped in one WebSocket text frame, built once for all WS subscribers.
     v3_ws: OnceLock<Bytes>,
+    /// The encoded v4 `OutgoingMessage` (no outer tag), spliced into every v4 batch.
+    v4: OnceLock<Bytes>,
+    /// A one-message v4 `ResponseBatch` in one WebSocket binary frame, for live fan-out.
+    v4_ws: OnceLock<Bytes>,
 }
 
 /// Shows the body's length only: bodies may be logged at `trace!` alone, and a stray `{:?}`
@@ -311,6 +315,8 @@ impl Message {
             kind,
             v3: OnceLock::new(),
             v3_ws: OnceLock::new(),
+            v4: OnceLock::new(),
+            v4_ws: OnceLock::new(),
         }
     }
 
@@ -332,6 +338,30 @@ impl Message {
         self.v3_ws.get_or_init(|| {
             crate::websocket::server_frame(crate::websocket::OP_TEXT, self.v3_frame())
         })
+    }
+
+    /// The encoded v4 `OutgoingMessage` (PROTOCOL.md §6), built on first use and shared.
+    pub fn v4_message(&self) -> &Bytes {
+        self.v4
+            .get_or_init(|| Bytes::from(crate::v4::encode_outgoing(self)))
+    }
+
+    /// A `ResponseBatch` holding only this message, as one unmasked WebSocket binary frame
+    /// shared by every v4 subscriber.
+    pub fn v4_ws_frame(&self) -> &Bytes {
+        self.v4_ws.get_or_init(|| {
+            let batch = crate::v4::outgoing_batch_from(&[self.v4_message()]);
+            crate::websocket::server_frame(crate::websocket::OP_BINARY, &batch)
+        })
+    }
+
+    /// The live WebSocket frame for a subscriber in v4 (`binary`) or v3 mode.
+    pub fn ws_frame(&self, binary: bool) -> &Bytes {
+        if binary {
+            self.v4_ws_frame()
+        } else {
+            self.v3_ws_frame()
+        }
     }
 
     fn build_v3(&self) -> Bytes {

@@ -5,10 +5,16 @@
 use crate::channel::{ChannelId, ChannelListError, Trust, parse_channel_list};
 use crate::error::ApiError;
 use crate::query;
+use crate::registry::Kind;
 use crate::signature::Signer;
+use crate::store::Receiver;
 
 /// Checks the optional `signature` query parameter against `signed` (§1.2).
-fn check_signature(query_string: &[u8], signed: &[u8], signer: &Signer) -> Result<(), ApiError> {
+pub fn check_signature(
+    query_string: &[u8],
+    signed: &[u8],
+    signer: &Signer,
+) -> Result<(), ApiError> {
     match query::param(query_string, "signature") {
         Some(sig) if !signer.verify_hex(signed, &sig) => Err(ApiError::WrongSignature),
         _ => Ok(()),
@@ -21,7 +27,7 @@ pub fn text_publish(
     body: &[u8],
     signer: &Signer,
     max_channels: usize,
-) -> Result<Vec<ChannelId>, ApiError> {
+) -> Result<Vec<Receiver>, ApiError> {
     check_signature(query_string, body, signer)?;
     let value = query::param(query_string, "CHANNEL_ID").ok_or(ApiError::NoChannels)?;
     let items = parse_channel_list(&value, Trust::Publisher, signer).map_err(|e| match e {
@@ -36,9 +42,10 @@ pub fn text_publish(
     }
     let mut receivers = Vec::with_capacity(items.len());
     for item in items {
-        for id in std::iter::once(item.private).chain(item.public) {
-            if !receivers.contains(&id) {
-                receivers.push(id);
+        let public = item.public.map(|p| (p, Kind::Public));
+        for r in std::iter::once((item.private, Kind::Private)).chain(public) {
+            if !receivers.iter().any(|&(c, _)| c == r.0) {
+                receivers.push(r);
             }
         }
     }

@@ -6,6 +6,7 @@
 //! queued outside a connection's own event (fan-out, timers) is flushed at the end of the pass
 //! through the dirty list, because an edge-triggered socket raises no new event for it.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -16,11 +17,11 @@ use signal_hook_mio::v1_0::Signals;
 use tungstenite::Bytes;
 
 use crate::config::{self, Config};
-use crate::conn::{Conn, Phase, READ_CHUNK, ReadState};
+use crate::conn::{Backlog, Conn, Phase, READ_CHUNK, ReadState};
 use crate::error::{HttpError, close};
 use crate::http::{self};
 use crate::listener::{self, Bound};
-use crate::message::{MidGen, now_ms};
+use crate::message::{Mid, MidGen, now_ms};
 use crate::metrics::Metrics;
 use crate::notify;
 use crate::registry::Registry;
@@ -29,14 +30,20 @@ use crate::route::Role;
 use crate::signature::Signer;
 use crate::slab::{ConnId, Slab};
 use crate::stats::Stats;
-use crate::store::Store;
-use crate::store::memory::MemoryStore;
+use crate::store::memory::Embedded;
+use crate::store::{Done, Store};
 use crate::timers::Timers;
 use crate::websocket::{self, OP_PING};
 
 mod requests;
+mod store_io;
+mod v4;
 
 const SIGNAL_TOKEN: Token = Token(8);
+/// The Redis store's worker wakes the loop with this token when answers are ready.
+pub(crate) const STORE_WAKE_TOKEN: Token = Token(9);
+/// How often this instance's entry in the shared stats is rewritten (OPERATIONS.md §3.2).
+const STATS_PUT_EVERY: Duration = Duration::from_secs(60);
 /// At most this many messages per long-poll answer or backlog WebSocket message (§4.4).
 const BACKLOG_CHUNK: usize = 200;
 /// How long a closing connection may take to drain its last bytes and see the peer's FIN.
@@ -46,6 +53,8 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Unparsed input a held long poll may accumulate (pipelined bytes) before it is cut.
 const HOLD_INPUT_CAP: usize = 64 * 1024;
 const WS_PING_PAYLOAD: &[u8] = b"ws ping";
+/// Store drain rounds per loop pass before sockets get their turn again.
+const MAX_DRAIN_ROUNDS: usize = 64;
 
 pub struct Server {
     poll: Poll,
@@ -53,8 +62,20 @@ pub struct Server {
     signals: Signals,
     conns: Slab<Conn>,
     registry: Registry,
-    store: MemoryStore,
-    mids: MidGen,
+    store: Box<dyn Store>,
+    /// Store jobs in flight and what waits for each.
+    waiting: HashMap<u64, (Instant, store_io::Waiter)>,
+    next_token: u64,
+    done_buf: Vec<Done>,
+    /// The last pass stopped draining the store with answers possibly left: poll without
+    /// sleeping.
+    drain_again: bool,
+    /// The newest id this instance has seen (minted here or elsewhere): the `Last-Message-Id`
+    /// of a 304 for a poll without `mid`.
+    latest_mid: Mid,
+    /// Why the store is unusable, while it is.
+    store_down: Option<String>,
+    next_stats_put: Instant,
     timers: Timers,
     cfg: Config,
     config_path: Option<PathBuf>,
@@ -107,16 +128,7 @@ impl Server {
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         poll.registry()
             .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
-        let now_unix = now_ms() / 1000;
-        let mids = MidGen::start(&cfg.store.state_file, now_unix).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "cannot persist the message id epoch in {}: {e}",
-                    cfg.store.state_file.display()
-                ),
-            )
-        })?;
+        let store = Self::open_store(&cfg)?;
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "localhost".to_owned());
@@ -126,8 +138,15 @@ impl Server {
             signals,
             conns: Slab::default(),
             registry: Registry::default(),
-            store: MemoryStore::new(cfg.store.clone()),
-            mids,
+            store,
+            waiting: HashMap::new(),
+            next_token: 0,
+            done_buf: Vec::new(),
+            drain_again: false,
+            latest_mid: Mid::new(0, 0),
+            // Until the store says it is up (the embedded one does at once).
+            store_down: Some("connecting".to_owned()),
+            next_stats_put: Instant::now() + STATS_PUT_EVERY,
             timers: Timers::default(),
             signer: Signer::new(cfg.algo, cfg.security_key.as_bytes()),
             config_path,
@@ -155,8 +174,19 @@ impl Server {
             .collect()
     }
 
-    pub fn mid_epoch(&self) -> u64 {
-        self.mids.epoch()
+    fn open_store(cfg: &Config) -> io::Result<Box<dyn Store>> {
+        let now_unix = now_ms() / 1000;
+        let mids = MidGen::start(&cfg.store.state_file, now_unix).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot persist the message id epoch in {}: {e}",
+                    cfg.store.state_file.display()
+                ),
+            )
+        })?;
+        log::info!("embedded store; message id epoch {}", mids.epoch());
+        Ok(Box::new(Embedded::new(cfg.store.clone(), mids)))
     }
 
     /// Runs until SIGTERM/SIGINT and a drained shutdown.
@@ -173,6 +203,8 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     SIGNAL_TOKEN => self.on_signals(),
+                    // Answers are drained below, every pass.
+                    STORE_WAKE_TOKEN => {}
                     Token(i) if i < self.listeners.len() => self.accept_all(i),
                     token => {
                         let Some(id) = ConnId::from_token(token) else {
@@ -188,13 +220,36 @@ impl Server {
                     }
                 }
             }
+            self.drain_store();
             let now = Instant::now();
             self.expire_timers(now);
             if now >= self.next_sweep {
                 self.store.sweep(now);
+                self.expire_waiters(now);
                 self.next_sweep = now + SWEEP_EVERY;
             }
+            if now >= self.next_stats_put {
+                self.put_stats();
+                self.next_stats_put = now + STATS_PUT_EVERY;
+            }
+            // Jobs submitted in this pass may already have answers (the embedded store), and
+            // acting on an answer or flushing can submit more: a pipelined request behind an
+            // answered one, a keep-alive poll behind a finished one. Nothing else would wake
+            // the loop for those (the embedded store has no waker; a TCP peer reading its
+            // answer raises no event), so drain until quiet, within a bound.
+            self.drain_store();
             self.flush_dirty();
+            let mut rounds = 0;
+            self.drain_again = false;
+            while self.drain_store() {
+                self.flush_dirty();
+                rounds += 1;
+                if rounds == MAX_DRAIN_ROUNDS {
+                    // Let sockets have their turn; poll again without sleeping.
+                    self.drain_again = true;
+                    break;
+                }
+            }
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.accept_paused_until = None;
                 for i in 0..self.listeners.len() {
@@ -228,10 +283,14 @@ impl Server {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
+        if self.drain_again {
+            return Some(Duration::ZERO);
+        }
         let now = Instant::now();
         let next = [
             self.timers.next_deadline(),
             Some(self.next_sweep),
+            Some(self.next_stats_put),
             self.accept_paused_until,
             self.shutdown_deadline,
         ]
@@ -354,6 +413,9 @@ impl Server {
             Phase::Request(_) | Phase::Closing if !conn.outbox.is_empty() => {
                 conn.phase = Phase::Closing;
             }
+            // A publish in the store completes whether or not the client waits (PHP may hang
+            // up early); the answer then finds the peer gone and closes.
+            Phase::Busy => {}
             _ => {
                 log::trace!("{id}: peer closed");
                 self.close_now(id);
@@ -416,7 +478,7 @@ impl Server {
                     self.process_ws_input(id);
                     return;
                 }
-                Phase::Hold(_) => {
+                Phase::Busy | Phase::Hold(_) => {
                     if conn.rbuf.len() > HOLD_INPUT_CAP {
                         log::info!("{id}: input while a long poll is held; closing");
                         self.close_now(id);
@@ -464,6 +526,10 @@ impl Server {
                 }
                 Phase::Hold(_) => self.finish_hold(id, false),
                 Phase::WebSocket(_) => self.ws_tick(id, now),
+                Phase::Busy => {
+                    log::warn!("{id}: no answer from the store in time; closing");
+                    self.close_now(id);
+                }
                 Phase::Closing => self.close_now(id),
             }
         }
@@ -517,7 +583,8 @@ impl Server {
                     continue;
                 };
                 conn.dirty = false;
-                if matches!(&conn.phase, Phase::Hold(h) if !h.pending.is_empty()) {
+                if matches!(&conn.phase, Phase::Hold(h) if !h.pending.is_empty() && h.backlog == Backlog::Done)
+                {
                     self.finish_hold(id, false);
                 }
                 self.flush_conn(id);
@@ -560,8 +627,7 @@ impl Server {
             Phase::Hold(hold) => {
                 self.registry.unsubscribe(id, &hold.sub.receivers);
                 self.stats.pollings -= 1;
-                self.store
-                    .touch_online(&hold.sub.receiver_ids(), Instant::now());
+                self.touch(&hold.sub.receivers);
             }
             Phase::WebSocket(ws) => {
                 self.registry.unsubscribe(id, &ws.sub.receivers);

@@ -56,16 +56,18 @@ impl Stats {
         }
     }
 
-    /// The `/server-stat/` body: an array with this process's entry.
-    pub fn render(
+    /// This process's entry of the `/server-stat/` array; with a shared store the other
+    /// instances' entries come from the store and are appended by [`render_array`].
+    pub fn entry(
         &mut self,
         process_id: &str,
         channels: usize,
         limits: &Limits,
+        cluster_mode: bool,
         now_ms: u64,
     ) -> String {
         self.roll(now_ms);
-        json!([{
+        json!({
             "pid": std::process::id(),
             "date": now_ms,
             "processUniqueId": process_id,
@@ -76,13 +78,29 @@ impl Stats {
                 "maxMessagesPerRequest": limits.max_messages_per_request,
                 "maxChannelsPerRequest": limits.max_channels_per_request,
             },
-            "clusterMode": false,
+            "clusterMode": cluster_mode,
             "websockets": self.websockets,
             "pollings": self.pollings,
             "daily": { "requests": self.requests, "messages": self.messages },
-        }])
+        })
         .to_string()
     }
+}
+
+/// The `/server-stat/` body: a JSON array of this entry and the others that parse as JSON
+/// objects (an entry written by a broken peer is skipped, not passed on).
+pub fn render_array(own: &str, others: &[String]) -> String {
+    let mut out = String::with_capacity(own.len() * (1 + others.len()) + 2);
+    out.push('[');
+    out.push_str(own);
+    for o in others {
+        if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(o).is_ok() {
+            out.push(',');
+            out.push_str(o);
+        }
+    }
+    out.push(']');
+    out
 }
 
 #[cfg(test)]
@@ -98,6 +116,21 @@ mod tests {
         s.count_message(None, 1000);
         s.count_message(None, 2000);
         s.count_request("channelStats", 2000);
+        let limits = Limits {
+            max_payload: 1,
+            max_conn_per_channel: 2,
+            max_messages_per_request: 3,
+            max_channels_per_request: 4,
+            max_header_size: 5,
+            outbox_limit: 6,
+            max_connections: 7,
+        };
+        let own = s.entry("p", 0, &limits, true, 2000);
+        let body = render_array(&own, &["{\"pid\":2}".into(), "garbage".into()]);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v.as_array().unwrap().len(), 2);
+        assert_eq!(v[0]["clusterMode"], true);
+        assert_eq!(v[0]["daily"]["messages"]["unknown"], 2);
         assert_eq!(s.messages["unknown"], 2);
         s.count_request("channelStats", 86_400_000 + 1);
         assert_eq!(s.requests["channelStats"], 1, "reset at midnight");

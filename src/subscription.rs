@@ -18,6 +18,8 @@ pub struct Subscription {
     pub public_id: Option<ChannelId>,
     /// Resume position; a malformed `mid` counts as absent (L-9).
     pub mid: Option<Mid>,
+    /// `binaryMode=true`: v4 protobuf frames instead of v3 text (§2, §4.3).
+    pub binary: bool,
 }
 
 impl Subscription {
@@ -58,6 +60,7 @@ pub fn parse(query_string: &[u8], signer: &Signer) -> Result<Subscription, ApiEr
         capped,
         public_id,
         mid,
+        binary: query::flag(query_string, "binaryMode"),
     })
 }
 
@@ -79,6 +82,9 @@ mod tests {
         );
         assert_eq!(sub.capped.len(), 1);
         assert_eq!(sub.mid.unwrap().to_string(), "17954797730000000000000003");
+        assert!(!sub.binary);
+        let q = [&q[..], b"&binaryMode=true"].concat();
+        assert!(parse(&q, &s).unwrap().binary);
     }
 
     #[test]

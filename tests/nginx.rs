@@ -272,8 +272,8 @@ fn websocket_through_nginx() {
 }
 
 /// The internal server proxies stats and publishes; the public side exposes only the
-/// subscriber routes and `/bitrix/rest/` (which reaches our sub socket: our own 404 until v4
-/// REST exists), and enforces the body limit.
+/// subscriber routes and `/bitrix/rest/` (which reaches our sub socket: v4 client publishing),
+/// and enforces the body limit.
 #[test]
 fn internal_server_and_public_routes() {
     let stack = Stack::start(Layout::Native, &[]);
@@ -327,10 +327,11 @@ fn internal_server_and_public_routes() {
         "a trusted route reached the server from the public side"
     );
 
-    // REST and pubweb reach the sub socket (our 404 is text/plain with CORS, nginx's is HTML).
+    // REST and pubweb reach the sub socket: our client-publish answer (text/plain with CORS;
+    // without a signed `priv:pub` CHANNEL_ID it is 4012), not an nginx page.
     for path in ["/bitrix/rest/", "/bitrix/pubweb/"] {
         let r = request(stack.public, "POST", path, &[], b"x", t);
-        assert_eq!(r.status, 404, "{path}: {r:?}");
+        assert_eq!(r.status, 400, "{path}: {r:?}");
         assert_eq!(
             r.header("Access-Control-Allow-Origin"),
             Some("*"),
@@ -342,7 +343,11 @@ fn internal_server_and_public_routes() {
                 .starts_with("text/plain"),
             "{path}: {r:?}"
         );
-        assert!(r.text().contains("Not Found"), "{path}: {r:?}");
+        assert_eq!(
+            r.text(),
+            "4012: Public Channel Id is Required.",
+            "{path}: {r:?}"
+        );
         assert!(
             stack.server.log_count(&format!("{path} from 127.0.0.1")) >= 1,
             "{path}: not in our log with the client address"

@@ -7,21 +7,28 @@ use std::time::Instant;
 use tungstenite::Bytes;
 
 use crate::channel::ChannelId;
-use crate::conn::{Conn, Hold, Phase, WsState};
+use crate::conn::{Backlog, Conn, Hold, Phase, WsState};
 use crate::error::{ApiError, HttpError, close};
 use crate::http::{Method, RequestHead};
-use crate::message::{Message, Mid, Sender, now_ms};
+use crate::message::{Message, Sender, now_ms};
 use crate::metrics::Gauges;
 use crate::publish;
 use crate::query;
+use crate::registry::Kind;
 use crate::response::{self, Persist};
 use crate::route::{self, Route};
 use crate::slab::ConnId;
-use crate::store::Store;
+use crate::stats;
+use crate::store::{Job, Receiver};
 use crate::subscription::{self, Subscription};
 use crate::websocket::{self, OP_CLOSE, OP_PING, OP_PONG};
 
-use super::{BACKLOG_CHUNK, CLOSE_LINGER, Server};
+use super::store_io::{BUSY_TIMEOUT, Waiter};
+use super::{CLOSE_LINGER, Server};
+
+/// Live messages a WebSocket may park while its backlog is read before it counts as a slow
+/// consumer (the backlog itself comes in chunks of 200).
+const MAX_PARKED: usize = 10_000;
 
 impl Server {
     // ---- requests ----
@@ -48,32 +55,28 @@ impl Server {
             }
             (Route::Subscribe, Method::Get) => self.subscribe(id, head, persist),
             (Route::Publish, Method::Post) if query::flag(head.query(), "binaryMode") => {
-                // The protobuf publish (v4) is not implemented yet; say so instead of a 200.
-                log::warn!("{id}: binary publish is not supported by this version");
-                self.respond_error(id, ApiError::WrongRequestData, persist);
+                self.binary_publish(id, &head, body, persist)
             }
+            (Route::Rest, Method::Post) => self.rest_publish(id, &head, body, persist),
+            (Route::Rest, Method::Options) => self.respond(id, response::options(persist), persist),
             (Route::Publish, Method::Post) => self.text_publish(id, &head, body, persist),
             (Route::Publish, Method::Get) => self.online_query(id, &head, persist),
-            (Route::ServerStats, Method::Get) => {
-                self.stats.count_request("serverStats", now_ms());
-                let body = self.stats.render(
-                    &self.process_id,
-                    self.registry.private_channels(),
-                    &self.cfg.limits,
-                    now_ms(),
-                );
-                let r = response::full(200, "text/plain", body.as_bytes(), persist);
-                self.respond(id, r, persist);
-            }
+            (Route::ServerStats, Method::Get) => self.server_stats(id, persist),
             (Route::Health, Method::Get) => {
-                let (status, body): (u16, &[u8]) = if self.shutdown_deadline.is_some() {
-                    (503, b"shutting down\n")
+                let (status, body) = if self.shutdown_deadline.is_some() {
+                    (503, "shutting down\n".to_owned())
+                } else if let Some(reason) = &self.store_down {
+                    let kind = self.store.kind();
+                    (
+                        503,
+                        format!("not ready: {kind} store unavailable: {reason}\n"),
+                    )
                 } else {
-                    (200, b"ok: serving, embedded store\n")
+                    (200, format!("ok: serving, {} store\n", self.store.kind()))
                 };
                 self.respond(
                     id,
-                    response::full(status, "text/plain", body, persist),
+                    response::full(status, "text/plain", body.as_bytes(), persist),
                     persist,
                 );
             }
@@ -86,8 +89,8 @@ impl Server {
                     stored_messages: st.messages,
                     stored_bytes: st.bytes,
                     store_evictions: st.evicted,
-                    store_kind: "memory",
-                    store_up: true,
+                    store_kind: self.store.kind(),
+                    store_up: self.store_down.is_none(),
                 });
                 let r = response::full(200, "text/plain; version=0.0.4", text.as_bytes(), persist);
                 self.respond(id, r, persist);
@@ -149,15 +152,44 @@ impl Server {
                 self.respond_error(id, e, persist);
             }
             Ok(receivers) => {
-                // Answer first: PHP hangs up after the head, and the fan-out below no longer
-                // depends on this socket.
-                self.respond(id, response::full(200, "text/plain", b"", persist), persist);
-                // Write it now, not at the end of the pass: PHP waits for it (1 s read
-                // timeout) and must not wait behind a large fan-out.
-                self.flush_conn(id);
-                self.publish(body, head.message_expiry, Sender::Backend, None, &receivers);
+                // Answered when the store took it (200) or could not (503), before the fan-out;
+                // PHP hangs up after the head, and the fan-out does not depend on this socket.
+                let draft =
+                    Self::draft(body, head.message_expiry, Sender::Backend, None, receivers);
+                self.publish_batch(Some((id, persist)), vec![draft]);
             }
         }
+    }
+
+    fn server_stats(&mut self, id: ConnId, persist: Persist) {
+        self.stats.count_request("serverStats", now_ms());
+        let own = self.own_stats_entry();
+        if !self.store.shared() {
+            let body = stats::render_array(&own, &[]);
+            let r = response::full(200, "text/plain", body.as_bytes(), persist);
+            self.respond(id, r, persist);
+            return;
+        }
+        let waiter = Waiter::Stats {
+            conn: id,
+            persist,
+            own: own.clone(),
+        };
+        if self.submit(|token| Job::Stats { token }, waiter) {
+            self.set_busy(id);
+        } else {
+            let body = stats::render_array(&own, &[]);
+            let r = response::full(200, "text/plain", body.as_bytes(), persist);
+            self.respond(id, r, persist);
+        }
+    }
+
+    /// The request waits for a store answer: no input is parsed meanwhile.
+    fn set_busy(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.phase = Phase::Busy;
+        }
+        self.set_deadline(id, Some(Instant::now() + BUSY_TIMEOUT));
     }
 
     pub(super) fn online_query(&mut self, id: ConnId, head: &RequestHead, persist: Persist) {
@@ -174,55 +206,48 @@ impl Server {
                 return;
             }
         };
-        let now = Instant::now();
-        let mut body = String::from("{\"infos\":[");
-        let mut first = true;
-        for ch in &channels {
-            let local = self.registry.subscribers(ch).len();
-            if local == 0 && !self.store.recently_online(ch, now) {
-                continue;
-            }
-            if !first {
-                body.push(',');
-            }
-            first = false;
-            body.push_str(&format!(
-                "{{\"channel\":\"{ch}\",\"subscribers\":{}}}",
-                local.max(1)
-            ));
+        if query::flag(head.query(), "binaryMode") {
+            self.online_query_binary(id, channels, persist);
+            return;
         }
-        body.push_str("]}");
-        let r = response::full(200, "text/plain", body.as_bytes(), persist);
-        self.respond(id, r, persist);
+        let local: Vec<usize> = channels
+            .iter()
+            .map(|ch| self.registry.subscribers(ch).len())
+            .collect();
+        // Only the channels without a local connection need the store (recent long polls,
+        // other instances).
+        let ask: Vec<Receiver> = channels
+            .iter()
+            .zip(&local)
+            .filter(|&(_, &n)| n == 0)
+            .map(|(&ch, _)| (ch, Kind::Private))
+            .collect();
+        let waiter = Waiter::Online {
+            conn: id,
+            persist,
+            channels,
+            local,
+        };
+        if ask.is_empty() {
+            // Everything is local: answer in this pass through the same path.
+            let token = self.next_token();
+            self.waiting.insert(token, (Instant::now(), waiter));
+            self.set_busy(id);
+            self.on_online(token, Ok(Vec::new()));
+        } else if self.submit(
+            |token| Job::Online {
+                token,
+                channels: ask,
+            },
+            waiter,
+        ) {
+            self.set_busy(id);
+        } else {
+            self.respond_error(id, ApiError::StoreUnavailable, persist);
+        }
     }
 
     // ---- publishing ----
-
-    pub(super) fn publish(
-        &mut self,
-        body: Bytes,
-        expiry: u32,
-        sender: Sender,
-        kind: Option<String>,
-        receivers: &[ChannelId],
-    ) {
-        let created_ms = now_ms();
-        self.stats.count_message(kind.as_deref(), created_ms);
-        let msg = Arc::new(Message::new(
-            self.mids.next(),
-            created_ms,
-            expiry,
-            sender,
-            body,
-            kind,
-        ));
-        let started = Instant::now();
-        self.store.save(&msg, receivers, started);
-        self.metrics.observe_store(started.elapsed());
-        self.metrics.messages_published += 1;
-        log::trace!("published {} to {} receivers", msg.mid, receivers.len());
-        self.fan_out(&msg, receivers);
-    }
 
     /// Hands `msg` to every connection subscribed to any receiver, once per connection.
     pub(super) fn fan_out(&mut self, msg: &Arc<Message>, receivers: &[ChannelId]) {
@@ -245,13 +270,21 @@ impl Server {
                 match &mut conn.phase {
                     Phase::Hold(hold) => {
                         hold.pending.push(Arc::clone(msg));
-                        if !conn.dirty {
+                        if hold.backlog == Backlog::Done && !conn.dirty {
                             conn.dirty = true;
                             self.dirty.push(cid);
                         }
                     }
-                    Phase::WebSocket(_) => {
-                        if conn.send(msg.v3_ws_frame()).is_err() {
+                    Phase::WebSocket(ws) if ws.backlog != Backlog::Done => {
+                        // Sent after the backlog, so the client's mid never skips it (§4.4).
+                        ws.parked.push(Arc::clone(msg));
+                        if ws.parked.len() > MAX_PARKED {
+                            slow.push(cid);
+                        }
+                    }
+                    Phase::WebSocket(ws) => {
+                        let frame = msg.ws_frame(ws.sub.binary);
+                        if conn.send(frame).is_err() {
                             failed.push(cid);
                         } else if conn.outbox.queued() > limit {
                             slow.push(cid);
@@ -305,49 +338,47 @@ impl Server {
         client: Option<Box<str>>,
     ) {
         self.enforce_conn_cap(&sub);
-        let receivers = sub.receiver_ids();
         let now = Instant::now();
-        self.store.touch_online(&receivers, now);
-        if let Some(mid) = sub.mid {
-            let backlog = self.store.backlog(&receivers, mid, BACKLOG_CHUNK, now);
-            self.metrics.observe_store(now.elapsed());
-            match backlog {
-                Ok(backlog) if !backlog.is_empty() => {
-                    self.answer_messages(id, backlog, persist);
-                    return;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    log::warn!("{id}: backlog read failed: {e:?}");
-                    self.respond_error(id, ApiError::StorageFailure, persist);
-                    return;
-                }
-            }
-        }
+        self.touch(&sub.receivers);
+        // Registered before the backlog is read (D8): a publish in between is parked in
+        // `pending` and answered together with the backlog.
         self.registry.subscribe(id, &sub.receivers);
         self.stats.pollings += 1;
+        let resume = sub.mid.map(|mid| (sub.receivers.clone(), mid));
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         conn.phase = Phase::Hold(Box::new(Hold {
             sub,
             pending: Vec::new(),
+            backlog: Backlog::Done,
             keep_alive: persist == Persist::KeepAlive,
             client,
         }));
         let at = now + self.cfg.timings.long_poll_timeout;
         self.set_deadline(id, Some(at));
+        if let Some((receivers, mid)) = resume {
+            self.request_backlog(id, receivers, mid);
+        }
     }
 
-    /// A 200 carrying v3 frames: the small head plus the shared frame of each message.
+    /// A 200 carrying v3 frames: the small head plus the shared frame of each message; or,
+    /// for a `binary` (v4) poll, one `ResponseBatch`.
     pub(super) fn answer_messages(
         &mut self,
         id: ConnId,
         mut messages: Vec<Arc<Message>>,
+        binary: bool,
         persist: Persist,
     ) {
         messages.sort_by_key(|m| m.mid);
         messages.dedup_by_key(|m| m.mid);
+        if binary {
+            let body = crate::v4::outgoing_batch(&messages);
+            let r = response::full(200, "application/octet-stream", &body, persist);
+            self.respond(id, r, persist);
+            return;
+        }
         let len: usize = messages.iter().map(|m| m.v3_frame().len()).sum();
         let Some(conn) = self.conns.get_mut(id) else {
             return;
@@ -370,20 +401,16 @@ impl Server {
         };
         self.registry.unsubscribe(id, &hold.sub.receivers);
         self.stats.pollings -= 1;
-        let receivers = hold.sub.receiver_ids();
-        self.store.touch_online(&receivers, Instant::now());
+        self.touch(&hold.sub.receivers);
         let persist = if hold.keep_alive && !shutting_down && self.shutdown_deadline.is_none() {
             Persist::KeepAlive
         } else {
             Persist::Close
         };
-        if hold.pending.is_empty() {
-            let last = hold
-                .sub
-                .mid
-                .or_else(|| self.store.newest_mid(&receivers))
-                .or_else(|| self.mids.last())
-                .unwrap_or_else(|| Mid::new(self.mids.epoch(), 0));
+        // Live messages parked behind an unread backlog are not sent: the client keeps its
+        // mid and gets them, stored, with the backlog on its next poll.
+        if hold.pending.is_empty() || hold.backlog != Backlog::Done {
+            let last = hold.sub.mid.unwrap_or(self.latest_mid);
             let mut digits = Vec::with_capacity(26);
             last.write_to(&mut digits);
             self.respond(id, response::not_modified(&digits), persist);
@@ -392,7 +419,7 @@ impl Server {
                 "{id}: long poll answered for {}",
                 hold.client.as_deref().unwrap_or("-")
             );
-            self.answer_messages(id, hold.pending, persist);
+            self.answer_messages(id, hold.pending, hold.sub.binary, persist);
         }
         // A keep-alive client may have pipelined its next request already.
         if persist == Persist::KeepAlive {
@@ -431,52 +458,31 @@ impl Server {
             }
         };
         self.enforce_conn_cap(&sub);
+        self.touch(&sub.receivers);
+        // Registered before the backlog is read (D8); live messages are parked until it is.
         self.registry.subscribe(id, &sub.receivers);
         self.stats.websockets += 1;
-        let receivers = sub.receiver_ids();
-        let after = sub.mid;
+        let resume = sub.mid.map(|mid| (sub.receivers.clone(), mid));
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         conn.phase = Phase::WebSocket(Box::new(WsState {
             sub,
+            backlog: Backlog::Done,
+            parked: Vec::new(),
             reader: websocket::Reader::default(),
             ping_outstanding: false,
             stalled: false,
             client,
+            partial: None,
         }));
-        if let Some(mut after) = after {
-            // Registered before reading the backlog (D8); the memory store answers within
-            // this pass, so no live message can fall between the two.
-            loop {
-                let now = Instant::now();
-                match self.store.backlog(&receivers, after, BACKLOG_CHUNK, now) {
-                    Ok(chunk) if chunk.is_empty() => break,
-                    Ok(chunk) => {
-                        let mut payload = Vec::new();
-                        for m in &chunk {
-                            payload.extend_from_slice(m.v3_frame());
-                        }
-                        after = chunk.last().map_or(after, |m| m.mid);
-                        let frame = websocket::server_frame(websocket::OP_TEXT, &payload);
-                        if let Some(conn) = self.conns.get_mut(id) {
-                            conn.outbox.push(frame);
-                        }
-                        if chunk.len() < BACKLOG_CHUNK {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        log::warn!("{id}: backlog read failed: {e:?}");
-                        self.close_ws(id, 4011, &ApiError::StorageFailure.to_string());
-                        return;
-                    }
-                }
-            }
-        }
         let at = Instant::now() + self.cfg.timings.ws_ping_interval;
         self.set_deadline(id, Some(at));
         self.mark_dirty(id);
+        // Last: a refused read closes the socket, and its linger deadline must stand.
+        if let Some((receivers, mid)) = resume {
+            self.request_backlog(id, receivers, mid);
+        }
     }
 
     /// Applies `MAX_CONN_PER_CHANNEL` to the private ids that come with a public id: the
@@ -542,13 +548,25 @@ impl Server {
                     outbox.push(websocket::server_frame(OP_PONG, &frame.payload));
                     self.mark_dirty(id);
                 }
-                OP_PONG => ws.ping_outstanding = false,
+                OP_PONG => {
+                    ws.ping_outstanding = false;
+                    // Presence lives as long as the online TTL; a pong (every ping interval)
+                    // renews it, as the references do.
+                    let receivers = ws.sub.receivers.clone();
+                    self.touch(&receivers);
+                }
                 OP_CLOSE => {
                     log::debug!("{id}: websocket closed by client");
                     self.close_ws(id, close::NORMAL, "");
                     return;
                 }
-                // v3 clients send nothing; data frames are ignored (W-7).
+                // v3 clients send nothing, and text is ignored on v4 too (W-7); a v4
+                // client's binary message is a client publish (§6.4).
+                _ if ws.sub.binary => {
+                    if let Some(message) = crate::v4::assemble_binary(&mut ws.partial, frame) {
+                        self.ws_client_message(id, message);
+                    }
+                }
                 _ => {}
             }
         }

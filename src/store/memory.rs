@@ -11,10 +11,10 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Store, StoreError, StoreStats};
+use super::{Done, Job, Store, StoreError, StoreStats};
 use crate::channel::ChannelId;
 use crate::config::StoreConfig;
-use crate::message::{Message, Mid};
+use crate::message::{Message, Mid, MidGen};
 
 /// Bookkeeping bytes charged per stored message on top of its body.
 const OVERHEAD: usize = 128;
@@ -28,7 +28,6 @@ struct Stored {
 struct History {
     /// Ascending; ids whose message is gone are dropped lazily.
     ids: VecDeque<Mid>,
-    newest: Option<Mid>,
 }
 
 pub struct MemoryStore {
@@ -79,8 +78,8 @@ impl MemoryStore {
     }
 }
 
-impl Store for MemoryStore {
-    fn save(&mut self, msg: &Arc<Message>, receivers: &[ChannelId], now: Instant) {
+impl MemoryStore {
+    pub fn save(&mut self, msg: &Arc<Message>, receivers: &[ChannelId], now: Instant) {
         let ttl = if msg.expiry == 0 {
             self.cfg.expiry0_grace
         } else {
@@ -89,7 +88,6 @@ impl Store for MemoryStore {
         for ch in receivers {
             let h = self.channels.entry(*ch).or_default();
             h.ids.push_back(msg.mid);
-            h.newest = Some(msg.mid);
             if h.ids.len() > self.cfg.channel_history {
                 h.ids.pop_front();
                 self.evicted += 1;
@@ -111,7 +109,7 @@ impl Store for MemoryStore {
         self.enforce_byte_cap();
     }
 
-    fn backlog(
+    pub fn backlog(
         &mut self,
         receivers: &[ChannelId],
         after: Mid,
@@ -136,25 +134,18 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn newest_mid(&self, receivers: &[ChannelId]) -> Option<Mid> {
-        receivers
-            .iter()
-            .filter_map(|ch| self.channels.get(ch).and_then(|h| h.newest))
-            .max()
-    }
-
-    fn touch_online(&mut self, channels: &[ChannelId], now: Instant) {
+    pub fn touch_online(&mut self, channels: &[ChannelId], now: Instant) {
         let until = now + Duration::from_secs(u64::from(self.cfg.online_ttl));
         for ch in channels {
             self.online.insert(*ch, until);
         }
     }
 
-    fn recently_online(&self, ch: &ChannelId, now: Instant) -> bool {
+    pub fn recently_online(&self, ch: &ChannelId, now: Instant) -> bool {
         self.online.get(ch).is_some_and(|&until| until > now)
     }
 
-    fn sweep(&mut self, now: Instant) {
+    pub fn sweep(&mut self, now: Instant) {
         while let Some(&Reverse((at, mid))) = self.expiry.peek() {
             if at > now {
                 break;
@@ -175,13 +166,119 @@ impl Store for MemoryStore {
         self.online.retain(|_, until| *until > now);
     }
 
-    fn stats(&self) -> StoreStats {
+    pub fn stats(&self) -> StoreStats {
         StoreStats {
             messages: self.messages.len(),
             channels: self.channels.len(),
             bytes: self.bytes,
             evicted: self.evicted,
+            rejected_jobs: 0,
         }
+    }
+}
+
+/// The embedded store behind the [`Store`] interface: mints ids with a [`MidGen`] and answers
+/// every job at once; the answers wait in `done` until the loop drains them in the same pass.
+pub struct Embedded {
+    mem: MemoryStore,
+    mids: MidGen,
+    done: Vec<Done>,
+}
+
+impl Embedded {
+    pub fn new(cfg: StoreConfig, mids: MidGen) -> Embedded {
+        let latest = mids.last().unwrap_or_else(|| Mid::new(mids.epoch(), 0));
+        Embedded {
+            mem: MemoryStore::new(cfg),
+            mids,
+            done: vec![Done::Up { latest }],
+        }
+    }
+}
+
+impl Store for Embedded {
+    fn submit(&mut self, job: Job) -> Result<(), Job> {
+        let now = Instant::now();
+        let done = match job {
+            Job::Publish { token, drafts } => {
+                let msgs = drafts
+                    .into_iter()
+                    .map(|d| {
+                        let msg = Arc::new(Message::new(
+                            self.mids.next(),
+                            d.created_ms,
+                            d.expiry,
+                            d.sender,
+                            d.body,
+                            d.kind,
+                        ));
+                        let ids: Vec<ChannelId> = d.receivers.iter().map(|r| r.0).collect();
+                        self.mem.save(&msg, &ids, now);
+                        msg
+                    })
+                    .collect();
+                Done::Published {
+                    token,
+                    result: Ok(msgs),
+                }
+            }
+            Job::Backlog {
+                token,
+                receivers,
+                after,
+                limit,
+            } => {
+                let ids: Vec<ChannelId> = receivers.iter().map(|r| r.0).collect();
+                Done::Backlog {
+                    token,
+                    result: self.mem.backlog(&ids, after, limit, now),
+                }
+            }
+            Job::Touch { channels } => {
+                let ids: Vec<ChannelId> = channels.iter().map(|r| r.0).collect();
+                self.mem.touch_online(&ids, now);
+                return Ok(());
+            }
+            Job::Online { token, channels } => Done::Online {
+                token,
+                result: Ok(channels
+                    .iter()
+                    .map(|r| self.mem.recently_online(&r.0, now))
+                    .collect()),
+            },
+            // One instance: nobody else reads the entry, and there are no others to list.
+            Job::PutStats { .. } => return Ok(()),
+            Job::Stats { token } => Done::Stats {
+                token,
+                result: Ok(Vec::new()),
+            },
+        };
+        self.done.push(done);
+        Ok(())
+    }
+
+    fn drain(&mut self, out: &mut Vec<Done>) {
+        out.append(&mut self.done);
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        self.mem.sweep(now);
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.mem.stats()
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn set_config(&mut self, cfg: StoreConfig) {
+        self.mem.set_config(cfg);
+    }
+
+    fn shared(&self) -> bool {
+        false
     }
 }
 
@@ -228,7 +325,6 @@ mod tests {
             .map(|m| m.mid.counter())
             .collect();
         assert_eq!(got, vec![2, 3]);
-        assert_eq!(s.newest_mid(&[a]), Some(Mid::new(1795479773, 2)));
     }
 
     #[test]
@@ -244,7 +340,6 @@ mod tests {
         assert_eq!(s.backlog(&[a], zero, 200, later).unwrap().len(), 1);
         s.sweep(now + Duration::from_secs(121));
         assert_eq!(s.stats(), StoreStats::default());
-        assert_eq!(s.newest_mid(&[a]), None);
     }
 
     #[test]

@@ -1,23 +1,117 @@
-//! Durable state behind one small trait: message history for resume by `mid`, recent long-poll
-//! presence, and the bookkeeping to expire both.
+//! Durable state behind one small asynchronous interface: minting message ids, message
+//! history for resume by `mid`, online presence, the stats of every instance, and (with Redis)
+//! the messages other instances publish.
 //!
-//! The embedded [`memory::MemoryStore`] answers within the loop pass. The trait is synchronous
-//! for now; the Redis store (a later issue) will move behind a worker thread with the same
-//! operations as jobs.
+//! The loop never waits on a store. It hands a [`Job`] to [`Store::submit`] and later collects
+//! the matching [`Done`] from [`Store::drain`]: the embedded [`memory::Embedded`] answers
+//! within the same pass; the Redis store runs the jobs on a worker thread and wakes the
+//! loop through a `mio::Waker` when answers are ready. Both go through the same code in the
+//! server, so the memory store also exercises every "answer arrives later" path.
 
 pub mod memory;
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::channel::ChannelId;
-use crate::message::{Message, Mid};
+use tungstenite::Bytes;
 
-/// Why a store operation failed (the memory store never fails; Redis will).
+use crate::channel::ChannelId;
+use crate::config::StoreConfig;
+use crate::message::{Message, Mid, Sender};
+use crate::registry::Kind;
+
+/// Chosen by the server to match a [`Done`] with what waits for it (a connection id and a
+/// purpose); the store only echoes it.
+pub type Token = u64;
+
+/// A receiver of a message: a channel id and whether it is a private/shared channel or a
+/// public id (the Redis layout keeps them under different keys).
+pub type Receiver = (ChannelId, Kind);
+
+/// Why a store operation failed. The text is safe to show to a publisher.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreError(pub String);
 
-/// Counters for stats and logs.
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A message before it has an id.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub body: Bytes,
+    pub expiry: u32,
+    pub sender: Sender,
+    /// `<module>_<command>`, for statistics only.
+    pub kind: Option<String>,
+    pub receivers: Vec<Receiver>,
+    pub created_ms: u64,
+}
+
+#[derive(Debug)]
+pub enum Job {
+    /// Mint ids (strictly increasing, in draft order), keep each message for
+    /// `min(expiry, message_ttl)` s or the grace window for expiry 0 (PROTOCOL.md §8.4), and
+    /// announce them to the other instances. Answered by [`Done::Published`] with the
+    /// messages in draft order; on error nothing of the batch is kept or announced.
+    Publish { token: Token, drafts: Vec<Draft> },
+    /// Up to `limit` unexpired messages newer than `after` addressed to any of `receivers`,
+    /// ascending by id, each once. Answered by [`Done::Backlog`].
+    Backlog {
+        token: Token,
+        receivers: Vec<Receiver>,
+        after: Mid,
+        limit: usize,
+    },
+    /// Marks channels online for the online TTL (a connection registered, a long poll ended,
+    /// a WebSocket answered a ping). Not answered.
+    Touch { channels: Vec<Receiver> },
+    /// Whether each channel was touched within the online TTL, in request order. Answered by
+    /// [`Done::Online`]. The server asks only about channels it has no local connection for.
+    Online {
+        token: Token,
+        channels: Vec<Receiver>,
+    },
+    /// Replaces this instance's entry in the shared stats (one JSON object). Not answered.
+    PutStats { json: String },
+    /// The stats entries of every other live instance (the server adds its own, fresh).
+    /// Answered by [`Done::Stats`].
+    Stats { token: Token },
+}
+
+#[derive(Debug)]
+pub enum Done {
+    Published {
+        token: Token,
+        result: Result<Vec<Arc<Message>>, StoreError>,
+    },
+    Backlog {
+        token: Token,
+        result: Result<Vec<Arc<Message>>, StoreError>,
+    },
+    Online {
+        token: Token,
+        result: Result<Vec<bool>, StoreError>,
+    },
+    Stats {
+        token: Token,
+        result: Result<Vec<String>, StoreError>,
+    },
+    /// Messages other instances published, ascending by id, each with its receivers. The
+    /// server delivers them to its local subscribers only.
+    Remote(Vec<(Arc<Message>, Vec<Receiver>)>),
+    /// The store became usable (at start, or after an outage). `latest` is the newest id
+    /// minted so far by any instance (or an id below every future one), used as the
+    /// `Last-Message-Id` of a 304 for a poll without `mid`.
+    Up { latest: Mid },
+    /// The store became unusable; publishes are refused until [`Done::Up`].
+    Down { reason: String },
+}
+
+/// Counters for stats and logs, from this instance's point of view.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct StoreStats {
     pub messages: usize,
@@ -25,34 +119,30 @@ pub struct StoreStats {
     pub bytes: usize,
     /// Messages dropped before their expiry by the per-channel or total caps.
     pub evicted: u64,
+    /// Jobs refused because the queue to the store was full.
+    pub rejected_jobs: u64,
 }
 
 pub trait Store {
-    /// Keeps `msg` for `receivers`: `min(expiry, message_ttl)` seconds, or the grace window
-    /// for expiry 0 (PROTOCOL.md §8.4).
-    fn save(&mut self, msg: &Arc<Message>, receivers: &[ChannelId], now: Instant);
+    /// Queues `job`. A full queue hands the job back, and the caller answers "busy" rather
+    /// than waiting (ARCHITECTURE.md rule 8).
+    fn submit(&mut self, job: Job) -> Result<(), Job>;
 
-    /// Up to `limit` unexpired messages newer than `after` addressed to any of `receivers`,
-    /// ascending by id, each once.
-    fn backlog(
-        &mut self,
-        receivers: &[ChannelId],
-        after: Mid,
-        limit: usize,
-        now: Instant,
-    ) -> Result<Vec<Arc<Message>>, StoreError>;
+    /// Moves every ready answer into `out`, in the order they happened.
+    fn drain(&mut self, out: &mut Vec<Done>);
 
-    /// Newest id stored for any of `receivers`, expired or not, while the store remembers it.
-    fn newest_mid(&self, receivers: &[ChannelId]) -> Option<Mid>;
-
-    /// Marks channels online for the online TTL (a long poll registered or ended).
-    fn touch_online(&mut self, channels: &[ChannelId], now: Instant);
-
-    /// True while a touch is younger than the online TTL.
-    fn recently_online(&self, ch: &ChannelId, now: Instant) -> bool;
-
-    /// Drops expired messages, presence and empty channels.
+    /// Periodic housekeeping on the loop thread (the embedded store drops expired entries;
+    /// Redis expires keys itself).
     fn sweep(&mut self, now: Instant);
 
     fn stats(&self) -> StoreStats;
+
+    /// "memory" or "redis", for /health, /metrics and logs.
+    fn kind(&self) -> &'static str;
+
+    /// Applies reloadable settings (TTLs, caps).
+    fn set_config(&mut self, cfg: StoreConfig);
+
+    /// True when several instances share this store (`clusterMode` in the stats).
+    fn shared(&self) -> bool;
 }

@@ -5,6 +5,9 @@
 //! has a deadline, and the server's stderr is printed when a test panics.
 #![allow(dead_code)]
 
+pub mod redis_server;
+pub use redis_server::Redis;
+
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -182,8 +185,28 @@ impl ServerBuilder {
         self
     }
 
+    /// Uses `redis` as the store (REDIS_SOCK).
+    pub fn redis(self, redis: &Redis) -> Self {
+        let sock = redis.sock.display().to_string();
+        self.env("REDIS_SOCK", sock)
+    }
+
     /// Starts the server and waits until both sockets accept connections.
-    pub fn start(self) -> Server {
+    ///
+    /// With `PUSH_TEST_STORE=redis` in the test's environment, a server that was given no
+    /// store of its own gets a private redis-server: the whole protocol suite then runs
+    /// against the Redis store too (`scripts/test.sh` runs it both ways).
+    pub fn start(mut self) -> Server {
+        let own_redis = (std::env::var("PUSH_TEST_STORE").as_deref() == Ok("redis")
+            && !self.zero_config
+            && !self
+                .env
+                .iter()
+                .any(|(k, _)| k == "REDIS_SOCK" || k == "REDIS_URL"))
+        .then(Redis::start);
+        if let Some(r) = &own_redis {
+            self = self.redis(r);
+        }
         let dir = TestDir::new();
         let sub = dir.join("sub.sock");
         let pubs = dir.join("pub.sock");
@@ -236,6 +259,7 @@ impl ServerBuilder {
             stderr,
             readers,
             exit: None,
+            redis: own_redis,
         };
         server.wait_ready();
         server
@@ -276,6 +300,8 @@ pub struct Server {
     stderr: Arc<Mutex<Vec<u8>>>,
     readers: Vec<JoinHandle<()>>,
     exit: Option<ExitStatus>,
+    /// The private redis-server of a `PUSH_TEST_STORE=redis` run, stopped after the server.
+    pub redis: Option<Redis>,
 }
 
 impl Server {
@@ -902,6 +928,22 @@ impl Ws {
             },
             resp,
         ))
+    }
+
+    /// Asserts that no data message and no close arrives for `period` (pings are fine).
+    pub fn expect_silence(&mut self, period: Duration) {
+        let end = Instant::now() + period;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.recv(left) {
+                WsEvent::Timeout => return,
+                WsEvent::Ping | WsEvent::Pong => {}
+                other => panic!("expected silence for {period:?}, got {other:?}"),
+            }
+        }
     }
 
     /// Next event within `timeout`.

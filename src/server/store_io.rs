@@ -1,0 +1,573 @@
+//! The loop's side of the store: handing out jobs with a token, remembering what waits for
+//! each answer, and acting on the answers (publish replies and fan-out, backlog replay, online
+//! and stats answers, messages from other instances, the store going up and down).
+//!
+//! Every answer is checked against the present state of its connection: the connection may
+//! have closed, or moved on to another request, while the job ran.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::channel::ChannelId;
+use crate::conn::{Backlog, Phase};
+use crate::error::ApiError;
+use crate::message::{Message, Mid, now_ms};
+use crate::response::{self, Persist};
+use crate::slab::ConnId;
+use crate::stats;
+use crate::store::{Done, Draft, Job, Receiver, StoreError, Token};
+use crate::websocket;
+
+use super::{BACKLOG_CHUNK, Server};
+
+/// How long a publish may wait for the store before its connection is given up. The stores
+/// answer long before (Redis commands time out well under PHP's 1 s); this only guards against
+/// a lost answer keeping a connection forever.
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A job unanswered this long counts as failed, so that a lost answer neither leaks its
+/// waiter nor leaves a subscriber waiting for its backlog forever.
+const LOST_AFTER: Duration = Duration::from_secs(60);
+
+/// What waits for a store answer.
+pub(super) enum Waiter {
+    /// A publish: `reply` is the HTTP request to answer (none for a WebSocket client publish);
+    /// `receivers` are per draft, for the local fan-out.
+    Publish {
+        reply: Option<(ConnId, Persist)>,
+        receivers: Vec<Vec<Receiver>>,
+    },
+    /// The next backlog chunk of a subscriber, read after `after`: the last id it was sent
+    /// (or its `mid`).
+    Backlog { conn: ConnId, after: Mid },
+    /// A legacy online query: `local[i]` is the local subscriber count of `channels[i]`; the
+    /// store was asked about the channels with none.
+    Online {
+        conn: ConnId,
+        persist: Persist,
+        channels: Vec<ChannelId>,
+        local: Vec<usize>,
+    },
+    /// `/server-stat/`: this instance's fresh entry, waiting for the others.
+    Stats {
+        conn: ConnId,
+        persist: Persist,
+        own: String,
+    },
+    /// v4 channel or server stats (`super::v4`), waiting for presence or the other
+    /// instances' stats.
+    V4Stats(Box<super::v4::StatsPlan>),
+}
+
+impl Server {
+    pub(super) fn next_token(&mut self) -> Token {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    /// Queues a job that gets an answer. `false` when the store refused it (queue full).
+    pub(super) fn submit(&mut self, make: impl FnOnce(Token) -> Job, waiter: Waiter) -> bool {
+        let token = self.next_token();
+        match self.store.submit(make(token)) {
+            Ok(()) => {
+                self.waiting.insert(token, (Instant::now(), waiter));
+                true
+            }
+            Err(_) => {
+                log::warn!("store queue full; job refused");
+                false
+            }
+        }
+    }
+
+    /// Queues a job without an answer; a full queue only costs freshness (presence, stats).
+    pub(super) fn submit_quiet(&mut self, job: Job) {
+        if self.store.submit(job).is_err() {
+            log::debug!("store queue full; dropped a presence or stats update");
+        }
+    }
+
+    pub(super) fn touch(&mut self, channels: &[Receiver]) {
+        self.submit_quiet(Job::Touch {
+            channels: channels.to_vec(),
+        });
+    }
+
+    /// Mints ids, stores and announces `drafts`, then fans them out here. `reply` is answered
+    /// 200 once the store took the batch, or 503 when it cannot (nothing is published then).
+    pub(super) fn publish_batch(&mut self, reply: Option<(ConnId, Persist)>, drafts: Vec<Draft>) {
+        if drafts.is_empty() {
+            if let Some((id, persist)) = reply {
+                self.respond_published(id, persist);
+            }
+            return;
+        }
+        if let Some(reason) = &self.store_down {
+            log::debug!("publish refused: store down ({reason})");
+            self.refuse_publish(reply);
+            return;
+        }
+        let receivers = drafts.iter().map(|d| d.receivers.clone()).collect();
+        let waiter = Waiter::Publish { reply, receivers };
+        if self.submit(|token| Job::Publish { token, drafts }, waiter) {
+            if let Some((id, _)) = reply
+                && let Some(conn) = self.conns.get_mut(id)
+            {
+                conn.phase = Phase::Busy;
+                let at = Instant::now() + BUSY_TIMEOUT;
+                self.set_deadline(id, Some(at));
+            }
+        } else {
+            self.refuse_publish(reply);
+        }
+    }
+
+    /// One publish for `receivers` with the creation time of now.
+    pub(super) fn draft(
+        body: tungstenite::Bytes,
+        expiry: u32,
+        sender: crate::message::Sender,
+        kind: Option<String>,
+        receivers: Vec<Receiver>,
+    ) -> Draft {
+        Draft {
+            body,
+            expiry,
+            sender,
+            kind,
+            receivers,
+            created_ms: now_ms(),
+        }
+    }
+
+    fn refuse_publish(&mut self, reply: Option<(ConnId, Persist)>) {
+        self.metrics.count_publish_error("503");
+        if let Some((id, persist)) = reply {
+            self.respond_error(id, ApiError::StoreUnavailable, persist);
+        }
+    }
+
+    /// The 503 of a publish the store answered with an error (the connection was Busy).
+    fn refuse_busy_publish(&mut self, reply: Option<(ConnId, Persist)>) {
+        self.metrics.count_publish_error("503");
+        if let Some((id, persist)) = reply {
+            self.answer_busy(id, persist, |p| {
+                response::error(ApiError::StoreUnavailable, p)
+            });
+        }
+    }
+
+    fn respond_published(&mut self, id: ConnId, persist: Persist) {
+        self.answer_busy(id, persist, |p| response::full(200, "text/plain", b"", p));
+    }
+
+    /// Answers a request that waited for the store (Busy). The peer may have hung up, or
+    /// shutdown begun, meanwhile: then the connection closes after the answer. Otherwise
+    /// input that was pipelined behind the request is parsed now; nothing else would look at
+    /// it, since it arrived while the connection was Busy.
+    fn answer_busy(&mut self, id: ConnId, persist: Persist, make: impl FnOnce(Persist) -> Vec<u8>) {
+        let Some(conn) = self.conns.get(id) else {
+            return;
+        };
+        let persist = if conn.peer_closed || self.shutdown_deadline.is_some() {
+            Persist::Close
+        } else {
+            persist
+        };
+        self.respond(id, make(persist), persist);
+        // Write it now, not at the end of the pass: PHP waits for it (1 s read timeout) and
+        // must not wait behind a large fan-out.
+        self.flush_conn(id);
+        if persist == Persist::KeepAlive {
+            self.process_input(id);
+        }
+    }
+
+    /// Reads the backlog after `after` for a subscriber already registered (D8).
+    pub(super) fn request_backlog(&mut self, id: ConnId, receivers: Vec<Receiver>, after: Mid) {
+        let token = self.next_token();
+        let job = Job::Backlog {
+            token,
+            receivers,
+            after,
+            limit: BACKLOG_CHUNK,
+        };
+        if self.store.submit(job).is_err() {
+            log::warn!("{id}: store queue full; backlog not read");
+            self.backlog_failed(id);
+            return;
+        }
+        self.waiting
+            .insert(token, (Instant::now(), Waiter::Backlog { conn: id, after }));
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        match &mut conn.phase {
+            Phase::Hold(h) => h.backlog = Backlog::Pending(token),
+            Phase::WebSocket(ws) => ws.backlog = Backlog::Pending(token),
+            _ => {}
+        }
+    }
+
+    /// The backlog could not be read (§4.4 "Storage failure"): a WebSocket is closed with 4011,
+    /// a long poll answered 400 4011. The client keeps its mid and comes back for the backlog
+    /// and the live messages parked meanwhile (they are stored). Waiting instead for the store
+    /// to recover would hold a WebSocket silent for as long as it takes, its parked messages
+    /// piling up, and a queue-full refusal is never followed by a recovery event at all.
+    fn backlog_failed(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get(id) else {
+            return;
+        };
+        let keep_alive = match &conn.phase {
+            Phase::WebSocket(_) => {
+                let reason = ApiError::StorageFailure.to_string();
+                self.close_ws(id, ApiError::StorageFailure.ws_close_code(), &reason);
+                return;
+            }
+            Phase::Hold(h) => h.keep_alive,
+            _ => return,
+        };
+        let persist = if keep_alive && self.shutdown_deadline.is_none() {
+            Persist::KeepAlive
+        } else {
+            Persist::Close
+        };
+        self.leave_subscription(id);
+        self.respond_error(id, ApiError::StorageFailure, persist);
+        if persist == Persist::KeepAlive {
+            self.process_input(id);
+        }
+    }
+
+    /// Acts on every answer the store has ready; `false` when there was none.
+    pub(super) fn drain_store(&mut self) -> bool {
+        let mut done = std::mem::take(&mut self.done_buf);
+        self.store.drain(&mut done);
+        let any = !done.is_empty();
+        for d in done.drain(..) {
+            self.on_done(d);
+        }
+        self.done_buf = done;
+        any
+    }
+
+    /// Acts on one store answer.
+    fn on_done(&mut self, d: Done) {
+        match d {
+            Done::Published { token, result } => self.on_published(token, result),
+            Done::Backlog { token, result } => self.on_backlog(token, result),
+            Done::Online { token, result } if self.is_v4_stats(token) => {
+                self.on_v4_online(token, result)
+            }
+            Done::Stats { token, result } if self.is_v4_stats(token) => {
+                self.on_v4_stats(token, result)
+            }
+            Done::Online { token, result } => self.on_online(token, result),
+            Done::Stats { token, result } => self.on_stats(token, result),
+            Done::Remote(batch) => {
+                for (msg, receivers) in batch {
+                    self.note_mid(msg.mid);
+                    let ids: Vec<ChannelId> = receivers.iter().map(|r| r.0).collect();
+                    self.fan_out(&msg, &ids);
+                }
+            }
+            Done::Up { latest } => self.on_store_up(latest),
+            Done::Down { reason } => self.on_store_down(reason),
+        }
+    }
+
+    /// Fails the jobs unanswered for [`LOST_AFTER`] (called with the periodic sweep): each
+    /// gets the error answer a failing store would have given.
+    pub(super) fn expire_waiters(&mut self, now: Instant) {
+        let lost: Vec<Done> = self
+            .waiting
+            .iter()
+            .filter(|(_, (since, _))| now.saturating_duration_since(*since) > LOST_AFTER)
+            .map(|(&token, (_, w))| {
+                let error = StoreError("no answer from the store".to_owned());
+                match w {
+                    Waiter::Publish { .. } => Done::Published {
+                        token,
+                        result: Err(error),
+                    },
+                    Waiter::Backlog { .. } => Done::Backlog {
+                        token,
+                        result: Err(error),
+                    },
+                    Waiter::Online { .. } => Done::Online {
+                        token,
+                        result: Err(error),
+                    },
+                    // A v4 plan fails over to local data whichever job it waited for.
+                    Waiter::Stats { .. } | Waiter::V4Stats(_) => Done::Stats {
+                        token,
+                        result: Err(error),
+                    },
+                }
+            })
+            .collect();
+        for d in lost {
+            log::warn!("store job unanswered for {LOST_AFTER:?}; counted as failed: {d:?}");
+            self.on_done(d);
+        }
+    }
+
+    /// The waiter of `token`, timing the store's round trip for the metrics.
+    pub(super) fn take_waiter(&mut self, token: Token) -> Option<Waiter> {
+        let (since, waiter) = self.waiting.remove(&token)?;
+        self.metrics.observe_store(since.elapsed());
+        Some(waiter)
+    }
+
+    fn note_mid(&mut self, mid: Mid) {
+        if mid > self.latest_mid {
+            self.latest_mid = mid;
+        }
+    }
+
+    fn on_published(&mut self, token: Token, result: Result<Vec<Arc<Message>>, StoreError>) {
+        let Some(Waiter::Publish { reply, receivers }) = self.take_waiter(token) else {
+            return;
+        };
+        let reply = reply.filter(|(id, _)| {
+            self.conns
+                .get(*id)
+                .is_some_and(|c| matches!(c.phase, Phase::Busy))
+        });
+        match result {
+            Ok(msgs) => {
+                if let Some((id, persist)) = reply {
+                    self.respond_published(id, persist);
+                }
+                for (msg, to) in msgs.iter().zip(receivers) {
+                    self.note_mid(msg.mid);
+                    self.stats
+                        .count_message(msg.kind.as_deref(), msg.created_ms);
+                    self.metrics.messages_published += 1;
+                    log::trace!("published {} to {} receivers", msg.mid, to.len());
+                    let ids: Vec<ChannelId> = to.iter().map(|r| r.0).collect();
+                    self.fan_out(msg, &ids);
+                }
+            }
+            Err(e) => {
+                log::info!("publish not stored, answered 503: {e}");
+                self.refuse_busy_publish(reply);
+            }
+        }
+    }
+
+    fn on_backlog(&mut self, token: Token, result: Result<Vec<Arc<Message>>, StoreError>) {
+        let Some(Waiter::Backlog { conn: id, after }) = self.take_waiter(token) else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        match &mut conn.phase {
+            Phase::Hold(hold) if hold.backlog == Backlog::Pending(token) => match result {
+                Ok(msgs) if msgs.len() >= BACKLOG_CHUNK => {
+                    // More is stored after this chunk: answer it alone, now. A live message
+                    // in the same answer (already parked, or arriving before the end of the
+                    // pass) would move the client's mid past the unread rest; the live ones
+                    // are stored and come with the rest on the next poll.
+                    hold.pending = msgs;
+                    hold.backlog = Backlog::Done;
+                    self.finish_hold(id, false);
+                }
+                Ok(msgs) => {
+                    hold.pending.extend(msgs);
+                    hold.backlog = Backlog::Done;
+                    if !hold.pending.is_empty() {
+                        self.mark_dirty(id);
+                    }
+                }
+                Err(e) => {
+                    log::info!("{id}: backlog read failed: {e}");
+                    self.backlog_failed(id);
+                }
+            },
+            Phase::WebSocket(ws) if ws.backlog == Backlog::Pending(token) => match result {
+                Ok(msgs) => {
+                    // Parked messages at or below the last id already sent went out with an
+                    // earlier chunk (D8: only the buffered messages above it follow).
+                    ws.parked.retain(|m| m.mid > after);
+                    if msgs.len() >= BACKLOG_CHUNK {
+                        // More to read: this chunk goes now, live ones stay parked.
+                        let receivers = ws.sub.receivers.clone();
+                        let last = msgs.last().map_or(after, |m| m.mid);
+                        self.send_ws_batch(id, msgs);
+                        self.request_backlog(id, receivers, last);
+                    } else {
+                        let mut batch = msgs;
+                        batch.append(&mut ws.parked);
+                        ws.parked = Vec::new();
+                        ws.backlog = Backlog::Done;
+                        self.send_ws_batch(id, batch);
+                    }
+                }
+                Err(e) => {
+                    log::info!("{id}: backlog read failed: {e}");
+                    self.backlog_failed(id);
+                }
+            },
+            _ => {}
+        }
+    }
+
+    /// One WebSocket message with `msgs` sorted by id, each once (W-4, W-6).
+    pub(super) fn send_ws_batch(&mut self, id: ConnId, mut msgs: Vec<Arc<Message>>) {
+        if msgs.is_empty() {
+            return;
+        }
+        msgs.sort_by_key(|m| m.mid);
+        msgs.dedup_by_key(|m| m.mid);
+        let binary = self
+            .conns
+            .get(id)
+            .is_some_and(|c| matches!(&c.phase, Phase::WebSocket(ws) if ws.sub.binary));
+        let frame = if binary {
+            let batch = crate::v4::outgoing_batch(&msgs);
+            websocket::server_frame(websocket::OP_BINARY, &batch)
+        } else {
+            let mut payload = Vec::new();
+            for m in &msgs {
+                payload.extend_from_slice(m.v3_frame());
+            }
+            websocket::server_frame(websocket::OP_TEXT, &payload)
+        };
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.outbox.push(frame);
+        }
+        self.mark_dirty(id);
+    }
+
+    pub(super) fn on_online(&mut self, token: Token, result: Result<Vec<bool>, StoreError>) {
+        let Some(Waiter::Online {
+            conn,
+            persist,
+            channels,
+            local,
+        }) = self.take_waiter(token)
+        else {
+            return;
+        };
+        let remote = result.unwrap_or_else(|e| {
+            log::info!("online query answered from local connections only: {e}");
+            Vec::new()
+        });
+        let mut remote = remote.into_iter();
+        let mut body = String::from("{\"infos\":[");
+        let mut first = true;
+        for (ch, n) in channels.iter().zip(local) {
+            let online = n > 0 || remote.next().unwrap_or(false);
+            if !online {
+                continue;
+            }
+            if !first {
+                body.push(',');
+            }
+            first = false;
+            body.push_str(&format!(
+                "{{\"channel\":\"{ch}\",\"subscribers\":{}}}",
+                n.max(1)
+            ));
+        }
+        body.push_str("]}");
+        if self
+            .conns
+            .get(conn)
+            .is_some_and(|c| matches!(c.phase, Phase::Busy))
+        {
+            self.answer_busy(conn, persist, |p| {
+                response::full(200, "text/plain", body.as_bytes(), p)
+            });
+        }
+    }
+
+    fn on_stats(&mut self, token: Token, result: Result<Vec<String>, StoreError>) {
+        let Some(Waiter::Stats { conn, persist, own }) = self.take_waiter(token) else {
+            return;
+        };
+        let others = result.unwrap_or_else(|e| {
+            log::info!("server stats answered for this instance only: {e}");
+            Vec::new()
+        });
+        if self
+            .conns
+            .get(conn)
+            .is_some_and(|c| matches!(c.phase, Phase::Busy))
+        {
+            let body = stats::render_array(&own, &others);
+            self.answer_busy(conn, persist, |p| {
+                response::full(200, "text/plain", body.as_bytes(), p)
+            });
+        }
+    }
+
+    fn on_store_up(&mut self, latest: Mid) {
+        self.note_mid(latest);
+        if let Some(reason) = self.store_down.take() {
+            log::warn!(
+                "{} store is back (was: {reason}); publishing resumes",
+                self.store.kind()
+            );
+        } else {
+            log::info!(
+                "{} store ready; newest message id {latest}",
+                self.store.kind()
+            );
+        }
+        if !self.store.shared() {
+            return;
+        }
+        // A restarted Redis lost the presence keys and our stats entry: write them again.
+        let mut live: Vec<Receiver> = Vec::new();
+        for id in self.conns.ids() {
+            let Some(conn) = self.conns.get(id) else {
+                continue;
+            };
+            match &conn.phase {
+                Phase::Hold(h) => live.extend_from_slice(&h.sub.receivers),
+                Phase::WebSocket(ws) => live.extend_from_slice(&ws.sub.receivers),
+                _ => {}
+            }
+        }
+        live.sort_unstable_by_key(|r| r.0);
+        live.dedup_by_key(|r| r.0);
+        if !live.is_empty() {
+            self.submit_quiet(Job::Touch { channels: live });
+        }
+        self.put_stats();
+    }
+
+    fn on_store_down(&mut self, reason: String) {
+        if self.store_down.is_none() {
+            log::warn!(
+                "{} store unavailable: {reason}; publishes get 503 until it is back",
+                self.store.kind()
+            );
+        }
+        self.store_down = Some(reason);
+    }
+
+    /// Writes this instance's stats entry to a shared store (read by `/server-stat/` on any
+    /// instance).
+    pub(super) fn put_stats(&mut self) {
+        if !self.store.shared() {
+            return;
+        }
+        let json = self.own_stats_entry();
+        self.submit_quiet(Job::PutStats { json });
+    }
+
+    pub(super) fn own_stats_entry(&mut self) -> String {
+        let shared = self.store.shared();
+        self.stats.entry(
+            &self.process_id,
+            self.registry.private_channels(),
+            &self.cfg.limits,
+            shared,
+            now_ms(),
+        )
+    }
+}

@@ -1,0 +1,512 @@
+//! Interop with the official JavaScript pull client (issue 5): the `PullClient` of the npm package
+//! `@bitrix24/b24jssdk`, unmodified, run by node (`tests/interop/pull-client.mjs`) against the real
+//! binary. One test per mode: v3 text and v4 binary, each over WebSocket and over long polling.
+//!
+//! Each run: the client connects with an injected config; the test publishes messages (text
+//! publishes, and protobuf publishes in the v4 modes), then closes the client from the server side
+//! by opening a second connection on its channel with `MAX_CONN_PER_CHANNEL=1` (the oldest, the
+//! client, gets close 4029 or, for a pending poll, 429), publishes more while the client is away,
+//! lets it reconnect and resume by `mid`, publishes live again and finally an `end` message. The
+//! script checks every message arrived once and in order, that it logged no parse error or
+//! duplicate, that the reconnect carried the last mid, and prints a JSON summary asserted here.
+//!
+//! Needs node >= 20 and `npm ci` in tests/interop (scripts/test.sh does both); without them the
+//! tests fail with a message saying so.
+
+mod common;
+
+use common::*;
+use prost::Message as _;
+use push_server::proto;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Deadline for the script's whole run; each mode takes about 1-2 s.
+const NODE_TIMEOUT: Duration = Duration::from_secs(25);
+
+fn interop_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+/// Fails with a clear message when node or the npm packages are missing.
+fn preflight() {
+    let out = Command::new("node").arg("--version").output();
+    let version = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        Ok(o) => panic!(
+            "`node --version` failed ({}): the interop tests need node >= 20 (scripts/test.sh installs it)",
+            o.status
+        ),
+        Err(e) => panic!(
+            "node is not installed ({e}): the interop tests need node >= 20 and `npm ci` in tests/interop (scripts/test.sh does both)"
+        ),
+    };
+    let major: u32 = version
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        major >= 20,
+        "node {version} is too old: @bitrix24/b24jssdk needs node ^20 || >=22"
+    );
+    for pkg in ["@bitrix24/b24jssdk", "ws"] {
+        let p = interop_dir()
+            .join("node_modules")
+            .join(pkg)
+            .join("package.json");
+        assert!(
+            p.exists(),
+            "npm package {pkg} is not installed ({} missing): run `npm ci` in tests/interop (scripts/test.sh does)",
+            p.display()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// the node process
+
+enum Line {
+    Json(Value),
+    Text(String),
+    Eof,
+}
+
+struct Node {
+    child: Child,
+    rx: Receiver<Line>,
+    /// Everything it printed so far (for failure messages).
+    transcript: Vec<String>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    summary: Option<Value>,
+    eof: bool,
+}
+
+impl Node {
+    fn spawn(mode: &str, sub_url: &str, private: &str, shared: &str, public: &str) -> Node {
+        // v4: the client publishes to its own public channel once it has message 5 (after the
+        // reconnect), and must receive it back as a CLIENT message.
+        let client_publish_at = if mode.starts_with("v4") { "5" } else { "0" };
+        let mut child = Command::new("node")
+            .arg("pull-client.mjs")
+            .current_dir(interop_dir())
+            .env("MODE", mode)
+            .env("SUB_URL", sub_url)
+            .env("CHANNEL_PRIVATE", private)
+            .env("CHANNEL_SHARED", shared)
+            .env("PUBLIC_ID", public)
+            .env("CLIENT_PUBLISH_AT", client_publish_at)
+            .env("TIMEOUT_MS", (NODE_TIMEOUT.as_millis() - 2000).to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn node");
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("piped stdout");
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let msg = match serde_json::from_str::<Value>(&line) {
+                    Ok(v) => Line::Json(v),
+                    Err(_) => Line::Text(line),
+                };
+                if tx.send(msg).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(Line::Eof);
+        });
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut err = child.stderr.take().expect("piped stderr");
+        let sink = stderr.clone();
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut err, &mut buf);
+            sink.lock().expect("stderr buffer").extend_from_slice(&buf);
+        });
+        Node {
+            child,
+            rx,
+            transcript: Vec::new(),
+            stderr,
+            summary: None,
+            eof: false,
+        }
+    }
+
+    fn report(&self) -> String {
+        format!(
+            "--- node stdout ---\n{}\n--- node stderr ---\n{}\n---",
+            self.transcript.join("\n"),
+            String::from_utf8_lossy(&self.stderr.lock().expect("stderr buffer"))
+        )
+    }
+
+    /// Next line within the deadline; `None` on timeout or end of output.
+    fn next(&mut self, deadline: Instant) -> Option<Value> {
+        if self.eof {
+            return None;
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(Line::Json(v)) => {
+                    self.transcript.push(v.to_string());
+                    if let Some(s) = v.get("summary") {
+                        self.summary = Some(s.clone());
+                    }
+                    return Some(v);
+                }
+                Ok(Line::Text(t)) => self.transcript.push(t),
+                Ok(Line::Eof) | Err(RecvTimeoutError::Disconnected) => {
+                    self.eof = true;
+                    return None;
+                }
+                Err(RecvTimeoutError::Timeout) => return None,
+            }
+        }
+    }
+
+    /// Waits for an event matching `pred`; panics with the transcript if none comes in time.
+    fn wait_event(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        while let Some(v) = self.next(deadline) {
+            if pred(&v) {
+                return v;
+            }
+        }
+        panic!(
+            "node client: no {what} within {timeout:?}{}\n{}",
+            if self.eof { " (it exited)" } else { "" },
+            self.report()
+        );
+    }
+
+    /// Like `wait_event`, but returns `None` on timeout instead of panicking (still panics if
+    /// the script exited).
+    fn try_event(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        while let Some(v) = self.next(deadline) {
+            if pred(&v) {
+                return Some(v);
+            }
+        }
+        assert!(!self.eof, "node client exited early\n{}", self.report());
+        None
+    }
+
+    fn wait_msg(&mut self, seq: u64) {
+        self.wait_event(&format!("message seq {seq}"), WAIT, |v| {
+            v["ev"] == "msg" && v["seq"] == seq
+        });
+    }
+
+    /// Waits for the summary and the exit; returns the summary and whether it exited 0.
+    fn finish(&mut self) -> (Value, bool) {
+        let deadline = Instant::now() + NODE_TIMEOUT;
+        while self.summary.is_none() && self.next(deadline).is_some() {}
+        let Some(summary) = self.summary.clone() else {
+            panic!("node client printed no summary\n{}", self.report());
+        };
+        let exited = wait_until(WAIT, || matches!(self.child.try_wait(), Ok(Some(_))));
+        assert!(exited, "node client did not exit after its summary");
+        let ok = self.child.wait().expect("wait node").success();
+        (summary, ok)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// publishing
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Publish {
+    Text,
+    Protobuf,
+}
+
+fn body(command: &str, params: &str) -> String {
+    format!(
+        r#"{{"module_id":"interop","command":"{command}","params":{params},"extra":{{"server_time":"2026-11-25T12:00:00+00:00","server_time_unix":{},"server_name":"portal.test","revision_web":19,"revision_mobile":3}}}}"#,
+        now_secs()
+    )
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// A PHP-style protobuf publish: one message to private/shared ids, expiry 86400.
+fn publish_protobuf(s: &Server, channel: &str, body: &str) {
+    let batch = proto::RequestBatch {
+        requests: vec![proto::Request {
+            command: Some(proto::request::Command::IncomingMessages(
+                proto::IncomingMessagesRequest {
+                    messages: vec![proto::IncomingMessage {
+                        receivers: vec![proto::Receiver {
+                            id: unhex(channel),
+                            is_private: true,
+                            signature: Vec::new(),
+                        }],
+                        sender: None,
+                        body: body.as_bytes().to_vec(),
+                        expiry: 86400,
+                        r#type: b"interop_seq".to_vec(),
+                    }],
+                },
+            )),
+        }],
+    };
+    let bytes = batch.encode_to_vec();
+    let mut raw = format!(
+        "POST /bitrix/pub/?binaryMode=true HTTP/1.0\r\nHost: 127.0.0.1:8895\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+        bytes.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&bytes);
+    let r = s.pub_request(&raw);
+    assert_eq!(
+        r.status,
+        200,
+        "binary publish to {channel} should answer 200, got {} {:?}",
+        r.status,
+        r.body_str()
+    );
+}
+
+fn publish(s: &Server, how: Publish, channel: &str, command: &str, params: &str) {
+    let b = body(command, params);
+    match how {
+        Publish::Text => s.publish_ok(channel, &b, Some(86400)),
+        Publish::Protobuf => publish_protobuf(s, channel, &b),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// one run
+
+fn run(mode: &str) {
+    preflight();
+    let websocket = mode.ends_with("-ws");
+    let binary = mode.starts_with("v4");
+    // v4 portals publish protobuf; a v4 page also gets the text publishes (protobuf switched
+    // off, site checker), so the v4 modes mix both. v3 portals publish text only.
+    let kinds: Vec<Publish> = if binary {
+        vec![Publish::Text, Publish::Protobuf]
+    } else {
+        vec![Publish::Text]
+    };
+    let how = |seq: u64| kinds[(seq as usize) % kinds.len()];
+
+    let port = free_port();
+    let mut builder = Server::builder()
+        .env("SUB_LISTEN", format!("127.0.0.1:{port}"))
+        .env("MAX_CONN_PER_CHANNEL", "1");
+    if !websocket {
+        // Short polls, so the client also goes through 304 + Last-Message-Id.
+        builder = builder.env("LONG_POLL_TIMEOUT", "0.5");
+    }
+    let s = builder.start();
+    assert!(
+        wait_until(WAIT, || TcpStream::connect(("127.0.0.1", port)).is_ok()),
+        "SUB_LISTEN 127.0.0.1:{port} does not accept"
+    );
+
+    // The client's channels as PHP builds them for a v4 portal: a signed private:public pair
+    // (which MAX_CONN_PER_CHANNEL applies to) and the shared channel.
+    let (private, public, shared) = (new_id(), new_id(), new_id());
+    let private_item = signed_pair(&private, &public);
+    let public_item = format!("{public}.{}", sign(&format!("public:{public}")));
+    let mut node = Node::spawn(
+        mode,
+        &format!("http://127.0.0.1:{port}"),
+        &private_item,
+        &signed(&shared),
+        &public_item,
+    );
+
+    // 1. connected: the server sees the subscription; a poll first runs into a 304 (its
+    //    Last-Message-Id must become the client's mid, which the script checks)
+    s.wait_online(&private);
+    if !websocket {
+        node.wait_event("304 answer to a poll", WAIT, |v| {
+            v["ev"] == "lp-response" && v["status"] == 304
+        });
+    }
+
+    // 2. live messages on the first connection
+    for seq in 1..=2 {
+        publish(
+            &s,
+            how(seq),
+            &private,
+            "seq",
+            &format!(r#"{{"seq":{seq}}}"#),
+        );
+    }
+    node.wait_msg(2);
+
+    // 3. close the client from the server side: a second connection on its private:public pair
+    //    evicts the oldest one (4029 for a socket, 429 for a pending poll). A poll may be between
+    //    requests at that instant; then its next request evicts the intruder instead, so retry.
+    let intruder_query = format!(
+        "/bitrix/subws/?CHANNEL_ID={}{}",
+        enc(&private_item),
+        if binary { "&binaryMode=true" } else { "" }
+    );
+    let deadline = Instant::now() + WAIT;
+    let mut intruders = Vec::new();
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the client was never closed by MAX_CONN_PER_CHANNEL\n{}",
+            node.report()
+        );
+        intruders.push(s.ws_path(&intruder_query));
+        let closed = node.try_event(Duration::from_secs(1), |v| {
+            (v["ev"] == "ws-close" && v["code"] == 4029)
+                || (v["ev"] == "lp-response" && v["status"] == 429)
+        });
+        if closed.is_some() {
+            break;
+        }
+    }
+
+    // 4. published while the client is away (it comes back after ~0.5 s): it must get them as
+    //    backlog by mid on its next connection
+    publish(&s, how(3), &private, "seq", r#"{"seq":3}"#);
+    publish(&s, how(4), &shared, "seq", r#"{"seq":4}"#);
+    node.wait_msg(4);
+
+    // 5. live again, then the end marker
+    for seq in 5..=6 {
+        publish(
+            &s,
+            how(seq),
+            &private,
+            "seq",
+            &format!(r#"{{"seq":{seq}}}"#),
+        );
+    }
+    node.wait_msg(6);
+    if binary {
+        node.wait_event("the client's own publish coming back", WAIT, |v| {
+            v["ev"] == "client-msg"
+        });
+    }
+    publish(&s, how(7), &private, "end", r#"{"count":6}"#);
+    let (summary, exit_ok) = node.finish();
+    drop(intruders);
+
+    let pretty = serde_json::to_string_pretty(&summary).unwrap_or_default();
+    eprintln!("{mode} summary (shown with --nocapture): {pretty}");
+    assert!(
+        summary["ok"] == true && exit_ok,
+        "official client in mode {mode} reported failures: {}\n{}",
+        summary["failures"],
+        node.report()
+    );
+    // What the script checked, asserted once more from its summary.
+    assert_eq!(
+        summary["seqs"],
+        serde_json::json!([1, 2, 3, 4, 5, 6]),
+        "{pretty}"
+    );
+    let closes = summary["serverCloses"].as_array().expect("serverCloses");
+    assert!(!closes.is_empty(), "no server-side close seen: {pretty}");
+    let resume = &summary["resumes"][0];
+    assert!(
+        resume["reconnectMid"].as_str().is_some_and(is_mid),
+        "the reconnect carried no mid: {pretty}"
+    );
+    assert_eq!(resume["reconnectMid"], resume["lastMidBefore"], "{pretty}");
+    // seq 3 and 4 were published while the client was away: both arrive in the first transport
+    // message of the reconnect (backlog by mid), in order.
+    let msgs = summary["messages"].as_array().expect("messages");
+    for seq in [3, 4] {
+        let m = msgs
+            .iter()
+            .find(|m| m["seq"] == seq)
+            .expect("message present");
+        assert_eq!(
+            (&m["conn"], &m["transportMessage"]),
+            (&resume["nextConn"], &serde_json::json!(1)),
+            "seq {seq} should be the backlog of the reconnect: {pretty}"
+        );
+    }
+    if websocket {
+        assert_eq!(closes[0]["code"], 4029, "{pretty}");
+        assert_eq!(
+            closes[0]["reason"], "4029: Too many connections",
+            "{pretty}"
+        );
+    } else {
+        assert_eq!(closes[0]["status"], 429, "{pretty}");
+    }
+    if !websocket {
+        assert!(
+            summary["notModified"].as_u64().is_some_and(|n| n >= 1),
+            "no 304 seen: {pretty}"
+        );
+    }
+    if binary {
+        let cm = &summary["clientMessages"];
+        assert_eq!(cm.as_array().map(Vec::len), Some(1), "{pretty}");
+        assert_eq!(cm[0]["sender"]["type"], 1, "{pretty}");
+        assert_eq!(cm[0]["sender"]["id"], public.as_str(), "{pretty}");
+    }
+    let transport = &summary["transport"];
+    if binary {
+        assert_eq!(transport["textMessages"], 0, "{pretty}");
+        for m in msgs {
+            assert_eq!(m["sender"]["type"], 2, "BACKEND sender expected: {pretty}");
+        }
+    } else {
+        assert_eq!(transport["binaryMessages"], 0, "{pretty}");
+    }
+}
+
+#[test]
+fn js_sdk_v3_websocket() {
+    run("v3-ws");
+}
+
+#[test]
+fn js_sdk_v3_long_polling() {
+    run("v3-lp");
+}
+
+#[test]
+fn js_sdk_v4_websocket() {
+    run("v4-ws");
+}
+
+#[test]
+fn js_sdk_v4_long_polling() {
+    run("v4-lp");
+}
