@@ -41,9 +41,10 @@ pub enum Phase {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backlog {
     Done,
-    /// A store job with this token is reading the next chunk. (A failed read ends the
-    /// subscription with 4011, §4.4.)
+    /// A store job with this token is reading the next chunk.
     Pending(u64),
+    /// The read after this id failed; it is retried (live messages stay parked meanwhile).
+    Failed(crate::message::Mid),
 }
 
 pub struct Hold {

@@ -70,6 +70,8 @@ pub struct Server {
     /// The last pass stopped draining the store with answers possibly left: poll without
     /// sleeping.
     drain_again: bool,
+    /// Subscribers whose backlog read failed, retried every sweep and when the store is up.
+    failed_backlogs: Vec<ConnId>,
     /// The newest id this instance has seen (minted here or elsewhere): the `Last-Message-Id`
     /// of a 304 for a poll without `mid`.
     latest_mid: Mid,
@@ -143,6 +145,7 @@ impl Server {
             next_token: 0,
             done_buf: Vec::new(),
             drain_again: false,
+            failed_backlogs: Vec::new(),
             latest_mid: Mid::new(0, 0),
             // Until the store says it is up (the embedded one does at once).
             store_down: Some("connecting".to_owned()),
@@ -226,6 +229,7 @@ impl Server {
             if now >= self.next_sweep {
                 self.store.sweep(now);
                 self.expire_waiters(now);
+                self.retry_failed_backlogs();
                 self.next_sweep = now + SWEEP_EVERY;
             }
             if now >= self.next_stats_put {

@@ -165,7 +165,12 @@ impl Server {
     /// shutdown begun, meanwhile: then the connection closes after the answer. Otherwise
     /// input that was pipelined behind the request is parsed now; nothing else would look at
     /// it, since it arrived while the connection was Busy.
-    fn answer_busy(&mut self, id: ConnId, persist: Persist, make: impl FnOnce(Persist) -> Vec<u8>) {
+    pub(super) fn answer_busy(
+        &mut self,
+        id: ConnId,
+        persist: Persist,
+        make: impl FnOnce(Persist) -> Vec<u8>,
+    ) {
         let Some(conn) = self.conns.get(id) else {
             return;
         };
@@ -193,8 +198,8 @@ impl Server {
             limit: BACKLOG_CHUNK,
         };
         if self.store.submit(job).is_err() {
-            log::warn!("{id}: store queue full; backlog not read");
-            self.backlog_failed(id);
+            log::warn!("{id}: store queue full; backlog read retried later");
+            self.backlog_failed(id, after);
             return;
         }
         self.waiting
@@ -209,33 +214,38 @@ impl Server {
         }
     }
 
-    /// The backlog could not be read (§4.4 "Storage failure"): a WebSocket is closed with 4011,
-    /// a long poll answered 400 4011. The client keeps its mid and comes back for the backlog
-    /// and the live messages parked meanwhile (they are stored). Waiting instead for the store
-    /// to recover would hold a WebSocket silent for as long as it takes, its parked messages
-    /// piling up, and a queue-full refusal is never followed by a recovery event at all.
-    fn backlog_failed(&mut self, id: ConnId) {
-        let Some(conn) = self.conns.get(id) else {
+    /// The backlog could not be read (the store is down, or its queue full). The subscriber
+    /// stays (issue 4: an outage keeps long polls and WebSockets); its live messages stay
+    /// parked, and the read is retried every sweep and when the store comes back. A held poll
+    /// that times out meanwhile gets a 304 with its own `mid`, so the client neither skips the
+    /// backlog nor backs off as it would after a 4011 (§4.5: 15 s, 45 s, then 10 min).
+    fn backlog_failed(&mut self, id: ConnId, after: Mid) {
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        let keep_alive = match &conn.phase {
-            Phase::WebSocket(_) => {
-                let reason = ApiError::StorageFailure.to_string();
-                self.close_ws(id, ApiError::StorageFailure.ws_close_code(), &reason);
-                return;
-            }
-            Phase::Hold(h) => h.keep_alive,
+        match &mut conn.phase {
+            Phase::Hold(h) => h.backlog = Backlog::Failed(after),
+            Phase::WebSocket(ws) => ws.backlog = Backlog::Failed(after),
             _ => return,
-        };
-        let persist = if keep_alive && self.shutdown_deadline.is_none() {
-            Persist::KeepAlive
-        } else {
-            Persist::Close
-        };
-        self.leave_subscription(id);
-        self.respond_error(id, ApiError::StorageFailure, persist);
-        if persist == Persist::KeepAlive {
-            self.process_input(id);
+        }
+        self.failed_backlogs.push(id);
+    }
+
+    /// Reads again the backlogs that failed.
+    pub(super) fn retry_failed_backlogs(&mut self) {
+        for id in std::mem::take(&mut self.failed_backlogs) {
+            let Some(conn) = self.conns.get(id) else {
+                continue;
+            };
+            let (sub, state) = match &conn.phase {
+                Phase::Hold(h) => (&h.sub, h.backlog),
+                Phase::WebSocket(ws) => (&ws.sub, ws.backlog),
+                _ => continue,
+            };
+            if let Backlog::Failed(after) = state {
+                let receivers = sub.receivers.clone();
+                self.request_backlog(id, receivers, after);
+            }
         }
     }
 
@@ -382,8 +392,8 @@ impl Server {
                     }
                 }
                 Err(e) => {
-                    log::info!("{id}: backlog read failed: {e}");
-                    self.backlog_failed(id);
+                    log::info!("{id}: backlog read failed, retried later: {e}");
+                    self.backlog_failed(id, after);
                 }
             },
             Phase::WebSocket(ws) if ws.backlog == Backlog::Pending(token) => match result {
@@ -406,8 +416,8 @@ impl Server {
                     }
                 }
                 Err(e) => {
-                    log::info!("{id}: backlog read failed: {e}");
-                    self.backlog_failed(id);
+                    log::info!("{id}: backlog read failed, retried later: {e}");
+                    self.backlog_failed(id, after);
                 }
             },
             _ => {}
@@ -517,6 +527,7 @@ impl Server {
                 self.store.kind()
             );
         }
+        self.retry_failed_backlogs();
         if !self.store.shared() {
             return;
         }

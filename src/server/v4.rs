@@ -356,8 +356,11 @@ impl Server {
                     .get(id)
                     .is_some_and(|c| matches!(c.phase, Phase::Busy))
                 {
-                    let r = http_response::full(200, "application/octet-stream", &body, persist);
-                    self.respond(id, r, persist);
+                    // Like every answer to a Busy request: parse what was pipelined behind
+                    // it, close if the peer left or shutdown began.
+                    self.answer_busy(id, persist, |p| {
+                        http_response::full(200, "application/octet-stream", &body, p)
+                    });
                 }
             }
             Reply::Ws(id) => {
