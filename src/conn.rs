@@ -164,30 +164,6 @@ impl Conn {
         Ok(state == Flush::Drained)
     }
 
-    /// Queues `bytes`, writing them at once when nothing is queued before them, so a fan-out
-    /// to an idle subscriber costs one `write` and no allocation.
-    pub fn send(&mut self, bytes: &tungstenite::Bytes) -> io::Result<()> {
-        if self.outbox.is_empty() {
-            let mut offset = 0;
-            while offset < bytes.len() {
-                match io::Write::write(&mut self.stream, &bytes[offset..]) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => offset += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-            if offset < bytes.len() {
-                self.outbox.push(bytes.slice(offset..));
-            }
-            Ok(())
-        } else {
-            self.outbox.push(bytes.clone());
-            Ok(())
-        }
-    }
-
     pub fn is_websocket(&self) -> bool {
         matches!(self.phase, Phase::WebSocket(_))
     }

@@ -252,18 +252,23 @@ impl Server {
             // answered one, a keep-alive poll behind a finished one. Nothing else would wake
             // the loop for those (the embedded store has no waker; a TCP peer reading its
             // answer raises no event), so drain until quiet, within a bound.
-            self.drain_store();
-            self.flush_dirty();
             let mut rounds = 0;
             self.drain_again = false;
-            while self.drain_store() {
+            loop {
+                // Answers first, until quiet: the fan-outs of pipelined publishes pile up in
+                // the subscribers' outboxes and go out in one writev each below.
+                while rounds < MAX_DRAIN_ROUNDS && self.drain_store() {
+                    rounds += 1;
+                }
                 self.flush_dirty();
-                rounds += 1;
-                if rounds == MAX_DRAIN_ROUNDS {
-                    // Let sockets have their turn; poll again without sleeping.
+                if rounds >= MAX_DRAIN_ROUNDS {
                     self.drain_again = true;
                     break;
                 }
+                if !self.drain_store() {
+                    break;
+                }
+                rounds += 1;
             }
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.accept_paused_until = None;

@@ -1,8 +1,9 @@
 //! `push-bench`: a load tool for push-server (and any server speaking the same v3 protocol).
 //!
 //! It opens thousands of subscriber connections from one or two mio threads, publishes over one
-//! pipelined keep-alive connection to the trusted listener, and reads the server's RSS and CPU
-//! time from `/proc/<pid>`. Scenarios:
+//! pipelined keep-alive connection to the trusted listener, and reads the server's RSS
+//! (`/proc/<pid>/status`) and CPU time (`/proc/<pid>/task/*/schedstat`, nanoseconds; `stat`
+//! ticks where schedstat is missing). Scenarios:
 //!
 //! * `idle`: N WebSocket (or long-poll) subscribers on distinct channels; server RSS per
 //!   connection (and kernel TCP socket memory for TCP).
@@ -12,6 +13,17 @@
 //!   rate to random ones; publish→deliver percentiles and losses.
 //! * `churn`: N subscribers, one replaced at a fixed rate while publishing slowly; errors and
 //!   server RSS drift.
+//!
+//! `--target nchan` (or `nchan-redis`) runs the same scenarios against the nchan peer of
+//! `shared/bench/nchan.conf.in`: subscribers `GET /sub/<id>` (ws or long poll), publishes
+//! `POST /pub/<id>` (`/rsub/`, `/rpub/` for the Redis store), plain channel ids and raw message
+//! bodies; its RSS and CPU are those of the nginx worker process (a master pid or `nginx.pid`
+//! given to `--pid`/`--pidfile` is resolved to its worker; the JSON says which under
+//! `server_process`).
+//!
+//! `fanout` and `latency` also report `others_cpu_pct`: the share of the whole machine that
+//! processes other than the server and push-bench used during the run (on a shared machine the
+//! main source of latency tails).
 //!
 //! Every run is bounded (`--timeout`, default 120 s; exit 3 when hit), prints a progress line
 //! to stderr every 2 s and ends with one JSON line on stdout. Exit 1 on failed checks, 2 on bad
@@ -38,14 +50,18 @@ use push_server::signature::{Algo, Signer};
 use serde_json::{Map, Value, json};
 
 use net::Addr;
+use proto::Target;
 use worker::{Mode, Plan, Report, Shared};
 
 const USAGE: &str = "usage: push-bench <idle|fanout|latency|churn> [options]
+  --target T              push (default), nchan or nchan-redis (the peer of
+                          shared/bench/nchan.conf.in: /sub/ + /pub/, or /rsub/ + /rpub/)
   --sub PATH|host:port    subscriber listener (default /tmp/push-server/sub.sock)
   --pub PATH|host:port    trusted publish listener (default /tmp/push-server/pub.sock)
   --key KEY               signature key (default $SECURITY_KEY, else \"secret\")
   --algo sha1|sha256      signature algorithm (default sha1)
-  --pid N | --pidfile F   server process for RSS/CPU (required by idle and churn)
+  --pid N | --pidfile F   server process for RSS/CPU (required by idle and churn); for
+                          nchan an nginx master (nginx.pid) is resolved to its worker
   --conns N               subscribers (default 1000)
   --messages M            fanout: messages (default 100)
   --rate R                latency: publishes/s (default 1000); churn: reconnects/s (default 100)
@@ -78,6 +94,7 @@ impl Scenario {
 
 struct Args {
     scenario: Scenario,
+    target: Target,
     sub: Addr,
     publ: Addr,
     key: String,
@@ -107,6 +124,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
     };
     let mut a = Args {
         scenario,
+        target: Target::Push,
         sub: Addr::Unix("/tmp/push-server/sub.sock".into()),
         publ: Addr::Unix("/tmp/push-server/pub.sock".into()),
         key: std::env::var("SECURITY_KEY")
@@ -140,6 +158,10 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
             .ok_or_else(|| format!("{flag} needs a value"))?
             .as_str();
         match flag.as_str() {
+            "--target" => {
+                a.target = Target::parse(v)
+                    .ok_or_else(|| format!("bad --target {v:?} (push, nchan or nchan-redis)"))?
+            }
             "--sub" => a.sub = Addr::parse(v)?,
             "--pub" => a.publ = Addr::parse(v)?,
             "--key" => a.key = v.to_string(),
@@ -167,6 +189,11 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
     }
     if let Some(f) = pidfile {
         a.pid = Some(procfs::read_pidfile(&f)?);
+    }
+    if a.target.is_nchan()
+        && let Some(pid) = a.pid
+    {
+        a.pid = Some(procfs::nginx_worker(pid)?);
     }
     if a.key.is_empty() {
         return Err("--key must not be empty".into());
@@ -243,7 +270,13 @@ impl Run {
         let ids: Vec<String> = (0..n).map(|k| format!("{salt:08x}{k:024x}")).collect();
         let items = ids
             .iter()
-            .map(|id| format!("{id}.{}", signer.sign_hex(id.as_bytes())))
+            .map(|id| {
+                if a.target.is_nchan() {
+                    id.clone()
+                } else {
+                    format!("{id}.{}", signer.sign_hex(id.as_bytes()))
+                }
+            })
             .collect();
         let now = Instant::now();
         Run {
@@ -265,6 +298,7 @@ impl Run {
             let plan = Plan {
                 mode,
                 addr: self.a.sub.clone(),
+                target: self.a.target,
                 websocket: !self.a.lp,
                 items: self.items.clone(),
                 own: own.iter().skip(w).step_by(t).copied().collect(),
@@ -373,13 +407,23 @@ impl Run {
         self.a.pid.map(procfs::rss_kb).transpose()
     }
 
+    /// Server CPU time in nanoseconds.
     fn cpu(&self) -> Result<Option<u64>, String> {
-        self.a.pid.map(procfs::cpu_ticks).transpose()
+        self.a.pid.map(procfs::cpu_ns).transpose()
     }
 
     fn base(&self) -> Map<String, Value> {
         let mut m = Map::new();
         m.insert("scenario".into(), json!(self.a.scenario.name()));
+        m.insert("target".into(), json!(self.a.target.name()));
+        m.insert(
+            "server_process".into(),
+            json!(self.a.pid.map(|p| if self.a.target.is_nchan() {
+                format!("nginx worker process {p} (RSS and CPU of the worker)")
+            } else {
+                format!("push-server {p}")
+            })),
+        );
         m.insert(
             "transport".into(),
             json!(if self.a.lp { "lp" } else { "ws" }),
@@ -450,13 +494,24 @@ type Outcome = Result<(Map<String, Value>, bool), Failure>;
 fn idle(run: &mut Run) -> Outcome {
     let n = run.a.conns;
     let tcp = run.a.sub.is_tcp();
-    let stat0 = publisher::server_stat(&run.a.publ);
+    let target = run.a.target;
+    let stat0 = publisher::server_stat(&run.a.publ, target);
     if run.a.lp {
         stat0.as_ref().map_err(|e| {
-            format!("long-poll idle needs /server-stat/ on --pub to confirm subscriptions: {e}")
+            format!(
+                "long-poll idle needs the server's counters on --pub to confirm subscriptions: {e}"
+            )
         })?;
     }
+    // The server's count of held subscribers: push-server counts WebSockets and polls apart,
+    // nchan counts both as subscribers.
+    let count_key = match (target.is_nchan(), run.a.lp) {
+        (true, _) => "subscribers",
+        (false, true) => "pollings",
+        (false, false) => "websockets",
+    };
     let rss_before = run.rss()?;
+    let anon_before = run.a.pid.map(procfs::rss_anon_kb).transpose()?;
     let tcp_before = if tcp { procfs::tcp_mem_pages() } else { None };
     run.spawn(Mode::Idle, (0..n).collect())?;
     let open_s = run.wait_open(n as u64)?;
@@ -466,18 +521,20 @@ fn idle(run: &mut Run) -> Outcome {
             .and_then(|v| v.get(k))
             .and_then(Value::as_u64)
     };
-    if run.a.lp {
-        let want = field(&stat0, "pollings").unwrap_or(0) + n as u64;
+    if stat0.is_ok() {
+        // Wait until the server itself counts every subscriber (a long poll is "open" on our
+        // side once its request is out; a WebSocket once the 101 is in).
+        let want = field(&stat0, count_key).unwrap_or(0) + n as u64;
         let publ = run.a.publ.clone();
         let mut last_check = Instant::now() - Duration::from_secs(1);
         let mut err = None;
-        run.wait("waiting for the server to hold every poll", |_| {
+        run.wait("waiting for the server to count every subscriber", |_| {
             if last_check.elapsed() < Duration::from_millis(100) {
                 return false;
             }
             last_check = Instant::now();
-            match publisher::server_stat(&publ) {
-                Ok(v) => v.get("pollings").and_then(Value::as_u64).unwrap_or(0) >= want,
+            match publisher::server_stat(&publ, target) {
+                Ok(v) => v.get(count_key).and_then(Value::as_u64).unwrap_or(0) >= want,
                 Err(e) => {
                     err = Some(e);
                     true
@@ -490,8 +547,9 @@ fn idle(run: &mut Run) -> Outcome {
     }
     run.sleep("letting RSS settle", Duration::from_secs(1))?;
     let rss_after = run.rss()?;
+    let anon_after = run.a.pid.map(procfs::rss_anon_kb).transpose()?;
     let tcp_after = if tcp { procfs::tcp_mem_pages() } else { None };
-    let stat1 = publisher::server_stat(&run.a.publ);
+    let stat1 = publisher::server_stat(&run.a.publ, target);
     let lost = run.shared.lost_conns.load(Ordering::Relaxed);
     let rep = run.join()?;
     let page_kb = procfs::getconf("PAGESIZE", 4096) / 1024;
@@ -526,10 +584,24 @@ fn idle(run: &mut Run) -> Outcome {
     );
     m.insert("open_s".into(), json!(round3(open_s)));
     m.insert(
-        "server_websockets".into(),
-        json!(field(&stat1, "websockets")),
+        "rss_anon_bytes_per_conn".into(),
+        json!(match (anon_before, anon_after) {
+            (Some(b), Some(a)) => Some(round1((a as f64 - b as f64) * 1024.0 / n as f64)),
+            _ => None,
+        }),
     );
-    m.insert("server_pollings".into(), json!(field(&stat1, "pollings")));
+    if target.is_nchan() {
+        m.insert(
+            "server_subscribers".into(),
+            json!(field(&stat1, "subscribers")),
+        );
+    } else {
+        m.insert(
+            "server_websockets".into(),
+            json!(field(&stat1, "websockets")),
+        );
+        m.insert("server_pollings".into(), json!(field(&stat1, "pollings")));
+    }
     m.insert("lost_conns".into(), json!(lost));
     m.insert("lp_answers".into(), json!(rep.lp_answers));
     m.insert("problems".into(), json!(rep.problems));
@@ -543,10 +615,12 @@ fn fanout(run: &mut Run) -> Outcome {
     let open_s = run.wait_open(n)?;
     let want = n * msgs;
     let cpu0 = run.cpu()?;
+    let host0 = procfs::HostSample::take(run.a.pid);
     let rss0 = run.rss()?;
     let id = run.ids[0].clone();
     let size = run.a.size;
     let publ = run.a.publ.clone();
+    let target = run.a.target;
     let stop = AtomicBool::new(false);
     let mut cpu1 = None;
     let (pub_out, waited) = std::thread::scope(|s| {
@@ -556,8 +630,8 @@ fn fanout(run: &mut Run) -> Outcome {
                 count: Some(msgs),
                 duration: None,
             };
-            publisher::run(&publ, sched, &stop, |k, out| {
-                proto::publish_request(&id, &proto::body("{\"seq\":", k, size), out);
+            publisher::run(&publ, sched, &stop, target.requests_per_conn(), |k, out| {
+                proto::publish_request(target, &id, &proto::body("{\"seq\":", k, size), out);
             })
         });
         let mut last = (0u64, Instant::now());
@@ -582,6 +656,7 @@ fn fanout(run: &mut Run) -> Outcome {
     if cpu1.is_none() {
         cpu1 = run.cpu()?;
     }
+    let host1 = procfs::HostSample::take(run.a.pid);
     waited?;
     let po = pub_out?;
     let rss1 = run.rss()?;
@@ -591,9 +666,8 @@ fn fanout(run: &mut Run) -> Outcome {
         (Some(f), Some(l)) if l > f => (l - f).as_secs_f64(),
         _ => 0.0,
     };
-    let clk = procfs::getconf("CLK_TCK", 100);
     let cpu_us = match (cpu0, cpu1) {
-        (Some(a), Some(b)) => Some((b.saturating_sub(a)) as f64 * 1e6 / clk as f64),
+        (Some(a), Some(b)) => Some((b.saturating_sub(a)) as f64 / 1e3),
         _ => None,
     };
     let mut m = run.base();
@@ -617,7 +691,11 @@ fn fanout(run: &mut Run) -> Outcome {
         "cpu_us_per_delivery".into(),
         json!(cpu_us.and_then(|c| (rep.delivered > 0).then(|| round6(c / rep.delivered as f64)))),
     );
-    m.insert("clk_tck".into(), json!(clk));
+    m.insert(
+        "deliveries_per_cpu_sec".into(),
+        json!(cpu_us.and_then(|c| (c > 0.0).then(|| round1(rep.delivered as f64 * 1e6 / c)))),
+    );
+    m.insert("others_cpu_pct".into(), json!(others_pct(&host0, &host1)));
     m.insert("rss_before_kb".into(), json!(rss0));
     m.insert("rss_after_kb".into(), json!(rss1));
     m.insert("open_s".into(), json!(round3(open_s)));
@@ -649,6 +727,7 @@ fn latency(run: &mut Run) -> Outcome {
     let ids = run.ids.clone();
     let size = run.a.size;
     let publ = run.a.publ.clone();
+    let target = run.a.target;
     let sched = publisher::Schedule {
         rate: Some(run.a.rate),
         count: None,
@@ -657,11 +736,17 @@ fn latency(run: &mut Run) -> Outcome {
     let stop = AtomicBool::new(false);
     let mut rng = Rng::new();
     let cpu0 = run.cpu()?;
+    let host0 = procfs::HostSample::take(run.a.pid);
     let (pub_out, waited) = std::thread::scope(|s| {
         let p = s.spawn(|| {
-            publisher::run(&publ, sched, &stop, |_, out| {
+            publisher::run(&publ, sched, &stop, target.requests_per_conn(), |_, out| {
                 let ch = &ids[rng.below(ids.len())];
-                proto::publish_request(ch, &proto::body("{\"t\":", worker::unix_ns(), size), out);
+                proto::publish_request(
+                    target,
+                    ch,
+                    &proto::body("{\"t\":", worker::unix_ns(), size),
+                    out,
+                );
             })
         });
         let waited = run.wait("publishing", |_| p.is_finished());
@@ -679,6 +764,7 @@ fn latency(run: &mut Run) -> Outcome {
         r.shared.delivered.load(Ordering::Relaxed) >= po.ok || Instant::now() >= drain_until
     })?;
     let cpu1 = run.cpu()?;
+    let host1 = procfs::HostSample::take(run.a.pid);
     let lost_conns = run.shared.lost_conns.load(Ordering::Relaxed);
     let mut rep = run.join()?;
     rep.latencies_ns.sort_unstable();
@@ -695,7 +781,6 @@ fn latency(run: &mut Run) -> Outcome {
         _ => 0.0,
     };
     let lost = po.ok.saturating_sub(rep.delivered);
-    let clk = procfs::getconf("CLK_TCK", 100);
     let mut m = run.base();
     m.insert("rate".into(), json!(run.a.rate));
     m.insert("duration_s".into(), json!(run.a.duration));
@@ -717,10 +802,11 @@ fn latency(run: &mut Run) -> Outcome {
     m.insert(
         "server_cpu_ms".into(),
         json!(match (cpu0, cpu1) {
-            (Some(a), Some(b)) => Some(round3(b.saturating_sub(a) as f64 * 1e3 / clk as f64)),
+            (Some(a), Some(b)) => Some(round3(b.saturating_sub(a) as f64 / 1e6)),
             _ => None,
         }),
     );
+    m.insert("others_cpu_pct".into(), json!(others_pct(&host0, &host1)));
     m.insert("open_s".into(), json!(round3(open_s)));
     m.insert("mid_regressions".into(), json!(rep.mid_regressions));
     m.insert("malformed".into(), json!(rep.malformed));
@@ -747,6 +833,7 @@ fn churn(run: &mut Run) -> Outcome {
     let rss_start = run.rss()?;
     let ids = run.ids.clone();
     let publ = run.a.publ.clone();
+    let target = run.a.target;
     let sched = publisher::Schedule {
         rate: Some(run.a.pub_rate),
         count: None,
@@ -760,9 +847,14 @@ fn churn(run: &mut Run) -> Outcome {
     let churn_t0 = Instant::now();
     let (pub_out, waited) = std::thread::scope(|s| {
         let p = s.spawn(|| {
-            publisher::run(&publ, sched, &stop, |_, out| {
+            publisher::run(&publ, sched, &stop, target.requests_per_conn(), |_, out| {
                 let ch = &ids[rng.below(ids.len())];
-                proto::publish_request(ch, &proto::body("{\"t\":", worker::unix_ns(), size), out);
+                proto::publish_request(
+                    target,
+                    ch,
+                    &proto::body("{\"t\":", worker::unix_ns(), size),
+                    out,
+                );
             })
         });
         let waited = run.wait("churning", |_| p.is_finished());
@@ -839,6 +931,14 @@ impl Rng {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         (self.0 % n.max(1) as u64) as usize
+    }
+}
+
+/// Percent of the machine other processes used between two samples (a noise indicator).
+fn others_pct(a: &Option<procfs::HostSample>, b: &Option<procfs::HostSample>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => a.others_pct(b).map(round1),
+        _ => None,
     }
 }
 

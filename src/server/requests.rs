@@ -254,7 +254,6 @@ impl Server {
         self.publish_seq += 1;
         let seq = self.publish_seq;
         let limit = self.cfg.limits.outbox_limit;
-        let mut failed: Vec<ConnId> = Vec::new();
         let mut slow: Vec<ConnId> = Vec::new();
         let mut delivered = 0u64;
         for ch in receivers {
@@ -283,23 +282,23 @@ impl Server {
                         }
                     }
                     Phase::WebSocket(ws) => {
-                        let frame = msg.ws_frame(ws.sub.binary);
-                        if conn.send(frame).is_err() {
-                            failed.push(cid);
-                        } else if conn.outbox.queued() > limit {
+                        // Queued; flush_dirty writes it at the end of the pass, so all the
+                        // messages that reach this subscriber in one pass go out in one writev.
+                        conn.outbox.push(msg.ws_frame(ws.sub.binary).clone());
+                        if conn.outbox.queued() > limit {
                             slow.push(cid);
+                        } else if !conn.dirty {
+                            conn.dirty = true;
+                            self.dirty.push(cid);
                         }
                     }
                     _ => {}
                 }
             }
         }
-        self.metrics.messages_delivered += delivered - (failed.len() + slow.len()) as u64;
-        self.metrics.messages_dropped += (failed.len() + slow.len()) as u64;
+        self.metrics.messages_delivered += delivered - slow.len() as u64;
+        self.metrics.messages_dropped += slow.len() as u64;
         self.metrics.slow_consumer_disconnects += slow.len() as u64;
-        for cid in failed {
-            self.close_now(cid);
-        }
         for cid in slow {
             log::info!("{cid}: slow consumer (outbox over OUTBOX_LIMIT {limit}); closing");
             self.close_ws(cid, close::POLICY, "slow consumer");

@@ -1,6 +1,6 @@
 //! Wire formats the tool needs: the subscriber requests, a WebSocket frame reader (server
 //! frames are unmasked) and writer (client frames are masked), v3 `#!NGINXNMS!#` payloads,
-//! publish requests and HTTP response heads. Everything coming from the network is parsed
+//! publish requests and HTTP response heads, for push-server and for the nchan peer. Everything coming from the network is parsed
 //! into `Result`s; nothing here panics on bad input.
 
 pub const OP_CONT: u8 = 0x0;
@@ -13,11 +13,66 @@ pub const OP_PONG: u8 = 0xA;
 const START: &[u8] = b"#!NGINXNMS!#";
 const END: &[u8] = b"#!NGINXNME!#";
 
-/// `GET /bitrix/subws/?CHANNEL_ID=...` as a WebSocket upgrade or a plain long poll.
-pub fn subscribe_request(channel_item: &str, websocket: bool) -> Vec<u8> {
-    let mut r = format!(
-        "GET /bitrix/subws/?CHANNEL_ID={channel_item}&revision=19 HTTP/1.1\r\nHost: localhost\r\n"
-    );
+/// Which server the tool talks to: push-server (v3 protocol, signed channel ids) or the nchan
+/// peer of `shared/bench/nchan.conf.in` (plain channel ids, raw message bodies), with its
+/// memory store (`/sub/`, `/pub/`) or its Redis store (`/rsub/`, `/rpub/`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Target {
+    Push,
+    Nchan,
+    NchanRedis,
+}
+
+impl Target {
+    pub fn parse(s: &str) -> Option<Target> {
+        match s {
+            "push" | "push-server" => Some(Target::Push),
+            "nchan" => Some(Target::Nchan),
+            "nchan-redis" => Some(Target::NchanRedis),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Push => "push",
+            Target::Nchan => "nchan",
+            Target::NchanRedis => "nchan-redis",
+        }
+    }
+
+    pub fn is_nchan(self) -> bool {
+        self != Target::Push
+    }
+
+    /// Requests per keep-alive connection the server allows: nginx's `keepalive_requests`
+    /// default (1000) for nchan; push-server sets no limit.
+    pub fn requests_per_conn(self) -> Option<u64> {
+        self.is_nchan().then_some(1000)
+    }
+
+    /// The location prefixes (subscribe, publish) of the nchan peer.
+    fn nchan_paths(self) -> (&'static str, &'static str) {
+        match self {
+            Target::NchanRedis => ("/rsub/", "/rpub/"),
+            _ => ("/sub/", "/pub/"),
+        }
+    }
+}
+
+/// The subscribe request as a WebSocket upgrade or a plain long poll: push-server's
+/// `GET /bitrix/subws/?CHANNEL_ID=<id>.<sig>`, or nchan's `GET /sub/<id>`.
+pub fn subscribe_request(target: Target, channel_item: &str, websocket: bool) -> Vec<u8> {
+    let mut r = if target.is_nchan() {
+        format!(
+            "GET {}{channel_item} HTTP/1.1\r\nHost: localhost\r\n",
+            target.nchan_paths().0
+        )
+    } else {
+        format!(
+            "GET /bitrix/subws/?CHANNEL_ID={channel_item}&revision=19 HTTP/1.1\r\nHost: localhost\r\n"
+        )
+    };
     if websocket {
         r.push_str(
             "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
@@ -27,11 +82,17 @@ pub fn subscribe_request(channel_item: &str, websocket: bool) -> Vec<u8> {
     r.into_bytes()
 }
 
-/// Appends a text publish to `out` (`/`-joined channel ids, HTTP/1.1 keep-alive).
-pub fn publish_request(channels: &str, body: &[u8], out: &mut Vec<u8>) {
+/// Appends a text publish to `out` (HTTP/1.1 keep-alive): push-server's
+/// `POST /bitrix/pub/?CHANNEL_ID=<ids>` (`/`-joined ids) or nchan's `POST /pub/<id>`.
+pub fn publish_request(target: Target, channels: &str, body: &[u8], out: &mut Vec<u8>) {
+    let path = if target.is_nchan() {
+        format!("{}{channels}", target.nchan_paths().1)
+    } else {
+        format!("/bitrix/pub/?CHANNEL_ID={channels}")
+    };
     out.extend_from_slice(
         format!(
-            "POST /bitrix/pub/?CHANNEL_ID={channels} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
             body.len()
         )
         .as_bytes(),

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::net::Addr;
-use crate::proto;
+use crate::proto::{self, Target};
 
 /// How many requests to send and when.
 pub struct Schedule {
@@ -32,12 +32,62 @@ pub struct Outcome {
 }
 
 /// Publishes until the schedule ends or `stop` is set. `make(k, out)` appends request `k`.
+///
+/// `per_conn` caps the requests sent on one connection: nginx (the nchan peer) closes a
+/// keep-alive connection after `keepalive_requests` (1000 by default), so the publisher waits
+/// for the answers of such a batch and goes on over a new connection, keeping the schedule.
 pub fn run<F>(
     addr: &Addr,
     sched: Schedule,
     stop: &AtomicBool,
+    per_conn: Option<u64>,
     mut make: F,
 ) -> Result<Outcome, String>
+where
+    F: FnMut(u64, &mut Vec<u8>) + Send,
+{
+    let start = Instant::now();
+    let mut out = Outcome::default();
+    let mut k = 0u64;
+    loop {
+        let limit = per_conn.map(|p| k + p.max(1));
+        let seg = run_conn(addr, &sched, start, k, limit, stop, &mut make)?;
+        out.sent += seg.out.sent;
+        out.ok += seg.out.ok;
+        out.failed += seg.out.failed;
+        if out.first_error.is_none() {
+            out.first_error = seg.out.first_error;
+        }
+        if out.first_send.is_none() {
+            out.first_send = seg.out.first_send;
+        }
+        out.last_send = seg.out.last_send.or(out.last_send);
+        out.max_lag_us = out.max_lag_us.max(seg.out.max_lag_us);
+        if !seg.hit_limit {
+            return Ok(out);
+        }
+        k = seg.next;
+    }
+}
+
+struct Segment {
+    out: Outcome,
+    /// Index of the next request.
+    next: u64,
+    /// Stopped because of the per-connection cap (the schedule goes on).
+    hit_limit: bool,
+}
+
+/// One connection: requests `k0..limit` (or until the schedule ends), answers read.
+fn run_conn<F>(
+    addr: &Addr,
+    sched: &Schedule,
+    start: Instant,
+    k0: u64,
+    limit: Option<u64>,
+    stop: &AtomicBool,
+    make: &mut F,
+) -> Result<Segment, String>
 where
     F: FnMut(u64, &mut Vec<u8>) + Send,
 {
@@ -53,47 +103,73 @@ where
     let writer_failed = AtomicBool::new(false);
     std::thread::scope(|s| {
         let w = s.spawn(|| {
-            let r = write_loop(&mut writer, &sched, stop, &sent, &mut make);
+            let r = write_loop(&mut writer, sched, start, k0, limit, stop, &sent, make);
             writer_failed.store(r.is_err(), Ordering::Release);
             writer_done.store(true, Ordering::Release);
             r
         });
         let mut out = Outcome::default();
-        let read_result = read_loop(&mut reader, &mut out, &sent, &writer_done, &writer_failed);
-        let (first, last, lag) = match w.join() {
+        let cap = limit.map(|l| l - k0);
+        let read_result = read_loop(
+            &mut reader,
+            &mut out,
+            &sent,
+            cap,
+            &writer_done,
+            &writer_failed,
+        );
+        let w = match w.join() {
             Ok(r) => r?,
             Err(_) => return Err("publisher: writer thread panicked".to_string()),
         };
         read_result?;
         out.sent = sent.load(Ordering::Acquire);
-        out.first_send = first;
-        out.last_send = last;
-        out.max_lag_us = lag;
-        Ok(out)
+        out.first_send = w.first;
+        out.last_send = w.last;
+        out.max_lag_us = w.max_lag_us;
+        Ok(Segment {
+            out,
+            next: w.next,
+            hit_limit: w.hit_limit,
+        })
     })
 }
 
-type WriteResult = Result<(Option<Instant>, Option<Instant>, u64), String>;
+struct Written {
+    first: Option<Instant>,
+    last: Option<Instant>,
+    max_lag_us: u64,
+    next: u64,
+    hit_limit: bool,
+}
 
+#[allow(clippy::too_many_arguments)]
 fn write_loop<F>(
     w: &mut impl Write,
     sched: &Schedule,
+    start: Instant,
+    k0: u64,
+    limit: Option<u64>,
     stop: &AtomicBool,
     sent: &AtomicU64,
     make: &mut F,
-) -> WriteResult
+) -> Result<Written, String>
 where
     F: FnMut(u64, &mut Vec<u8>),
 {
-    let start = Instant::now();
     let end = sched.duration.map(|d| start + d);
-    let mut k = 0u64;
+    let mut k = k0;
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut first = None;
     let mut last = None;
     let mut max_lag = Duration::ZERO;
+    let mut hit_limit = false;
     loop {
         if stop.load(Ordering::Relaxed) || sched.count.is_some_and(|c| k >= c) {
+            break;
+        }
+        if limit.is_some_and(|l| k >= l) {
+            hit_limit = true;
             break;
         }
         let now = Instant::now();
@@ -116,7 +192,7 @@ where
         };
         buf.clear();
         let mut n = 0;
-        while n < due && sched.count.is_none_or(|c| k + n < c) {
+        while n < due && sched.count.is_none_or(|c| k + n < c) && limit.is_none_or(|l| k + n < l) {
             make(k + n, &mut buf);
             n += 1;
         }
@@ -129,13 +205,20 @@ where
             .map_err(|e| format!("publisher: write: {e}"))?;
         k += n;
     }
-    Ok((first, last, max_lag.as_micros() as u64))
+    Ok(Written {
+        first,
+        last,
+        max_lag_us: max_lag.as_micros() as u64,
+        next: k,
+        hit_limit,
+    })
 }
 
 fn read_loop(
     r: &mut impl Read,
     out: &mut Outcome,
     sent: &AtomicU64,
+    cap: Option<u64>,
     writer_done: &AtomicBool,
     writer_failed: &AtomicBool,
 ) -> Result<(), String> {
@@ -150,7 +233,8 @@ fn read_loop(
             if buf.len() - pos < total {
                 break;
             }
-            if h.status == 200 {
+            // push-server answers 200; nchan 201 (delivered) or 202 (queued, no subscriber).
+            if (200..300).contains(&h.status) {
                 out.ok += 1;
             } else {
                 out.failed += 1;
@@ -174,6 +258,9 @@ fn read_loop(
             return Ok(());
         }
         match r.read(&mut chunk) {
+            // nginx closes after the last request it allows; the writer may not have noticed
+            // yet that it reached the cap.
+            Ok(0) if cap.is_some_and(|c| answered >= c) => return Ok(()),
             Ok(0) => {
                 return Err(format!(
                     "publisher: server closed the connection after {answered} answers"
@@ -206,13 +293,22 @@ fn read_loop(
     }
 }
 
-/// `GET /server-stat/` on the trusted listener: the first element of the JSON array.
-pub fn server_stat(addr: &Addr) -> Result<serde_json::Value, String> {
+/// The server's own counters: push-server's `GET /server-stat/` on the trusted listener (the
+/// first element of its JSON array), or nchan's `GET /status` (`nchan_stub_status` lines
+/// `name: value`, returned as a JSON object with `_` for spaces, e.g. `subscribers`).
+pub fn server_stat(addr: &Addr, target: Target) -> Result<serde_json::Value, String> {
     let mut s = addr
         .connect_blocking(Duration::from_secs(5))
         .map_err(|e| format!("server-stat: connect to {addr}: {e}"))?;
-    s.write_all(b"GET /server-stat/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .map_err(|e| format!("server-stat: write: {e}"))?;
+    let path = if target.is_nchan() {
+        "/status"
+    } else {
+        "/server-stat/"
+    };
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .map_err(|e| format!("server-stat: write: {e}"))?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
@@ -223,6 +319,9 @@ pub fn server_stat(addr: &Addr) -> Result<serde_json::Value, String> {
                 return Err(format!("server-stat: status {}", h.status));
             }
             let body = &buf[h.head_len..h.head_len + h.content_length];
+            if target.is_nchan() {
+                return Ok(parse_stub_status(body));
+            }
             let v: serde_json::Value =
                 serde_json::from_slice(body).map_err(|e| format!("server-stat: bad JSON: {e}"))?;
             return v
@@ -236,5 +335,31 @@ pub fn server_stat(addr: &Addr) -> Result<serde_json::Value, String> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(format!("server-stat: read: {e}")),
         }
+    }
+}
+
+/// `name: value` lines of `nchan_stub_status` as a JSON object; numeric values as numbers.
+fn parse_stub_status(body: &[u8]) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for line in String::from_utf8_lossy(body).lines() {
+        if let Some((k, v)) = line.split_once(':') {
+            let v = v.trim();
+            let key = k.trim().replace(' ', "_");
+            let val = v
+                .parse::<u64>()
+                .map_or_else(|_| serde_json::json!(v), |n| serde_json::json!(n));
+            m.insert(key, val);
+        }
+    }
+    serde_json::Value::Object(m)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stub_status_parses() {
+        let v = super::parse_stub_status(b"channels: 1\nsubscribers: 9000\nnchan version: 1.3.6\n");
+        assert_eq!(v["subscribers"], 9000);
+        assert_eq!(v["nchan_version"], "1.3.6");
     }
 }

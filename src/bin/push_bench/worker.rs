@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mio::{Events, Interest, Poll, Token};
 
 use crate::net::{Addr, ConnectError, MStream};
-use crate::proto;
+use crate::proto::{self, Target};
 
 /// Keeps at most this many problem descriptions per thread.
 const MAX_PROBLEMS: usize = 20;
@@ -36,8 +36,9 @@ pub enum Mode {
 pub struct Plan {
     pub mode: Mode,
     pub addr: Addr,
+    pub target: Target,
     pub websocket: bool,
-    /// Every signed channel item of the run (`<id>.<sig>`).
+    /// Every channel item of the run (push-server: signed `<id>.<sig>`; nchan: the plain id).
     pub items: Arc<Vec<String>>,
     /// The items this thread subscribes, one connection each (repeats allowed).
     pub own: Vec<usize>,
@@ -131,6 +132,7 @@ impl Conn {
 
 struct Ctx<'a> {
     mode: Mode,
+    target: Target,
     websocket: bool,
     shared: &'a Shared,
     report: &'a mut Report,
@@ -223,6 +225,7 @@ impl<'a> Worker<'a> {
             let now_ns = unix_ns();
             let mut ctx = Ctx {
                 mode: self.plan.mode,
+                target: self.plan.target,
                 websocket: self.plan.websocket,
                 shared: self.shared,
                 report: &mut self.report,
@@ -293,7 +296,11 @@ impl<'a> Worker<'a> {
                 stream,
                 st: St::Connecting,
                 serial: self.serial,
-                out: proto::subscribe_request(&self.plan.items[item], self.plan.websocket),
+                out: proto::subscribe_request(
+                    self.plan.target,
+                    &self.plan.items[item],
+                    self.plan.websocket,
+                ),
                 buf: Vec::new(),
                 frag: Vec::new(),
                 announced: false,
@@ -580,73 +587,84 @@ fn consume(conn: &mut Conn, ctx: &mut Ctx<'_>, data: &[u8]) -> usize {
     pos
 }
 
-/// One WebSocket text message: v3 frames.
+/// One WebSocket text message: v3 frames (push-server) or one raw message body (nchan).
 fn on_payload(conn: &mut Conn, ctx: &mut Ctx<'_>, payload: &[u8]) {
+    if ctx.target.is_nchan() {
+        on_message(conn, ctx, None, payload);
+        ctx.delivered += 1;
+        return;
+    }
     let mut count = 0u64;
-    let serial = conn.serial;
-    let mode = ctx.mode;
-    let now_ns = ctx.now_ns;
-    let report = &mut *ctx.report;
     let r = proto::for_each_v3(payload, |m| {
         count += 1;
-        if m.mid <= conn.last_mid {
-            report.mid_regressions += 1;
-            report.problem(format!(
-                "subscriber {serial}: mid {} after {} (not increasing)",
-                m.mid, conn.last_mid
-            ));
-        }
-        conn.last_mid = conn.last_mid.max(m.mid);
-        match mode {
-            Mode::Fanout { messages } => {
-                let Some(seq) = proto::leading_number(m.text, b"{\"seq\":") else {
-                    report.malformed += 1;
-                    report.problem(format!(
-                        "subscriber {serial}: unexpected body {}",
-                        proto::preview(m.text)
-                    ));
-                    return;
-                };
-                if seq >= messages {
-                    report.malformed += 1;
-                    report.problem(format!("subscriber {serial}: seq {seq} out of range"));
-                    return;
-                }
-                let (w, b) = ((seq / 64) as usize, seq % 64);
-                if conn.seen[w] & (1 << b) != 0 {
-                    report.duplicates += 1;
-                    report.problem(format!("subscriber {serial}: seq {seq} duplicated"));
-                    return;
-                }
-                conn.seen[w] |= 1 << b;
-                if let Some(max) = conn.max_seq
-                    && seq < max
-                {
-                    report.reordered += 1;
-                    report.problem(format!(
-                        "subscriber {serial}: seq {seq} arrived after seq {max} (reordered)"
-                    ));
-                }
-                conn.max_seq = Some(conn.max_seq.map_or(seq, |m| m.max(seq)));
-            }
-            Mode::Latency => match proto::leading_number(m.text, b"{\"t\":") {
-                Some(t) => report.latencies_ns.push(now_ns.saturating_sub(t)),
-                None => {
-                    report.malformed += 1;
-                    report.problem(format!(
-                        "subscriber {serial}: unexpected body {}",
-                        proto::preview(m.text)
-                    ));
-                }
-            },
-            Mode::Idle | Mode::Churn => {}
-        }
+        on_message(conn, ctx, Some(m.mid), m.text);
     });
     if let Err(e) = r {
         ctx.report.malformed += 1;
-        ctx.report.problem(format!("subscriber {serial}: {e}"));
+        ctx.report
+            .problem(format!("subscriber {}: {e}", conn.serial));
     }
     ctx.delivered += count;
+}
+
+/// Checks one delivered message: its mid (push-server only) and its body.
+fn on_message(conn: &mut Conn, ctx: &mut Ctx<'_>, mid: Option<u128>, text: &[u8]) {
+    let serial = conn.serial;
+    let report = &mut *ctx.report;
+    if let Some(mid) = mid {
+        if mid <= conn.last_mid {
+            report.mid_regressions += 1;
+            report.problem(format!(
+                "subscriber {serial}: mid {mid} after {} (not increasing)",
+                conn.last_mid
+            ));
+        }
+        conn.last_mid = conn.last_mid.max(mid);
+    }
+    match ctx.mode {
+        Mode::Fanout { messages } => {
+            let Some(seq) = proto::leading_number(text, b"{\"seq\":") else {
+                report.malformed += 1;
+                report.problem(format!(
+                    "subscriber {serial}: unexpected body {}",
+                    proto::preview(text)
+                ));
+                return;
+            };
+            if seq >= messages {
+                report.malformed += 1;
+                report.problem(format!("subscriber {serial}: seq {seq} out of range"));
+                return;
+            }
+            let (w, b) = ((seq / 64) as usize, seq % 64);
+            if conn.seen[w] & (1 << b) != 0 {
+                report.duplicates += 1;
+                report.problem(format!("subscriber {serial}: seq {seq} duplicated"));
+                return;
+            }
+            conn.seen[w] |= 1 << b;
+            if let Some(max) = conn.max_seq
+                && seq < max
+            {
+                report.reordered += 1;
+                report.problem(format!(
+                    "subscriber {serial}: seq {seq} arrived after seq {max} (reordered)"
+                ));
+            }
+            conn.max_seq = Some(conn.max_seq.map_or(seq, |m| m.max(seq)));
+        }
+        Mode::Latency => match proto::leading_number(text, b"{\"t\":") {
+            Some(t) => report.latencies_ns.push(ctx.now_ns.saturating_sub(t)),
+            None => {
+                report.malformed += 1;
+                report.problem(format!(
+                    "subscriber {serial}: unexpected body {}",
+                    proto::preview(text)
+                ));
+            }
+        },
+        Mode::Idle | Mode::Churn => {}
+    }
 }
 
 fn xorshift(mut x: u32) -> u32 {
