@@ -1,0 +1,305 @@
+//! Several push-server instances sharing one private redis-server (issue 4): cross-instance
+//! delivery, backlog resume, online and stats for the whole group, monotonic ids when Redis
+//! loses its counter, and a Redis outage in the middle of a test.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+fn cid(id: &str) -> String {
+    format!("CHANNEL_ID={}", enc(&signed(id)))
+}
+
+fn instances(redis: &Redis, n: usize) -> Vec<Server> {
+    (0..n)
+        .map(|_| Server::builder().redis(redis).start())
+        .collect()
+}
+
+/// Pattern subscribers connected to Redis (`PUBSUB NUMPAT` counts distinct patterns, and
+/// every instance uses the same one).
+fn pattern_subscribers(redis: &Redis) -> usize {
+    redis
+        .cli(&["CLIENT", "LIST"])
+        .lines()
+        .filter(|l| l.split(' ').any(|f| f == "psub=1"))
+        .count()
+}
+
+/// Waits until every instance is subscribed to Redis pub/sub (one pattern subscription each),
+/// so a publish cannot race an instance that is still connecting.
+fn wait_subscribed(redis: &Redis, n: usize) {
+    let ok = wait_until(WAIT, || pattern_subscribers(redis) == n);
+    assert!(
+        ok,
+        "expected {n} pattern subscribers (one per instance), found {}",
+        pattern_subscribers(redis)
+    );
+}
+
+fn publish_mid(s: &Server, ch: &str, body: &str) -> String {
+    s.publish_ok(ch, body, Some(86400));
+    // The mid comes back through a resume from the oldest id.
+    let r = s.lp(&format!("{}&mid={OLD_MID}", cid(ch)));
+    assert_eq!(r.status, 200, "{:?}", r.body_str());
+    let frames = r.frames();
+    frames.last().expect("at least one frame").mid.clone()
+}
+
+#[test]
+fn publish_on_one_instance_reaches_ws_and_lp_on_the_others() {
+    let redis = Redis::start();
+    let s = instances(&redis, 3);
+    wait_subscribed(&redis, 3);
+    let ch = new_id();
+    let mut ws = s[1].ws(&cid(&ch));
+    let mut lp = s[2].lp_begin(&cid(&ch));
+    s[2].wait_online(&ch);
+    let body = r#"{"module_id":"im","command":"x","params":{"n":1}}"#;
+    s[0].publish_ok(&ch, body, Some(86400));
+    let f = ws.frames(1, WAIT);
+    assert_eq!(f[0].text, body);
+    let r = lp.read_response();
+    assert_eq!(r.status, 200, "{:?}", r.body_str());
+    let lf = r.frames();
+    assert_eq!(lf.len(), 1);
+    assert_eq!(lf[0].text, body);
+    assert_eq!(
+        lf[0].mid, f[0].mid,
+        "one message has one id on every instance"
+    );
+    assert_eq!(lf[0].time, f[0].time);
+    assert_eq!(lf[0].tag, f[0].tag);
+    // Only once, even though the publishing instance also sees its own announcement.
+    ws.expect_silence(Duration::from_millis(300));
+}
+
+#[test]
+fn ids_from_several_instances_strictly_increase() {
+    let redis = Redis::start();
+    let s = instances(&redis, 2);
+    wait_subscribed(&redis, 2);
+    let ch = new_id();
+    let mut ws = s[0].ws(&cid(&ch));
+    for i in 0..10 {
+        s[i % 2].publish_ok(&ch, &format!("{{\"n\":{i}}}"), Some(86400));
+    }
+    let frames = ws.frames(10, WAIT);
+    let texts: Vec<String> = frames.iter().map(|f| f.text.clone()).collect();
+    let want: Vec<String> = (0..10).map(|i| format!("{{\"n\":{i}}}")).collect();
+    assert_eq!(texts, want, "publish order");
+    assert!(
+        frames.windows(2).all(|w| w[0].mid < w[1].mid),
+        "mids must increase: {:?}",
+        frames.iter().map(|f| &f.mid).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn backlog_resume_across_instances() {
+    let redis = Redis::start();
+    let s = instances(&redis, 3);
+    let ch = new_id();
+    let first = publish_mid(&s[0], &ch, "\"m0\"");
+    let sent: Vec<String> = (1..=5).map(|i| format!("\"m{i}\"")).collect();
+    for b in &sent {
+        s[0].publish_ok(&ch, b, Some(86400));
+    }
+    let r = s[1].lp(&format!("{}&mid={first}", cid(&ch)));
+    assert_eq!(r.status, 200, "{:?}", r.body_str());
+    let texts: Vec<String> = r.frames().iter().map(|f| f.text.clone()).collect();
+    assert_eq!(
+        texts, sent,
+        "long poll on another instance resumes after mid"
+    );
+    let mut ws = s[2].ws(&format!("{}&mid={first}", cid(&ch)));
+    let texts: Vec<String> = ws.frames(5, WAIT).iter().map(|f| f.text.clone()).collect();
+    assert_eq!(
+        texts, sent,
+        "WebSocket on another instance resumes after mid"
+    );
+}
+
+#[test]
+fn online_query_and_stats_answer_for_the_group() {
+    let redis = Redis::start();
+    let s = instances(&redis, 2);
+    let (a, b) = (new_id(), new_id());
+    let _ws = s[1].ws(&cid(&a));
+    let ok = wait_until(WAIT, || s[0].online(&[&a, &b]).body_str().contains(&a));
+    assert!(
+        ok,
+        "a WebSocket on instance 2 must be online for instance 1: {:?}",
+        s[0].online(&[&a, &b]).body_str()
+    );
+    assert!(!s[0].online(&[&b]).body_str().contains(&b));
+    let ok = wait_until(WAIT, || {
+        s[0].server_stat().as_array().map(Vec::len) == Some(2)
+    });
+    let stat = s[0].server_stat();
+    assert!(ok, "server-stat must list both instances: {stat}");
+    let arr = stat.as_array().expect("array");
+    assert!(arr.iter().all(|e| e["clusterMode"] == true), "{stat}");
+    let ids: Vec<&str> = arr
+        .iter()
+        .map(|e| e["processUniqueId"].as_str().unwrap_or(""))
+        .collect();
+    assert_ne!(ids[0], ids[1], "instances need distinct processUniqueId");
+}
+
+#[test]
+fn ids_keep_increasing_when_redis_loses_the_counter() {
+    let redis = Redis::start();
+    let s = instances(&redis, 2);
+    wait_subscribed(&redis, 2);
+    let ch = new_id();
+    let mut ws = s[0].ws(&cid(&ch));
+    let mut last = String::new();
+    let mut publish_and_check = |server: &Server, what: &str| {
+        server.publish_ok(&ch, &format!("\"{what}\""), Some(86400));
+        let f = ws.frames(1, WAIT).remove(0);
+        assert!(
+            f.mid > last,
+            "{what}: mid {} must exceed the previous {last}",
+            f.mid
+        );
+        last = f.mid;
+    };
+    publish_and_check(&s[0], "before");
+    publish_and_check(&s[1], "before-2");
+    let keys = redis.cli(&["KEYS", "server:*"]);
+    assert!(
+        keys.contains("server:messagecounter"),
+        "2.0 key layout: {keys}"
+    );
+    redis.cli(&["DEL", "server:messagecounter"]);
+    publish_and_check(&s[1], "after-del-counter");
+    publish_and_check(&s[0], "after-del-counter-2");
+    redis.cli(&["FLUSHALL"]);
+    wait_subscribed(&redis, 2);
+    publish_and_check(&s[0], "after-flushall");
+    publish_and_check(&s[1], "after-flushall-2");
+}
+
+#[test]
+fn redis_outage_keeps_subscribers_refuses_publishes_and_recovers() {
+    let mut redis = Redis::start();
+    let s = instances(&redis, 2);
+    wait_subscribed(&redis, 2);
+    let ch = new_id();
+    let mut ws = s[1].ws(&cid(&ch));
+    s[0].publish_ok(&ch, "\"before\"", Some(86400));
+    let before = ws.frames(1, WAIT).remove(0);
+
+    redis.stop();
+    // Publishes are refused with a clear 503, quickly (PHP's read timeout is 1 s).
+    let ok = wait_until(WAIT, || {
+        s[0].publish(&ch, "\"x\"", Some(86400)).status == 503
+    });
+    assert!(ok, "a publish during the outage must answer 503");
+    for _ in 0..5 {
+        let t = Instant::now();
+        let r = s[0].publish(&ch, "\"during\"", Some(86400));
+        assert_eq!(r.status, 503, "{:?}", r.body_str());
+        assert!(!r.body.is_empty(), "503 carries a reason");
+        assert!(
+            t.elapsed() < Duration::from_millis(900),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    let h = s[0].pub_request(b"GET /health HTTP/1.0\r\n\r\n");
+    assert_eq!(
+        h.status,
+        503,
+        "health while Redis is down: {:?}",
+        h.body_str()
+    );
+    // Subscribers stay connected; a long poll can still begin.
+    ws.expect_silence(Duration::from_millis(300));
+    let mut lp = s[1].lp_begin(&format!("{}&mid={}", cid(&ch), before.mid));
+
+    redis.restart();
+    let ok = wait_until(Duration::from_secs(15), || {
+        s[0].publish(&ch, "\"after\"", Some(86400)).status == 200
+    });
+    assert!(ok, "publishing resumes after Redis is back");
+    wait_subscribed(&redis, 2);
+    s[0].publish_ok(&ch, "\"after-2\"", Some(86400));
+    let texts: Vec<String> = ws
+        .frames_until("\"after-2\"", Duration::from_secs(10))
+        .iter()
+        .map(|f| f.text.clone())
+        .collect();
+    assert!(
+        texts.contains(&"\"after-2\"".to_owned()),
+        "the open WebSocket receives after the outage: {texts:?}"
+    );
+    assert!(
+        !texts.iter().any(|t| t == "\"during\"" || t == "\"x\""),
+        "refused publishes must not be delivered: {texts:?}"
+    );
+    let r = lp.read_response();
+    assert_eq!(r.status, 200, "{:?}", r.body_str());
+    for srv in &s {
+        let log = srv.stderr_text();
+        let downs = log.matches("store unavailable").count();
+        assert!(
+            downs <= 2,
+            "the outage is logged once per state change, not per request ({downs}x):\n{log}"
+        );
+    }
+}
+
+#[test]
+fn starts_without_redis_and_connects_when_it_appears() {
+    let mut redis = Redis::start();
+    redis.stop();
+    let s = Server::builder().redis(&redis).start();
+    let h = s.pub_request(b"GET /health HTTP/1.0\r\n\r\n");
+    assert_eq!(h.status, 503, "not ready without Redis: {:?}", h.body_str());
+    let ch = new_id();
+    assert_eq!(s.publish(&ch, "\"x\"", Some(86400)).status, 503);
+    redis.restart();
+    let ok = wait_until(Duration::from_secs(15), || {
+        s.pub_request(b"GET /health HTTP/1.0\r\n\r\n").status == 200
+    });
+    assert!(ok, "health turns ready once Redis is up");
+    let mut ws = s.ws(&cid(&ch));
+    s.publish_ok(&ch, "\"hello\"", Some(86400));
+    assert_eq!(ws.frames(1, WAIT)[0].text, "\"hello\"");
+}
+
+#[test]
+fn resume_by_mid_after_redis_restart_gets_what_redis_kept() {
+    let mut redis = Redis::start();
+    let s = instances(&redis, 2);
+    wait_subscribed(&redis, 2);
+    let ch = new_id();
+    let first = publish_mid(&s[0], &ch, "\"m0\"");
+    let kept: Vec<String> = (1..=3).map(|i| format!("\"kept{i}\"")).collect();
+    for b in &kept {
+        s[0].publish_ok(&ch, b, Some(86400));
+    }
+    // A Redis with persistence: SHUTDOWN SAVE, then start again on the same dump.
+    redis.shutdown_saving();
+    assert_eq!(s[0].publish(&ch, "\"refused\"", Some(86400)).status, 503);
+    redis.restart();
+    let ok = wait_until(Duration::from_secs(15), || {
+        s[1].pub_request(b"GET /health HTTP/1.0\r\n\r\n").status == 200
+    });
+    assert!(ok, "instance 2 sees Redis again");
+    let r = s[1].lp(&format!("{}&mid={first}", cid(&ch)));
+    assert_eq!(r.status, 200, "{:?}", r.body_str());
+    let texts: Vec<String> = r.frames().iter().map(|f| f.text.clone()).collect();
+    assert_eq!(
+        texts, kept,
+        "every message Redis kept, and not the refused one"
+    );
+    s[1].publish_ok(&ch, "\"new\"", Some(86400));
+    let r = s[1].lp(&format!("{}&mid={}", cid(&ch), r.frames()[2].mid));
+    let f = r.frames();
+    assert_eq!(f.len(), 1, "{:?}", r.body_str());
+    assert_eq!(f[0].text, "\"new\"");
+}
