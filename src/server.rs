@@ -44,6 +44,8 @@ mod v4;
 const SIGNAL_TOKEN: Token = Token(8);
 /// The Redis store's worker wakes the loop with this token when answers are ready.
 pub(crate) const STORE_WAKE_TOKEN: Token = Token(9);
+/// The store's state before its first answer; its first `Up` is not a recovery.
+const STORE_STARTING: &str = "starting, not connected yet";
 /// How often this instance's entry in the shared stats is rewritten (OPERATIONS.md §3.2).
 const STATS_PUT_EVERY: Duration = Duration::from_secs(60);
 /// At most this many messages per long-poll answer or backlog WebSocket message (§4.4).
@@ -150,7 +152,7 @@ impl Server {
             failed_backlogs: Vec::new(),
             latest_mid: Mid::new(0, 0),
             // Until the store says it is up (the embedded one does at once).
-            store_down: Some("connecting".to_owned()),
+            store_down: Some(STORE_STARTING.to_owned()),
             next_stats_put: Instant::now() + STATS_PUT_EVERY,
             timers: Timers::default(),
             signer: Signer::new(cfg.algo, cfg.security_key.as_bytes()),
@@ -393,7 +395,7 @@ impl Server {
 
     // ---- reading ----
 
-    fn on_readable(&mut self, id: ConnId) {
+    pub(super) fn on_readable(&mut self, id: ConnId) {
         let cap = self.cfg.limits.max_header_size + self.cfg.limits.max_payload + 64;
         loop {
             let Some(conn) = self.conns.get_mut(id) else {
@@ -412,6 +414,15 @@ impl Server {
                 ReadState::Open => return,
                 ReadState::Eof => return self.on_eof(id),
                 ReadState::Capped => {
+                    if self
+                        .conns
+                        .get(id)
+                        .is_some_and(|c| matches!(c.phase, Phase::Busy))
+                    {
+                        // Back-pressure on a pipelining client: reading resumes when the
+                        // store has answered (`answer_busy`).
+                        return;
+                    }
                     let after = self.conns.get(id).map_or(0, |c| c.rbuf.len());
                     if after >= before {
                         // Guard against a pump that makes no progress: cost one connection.
@@ -498,7 +509,10 @@ impl Server {
                     self.process_ws_input(id);
                     return;
                 }
-                Phase::Busy | Phase::Hold(_) => {
+                // Pipelined requests wait in the buffer (bounded by the read cap) until the
+                // store answers.
+                Phase::Busy => return,
+                Phase::Hold(_) => {
                     if conn.rbuf.len() > HOLD_INPUT_CAP {
                         log::info!("{id}: input while a long poll is held; closing");
                         self.close_now(id);

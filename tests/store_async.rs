@@ -318,3 +318,40 @@ fn shutdown_answers_a_pending_poll_with_its_mid_and_completes() {
     );
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[test]
+fn many_pipelined_publishes_beyond_64_kib_are_all_answered() {
+    // A pipelining publisher sends far more than one request while the first waits for the
+    // store; the server must apply back-pressure (stop reading), not cut the connection.
+    let s = Server::start();
+    let ch = new_id();
+    let mut ws = s.ws(&cid(&ch));
+    let n = 300;
+    let pad = "x".repeat(1000);
+    let mut raw = Vec::new();
+    for i in 0..n {
+        raw.extend(publish_keep_alive(
+            &ch,
+            &format!("{{\"p\":{i},\"pad\":\"{pad}\"}}"),
+        ));
+    }
+    assert!(raw.len() > 256 * 1024);
+    let mut c = s.pub_conn();
+    let writer = {
+        let mut w = c.stream.try_clone().expect("clone stream");
+        std::thread::spawn(move || std::io::Write::write_all(&mut w, &raw))
+    };
+    c.set_timeout(WAIT);
+    for i in 0..n {
+        let r = c
+            .try_read_response()
+            .unwrap_or_else(|e| panic!("pipelined publish {i} of {n} not answered: {e}"));
+        assert_eq!(r.status, 200, "publish {i}: {:?}", r.body_str());
+    }
+    writer
+        .join()
+        .expect("writer")
+        .expect("all requests written");
+    let got = ws.frames(n, WAIT);
+    assert!(got.windows(2).all(|w| w[0].mid < w[1].mid));
+}

@@ -184,7 +184,9 @@ impl Server {
         // must not wait behind a large fan-out.
         self.flush_conn(id);
         if persist == Persist::KeepAlive {
-            self.process_input(id);
+            // Reading stopped while Busy once the buffer was full (a pipelining client); no
+            // new readiness edge comes for bytes already waiting in the socket, so read now.
+            self.on_readable(id);
         }
     }
 
@@ -516,7 +518,8 @@ impl Server {
 
     fn on_store_up(&mut self, latest: Mid) {
         self.note_mid(latest);
-        if let Some(reason) = self.store_down.take() {
+        let was_down = self.store_down.take();
+        if let Some(reason) = was_down.filter(|r| r != super::STORE_STARTING) {
             log::warn!(
                 "{} store is back (was: {reason}); publishing resumes",
                 self.store.kind()
