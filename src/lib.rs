@@ -3,9 +3,10 @@
 //! One thread runs a mio event loop ([`server`]). Each pass: poll with the nearest timer as the
 //! timeout, read and parse ready connections ([`conn`], [`http`], [`websocket`]), act on
 //! complete requests (route, publish, subscribe), expire timers, then flush connections that
-//! got output. A publish is validated, answered `200`, given an id ([`message::MidGen`]),
-//! saved in the [`store`], then fanned out through the [`registry`]: its v3 frame and its v4
-//! protobuf form ([`v4`]) are each encoded once and the same bytes go to every subscriber.
+//! got output. A publish is validated and handed to the [`store`] as a job; when the store has
+//! given it an id and kept it, the publisher gets its `200` and the message is fanned out
+//! through the [`registry`]: its v3 frame and its v4 protobuf form ([`v4`]) are each encoded
+//! once and the same bytes go to every subscriber.
 #![forbid(unsafe_code)]
 
 pub mod channel;
@@ -34,3 +35,17 @@ pub mod subscription;
 pub mod timers;
 pub mod v4;
 pub mod websocket;
+
+/// Helpers shared by the unit tests.
+#[cfg(test)]
+pub(crate) mod test_util {
+    /// Bytes from hex digits; whitespace is ignored, so test vectors can be grouped as in
+    /// PROTOCOL.md.
+    pub fn unhex(s: &str) -> Vec<u8> {
+        let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digits"))
+            .collect()
+    }
+}

@@ -320,13 +320,7 @@ mod tests {
         max_channels: 100,
     };
 
-    fn hex(s: &str) -> Vec<u8> {
-        let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::test_util::unhex as hex;
 
     fn signer() -> Signer {
         Signer::new(Algo::Sha1, b"secret")
