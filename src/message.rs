@@ -63,6 +63,12 @@ impl Mid {
         Mid(u128::from(epoch) * u128::from(COUNTER_LIMIT) + u128::from(counter))
     }
 
+    /// `None` when `epoch` has more than 10 digits or `counter` more than 16: values read
+    /// from outside (Redis) are checked with this, since [`Mid::new`] only asserts.
+    pub fn try_new(epoch: u64, counter: u64) -> Option<Mid> {
+        (epoch < EPOCH_LIMIT && counter < COUNTER_LIMIT).then(|| Mid::new(epoch, counter))
+    }
+
     pub fn epoch(self) -> u64 {
         // Fits: the value is below 10^26, so the quotient is below 10^10.
         (self.0 / u128::from(COUNTER_LIMIT)) as u64

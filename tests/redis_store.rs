@@ -770,3 +770,356 @@ fn bench_single_message_publishes() {
         2.0 * N as f64 / x.max(y).as_secs_f64()
     );
 }
+
+/// Sets a key with redis-cli-like raw bytes.
+fn set_raw(c: &mut redis::Connection, key: &[u8], value: &[u8]) {
+    let _: () = redis::cmd("SET").arg(key).arg(value).query(c).unwrap();
+}
+
+#[test]
+fn foreign_values_in_the_id_keys_start_a_new_epoch() {
+    let redis = Redis::start();
+    let mut c = redis.conn();
+    // Unparsable before the instance starts: it still comes up (and mints a fresh epoch).
+    set_raw(&mut c, b"server:startdate", b"not a number");
+    set_raw(&mut c, b"server:messagecounter", b"12abc");
+    let mut a = Inst::up(&redis.sock);
+    let r = vec![(ch(1), Kind::Private)];
+    let mut all = mids(&a.publish(vec![draft("0", r.clone())]));
+    // Values a Lua `tonumber` accepts but INCRBY does not, out-of-range ones, and a
+    // key of another type: never a panic, never a malformed id, and ids keep increasing.
+    let cases: [(&[u8], &[u8]); 8] = [
+        (b"server:messagecounter", b"9999999999999999"),
+        (b"server:messagecounter", b"9999999999999998"),
+        (b"server:messagecounter", b"1.5"),
+        (b"server:messagecounter", b"0x10"),
+        (b"server:messagecounter", b"-7"),
+        (b"server:messagecounter", b"99999999999999999999"),
+        (b"server:startdate", b"99999999999"),
+        (b"server:startdate", b"1e3"),
+    ];
+    for (key, value) in cases {
+        set_raw(&mut c, key, value);
+        let got = a
+            .publish_result(vec![draft("1", r.clone()), draft("2", r.clone())])
+            .unwrap_or_else(|e| panic!("{:?}={:?}: {e}", key, value));
+        all.extend(mids(&got));
+        assert_increasing(&all);
+    }
+    let _: i64 = redis::cmd("DEL")
+        .arg("server:startdate")
+        .query(&mut c)
+        .unwrap();
+    let _: i64 = redis::cmd("HSET")
+        .arg("server:startdate")
+        .arg("f")
+        .arg("v")
+        .query(&mut c)
+        .unwrap();
+    all.extend(mids(&a.publish(vec![draft("3", r.clone())])));
+    assert_increasing(&all);
+    // A reconnect reads the keys again: a foreign value must not keep the store down.
+    set_raw(&mut c, b"server:startdate", b"garbage");
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query(&mut c)
+        .unwrap();
+    let t = Instant::now();
+    loop {
+        match a.publish_result(vec![draft("4", r.clone())]) {
+            Ok(m) => {
+                all.extend(mids(&m));
+                break;
+            }
+            Err(e) => assert!(t.elapsed() < Duration::from_secs(5), "still failing: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_increasing(&all);
+    for m in &all {
+        assert!(m.epoch() < 10_000_000_000 && m.counter() > 0, "{m}");
+    }
+}
+
+#[test]
+fn a_hostile_notification_neither_crashes_nor_poisons_the_ids() {
+    let redis = Redis::start();
+    let mut a = Inst::up(&redis.sock);
+    let mut c = redis.conn();
+    let r = vec![(ch(1), Kind::Private)];
+    let before = a.publish(vec![draft("0", r.clone())]);
+    // Garbage, a truncated protobuf, and an empty payload from another process.
+    for payload in [&b"\xff\xff\xff"[..], b"\x0a\x05\x0a", b""] {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("pushserver:zzzz")
+            .arg(payload)
+            .query(&mut c)
+            .unwrap();
+    }
+    // A well-formed message with the largest possible id.
+    let far = Mid::new(9_999_999_999, 9_999_999_999_999_999);
+    let node = push_server::proto::OutgoingMessage {
+        id: far.to_binary().to_vec(),
+        body: b"{}".to_vec(),
+        expiry: 60,
+        created: 1,
+        sender: None,
+    };
+    use prost::Message as _;
+    let batch = push_server::proto::NotificationBatch {
+        notifications: vec![push_server::proto::Notification {
+            ipc_messages: Some(push_server::proto::IpcMessages {
+                messages: vec![push_server::proto::IpcMessage {
+                    receivers: vec![push_server::proto::Receiver {
+                        id: ch(1).0.to_vec(),
+                        is_private: true,
+                        signature: Vec::new(),
+                    }],
+                    outgoing_message_id: far.to_binary().to_vec(),
+                    outgoing_message: Some(node),
+                }],
+            }),
+        }],
+    };
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("pushserver:zzzz")
+        .arg(batch.encode_to_vec())
+        .query(&mut c)
+        .unwrap();
+    let got = a.remote();
+    assert_eq!(got[0].0.mid, far);
+    // Still publishing, with well-formed ids above the earlier ones.
+    let after = a.publish(vec![draft("1", r.clone()), draft("2", r)]);
+    assert_increasing(&[before[0].mid, after[0].mid, after[1].mid]);
+    assert!(after[1].mid.epoch() < 10_000_000_000);
+}
+
+#[test]
+fn backlog_skips_keys_of_a_foreign_type() {
+    let redis = Redis::start();
+    let mut a = Inst::up(&redis.sock);
+    let mut c = redis.conn();
+    let msgs = a.publish(vec![
+        draft("1", vec![(ch(1), Kind::Private)]),
+        draft("2", vec![(ch(1), Kind::Private)]),
+    ]);
+    // Another channel's set is a string; one message key is a hash.
+    set_raw(
+        &mut c,
+        &[b"pubchannel:messages:".as_slice(), &ch(2).0].concat(),
+        b"x",
+    );
+    let key = [b"message:".as_slice(), &msgs[0].mid.to_binary()].concat();
+    let _: i64 = redis::cmd("DEL").arg(&key).query(&mut c).unwrap();
+    let _: i64 = redis::cmd("HSET")
+        .arg(&key)
+        .arg("f")
+        .arg("v")
+        .query(&mut c)
+        .unwrap();
+    let got = a.backlog(
+        vec![(ch(1), Kind::Private), (ch(2), Kind::Public)],
+        Mid::new(0, 0),
+        10,
+    );
+    assert_eq!(mids(&got), vec![msgs[1].mid]);
+    // Publishing to that channel replaces the junk instead of failing every time.
+    let m = a.publish(vec![draft("3", vec![(ch(2), Kind::Public)])]);
+    let got = a.backlog(vec![(ch(2), Kind::Public)], Mid::new(0, 0), 10);
+    assert_eq!(mids(&got), mids(&m));
+}
+
+#[test]
+fn channel_set_ttl_is_set_once_and_never_refreshed() {
+    let redis = Redis::start();
+    let mut a = Inst::up(&redis.sock);
+    let mut c = redis.conn();
+    let set = [b"channel:messages:".as_slice(), &ch(1).0].concat();
+    let r = vec![(ch(1), Kind::Private)];
+    a.publish(vec![draft("1", r.clone())]);
+    let _: i64 = redis::cmd("EXPIRE")
+        .arg(&set)
+        .arg(500)
+        .query(&mut c)
+        .unwrap();
+    a.publish(vec![draft("2", r.clone())]);
+    let ttl: i64 = redis::cmd("TTL").arg(&set).query(&mut c).unwrap();
+    assert!((490..=500).contains(&ttl), "not refreshed: {ttl}");
+    // A set without a TTL (PERSIST by someone) gets one with the next message.
+    let _: i64 = redis::cmd("PERSIST").arg(&set).query(&mut c).unwrap();
+    a.publish(vec![draft("3", r)]);
+    let ttl: i64 = redis::cmd("TTL").arg(&set).query(&mut c).unwrap();
+    assert!(ttl > 86000, "{ttl}");
+}
+
+#[test]
+fn bodies_around_the_varint_boundaries_round_trip() {
+    let redis = Redis::start();
+    let mut a = Inst::up(&redis.sock);
+    let mut b = Inst::up(&redis.sock);
+    let r = vec![(ch(1), Kind::Private)];
+    // Message, IPC message and notification lengths cross 127, 16383 and 2097151.
+    let sizes = [
+        0usize,
+        1,
+        60,
+        100,
+        127,
+        128,
+        16_300,
+        16_383,
+        16_384,
+        1 << 20,
+    ];
+    for n in sizes {
+        let body = "y".repeat(n);
+        let sent = a.publish(vec![draft(&body, r.clone())]);
+        let got = b.remote();
+        assert_eq!(got.len(), 1, "size {n}");
+        assert_eq!(got[0].0.body, sent[0].body, "size {n}");
+        assert_eq!(got[0].1, r, "size {n}");
+        let back = b.backlog(
+            r.clone(),
+            Mid::new(sent[0].mid.epoch(), sent[0].mid.counter() - 1),
+            1,
+        );
+        assert_eq!(back[0].body.len(), n);
+    }
+}
+
+#[test]
+fn a_burst_of_mixed_jobs_is_answered_once_each_in_order() {
+    let redis = Redis::start();
+    let mut a = Inst::up(&redis.sock);
+    let r = vec![(ch(1), Kind::Private)];
+    let mut tokens = Vec::new();
+    for i in 0..300u64 {
+        let token = a.token();
+        let job = match i % 4 {
+            0 | 1 => Job::Publish {
+                token,
+                drafts: vec![draft(&i.to_string(), r.clone())],
+            },
+            2 => Job::Online {
+                token,
+                channels: r.clone(),
+            },
+            _ => Job::Backlog {
+                token,
+                receivers: r.clone(),
+                after: Mid::new(0, 0),
+                limit: 1,
+            },
+        };
+        a.store.submit(job).unwrap();
+        a.store
+            .submit(Job::Touch {
+                channels: r.clone(),
+            })
+            .unwrap();
+        tokens.push(token);
+    }
+    let mut answered = Vec::new();
+    let mut published = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while answered.len() < tokens.len() && Instant::now() < deadline {
+        a.poll
+            .poll(&mut a.events, Some(Duration::from_millis(100)))
+            .unwrap();
+        a.store.drain(&mut a.got);
+        for d in a.got.drain(..) {
+            match d {
+                Done::Published { token, result } => {
+                    answered.push(token);
+                    published.extend(mids(&result.unwrap()));
+                }
+                Done::Online { token, result } => {
+                    answered.push(token);
+                    assert_eq!(result.unwrap(), vec![true]);
+                }
+                Done::Backlog { token, result } => {
+                    answered.push(token);
+                    result.unwrap();
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(answered, tokens, "each once, in order");
+    assert_eq!(published.len(), 150);
+    assert_increasing(&published);
+}
+
+/// A pipeline whose write stalls (Redis busy) may have delivered whole commands before the
+/// stall, which Redis still runs; sending it again on a new connection would run them twice.
+#[test]
+fn a_stalled_write_is_not_sent_twice() {
+    let redis = Redis::start();
+    let mut a = Inst::up(&redis.sock);
+    let mut b = Inst::up(&redis.sock);
+    let r = vec![(ch(1), Kind::Private)];
+    // The two publishes below must go out in one round, which races with the worker waking
+    // up; a few attempts make that near certain (a round is seen by its ~1 s write stall).
+    for attempt in 0..5 {
+        let small = format!("small {attempt}");
+        // Redis busy for 1.3 s: longer than the write timeout (twice: a partial write restarts
+        // it), shorter than that plus a reconnect, so the reconnect succeeds.
+        let mut busy = redis.conn();
+        let t = std::thread::spawn(move || {
+            let _: redis::RedisResult<()> = redis::cmd("EVAL")
+                .arg(
+                    "local t0 = redis.call('TIME') repeat local t = redis.call('TIME') \
+                     until (t[1] - t0[1]) * 1e6 + (t[2] - t0[2]) > 1300000",
+                )
+                .arg(0)
+                .query(&mut busy);
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        // A small publish, whole in the socket buffer, then one larger than it.
+        let (t1, t2) = (a.token(), a.token());
+        let big = vec![draft(&"L".repeat(4 << 20), r.clone())];
+        let sent = Instant::now();
+        for (token, drafts) in [(t1, vec![draft(&small, r.clone())]), (t2, big)] {
+            a.store.submit(Job::Publish { token, drafts }).unwrap();
+        }
+        a.wait("Published", |d| match d {
+            Done::Published { token, .. } if *token == t1 => Some(()),
+            _ => None,
+        });
+        let one_round = sent.elapsed() > Duration::from_millis(900);
+        t.join().unwrap();
+        // Whatever the publisher was told, the small one ran at most once.
+        let deadline = Instant::now() + WAIT;
+        let marker = loop {
+            match a.publish_result(vec![draft("marker", r.clone())]) {
+                Ok(m) => break m,
+                Err(e) => assert!(Instant::now() < deadline, "{e}"),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut heard = 0;
+        loop {
+            let batch = b.remote();
+            heard += batch.iter().filter(|(m, _)| m.body == small).count();
+            if batch.iter().any(|(m, _)| m.mid == marker[0].mid) {
+                break;
+            }
+        }
+        let stored = a
+            .backlog(r.clone(), Mid::new(0, 0), 100)
+            .iter()
+            .filter(|m| m.body == small)
+            .count();
+        assert!(
+            heard <= 1 && stored <= 1,
+            "ran twice: {heard} notifications, {stored} stored"
+        );
+        if one_round {
+            break;
+        }
+    }
+}

@@ -39,6 +39,9 @@ pub const QUEUE_CAPACITY: usize = 10_000;
 /// Connecting, and every read or write on a connection: a publish answer never waits past
 /// PHP's 1 s timeout because of a stalled Redis.
 const IO_TIMEOUT: Duration = Duration::from_millis(500);
+/// How far ahead of this host's clock another process's epoch may be and still count (clock
+/// skew between hosts, and epochs bumped by `+1` after data losses).
+const MAX_EPOCH_AHEAD: u64 = 86_400;
 
 /// Where Redis is (`REDIS_SOCK`, or `REDIS_URL`) and how the keys are prefixed.
 #[derive(Debug, Clone)]
@@ -194,6 +197,21 @@ impl Shared {
         }
     }
 
+    /// [`Shared::see`] for an id from another process. One far ahead of the clock cannot
+    /// have been minted by these rules (a new epoch is at most a few seconds ahead of `TIME`),
+    /// and taking it would make every later id start from it, up to running out of 10-digit
+    /// epochs: it is delivered, but not counted.
+    fn see_remote(&self, mid: Mid) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if mid.epoch() > now + MAX_EPOCH_AHEAD {
+            warn!("redis: ignoring id {mid} from another process for minting: far in the future");
+            return;
+        }
+        self.see(mid);
+    }
+
     fn unavailable(&self) -> StoreError {
         StoreError(format!("Redis unavailable: {}", lock(&self.down_reason)))
     }
@@ -297,7 +315,8 @@ impl RedisStore {
     pub fn start(opts: RedisOptions, waker: Arc<Waker>) -> Result<RedisStore, StoreError> {
         let info = opts.connection_info()?;
         let saved_epoch = match crate::message::read_last_epoch(&opts.store.state_file) {
-            Ok(e) => e.unwrap_or(0),
+            // An epoch of more than 10 digits is not one we wrote; ignore it like garbage.
+            Ok(e) => e.filter(|&e| Mid::try_new(e, 0).is_some()).unwrap_or(0),
             Err(e) => {
                 warn!(
                     "cannot read the message id state file {}: {e}; ids rely on Redis alone",

@@ -16,7 +16,10 @@ for j = 1, #specs, 17 do
 end
 local seen, ids, epochs, counters = {}, {}, {}, {}
 for _, key in ipairs(keys) do
-  local got = redis.call('ZRANGEBYLEX', key, '(' .. after, '+')
+  -- redis.pcall: a key of another type (junk) is skipped, not an error that fails every
+  -- backlog read of this subscriber.
+  local got = redis.pcall('ZRANGEBYLEX', key, '(' .. after, '+')
+  if type(got) ~= 'table' or got.err then got = {} end
   for _, id in ipairs(got) do
     if not seen[id] and #id == 13 then
       seen[id] = true
@@ -42,7 +45,7 @@ end)
 local out = {}
 for _, id in ipairs(ids) do
   if #out >= limit then break end
-  local v = redis.call('GET', prefix .. 'message:' .. id)
-  if v then out[#out + 1] = v end
+  local v = redis.pcall('GET', prefix .. 'message:' .. id)
+  if type(v) == 'string' then out[#out + 1] = v end
 end
 return out

@@ -5,6 +5,9 @@
 --   receivers = the IPCMessage `receivers` fields, pre-encoded
 --   specs     = 17 bytes per receiver: 'c' (private) or 'p' (public), then the 16-byte id
 -- Returns {epoch, first counter}.
+-- Redis 3.2 to 4 replicate a script verbatim and then refuse writes after TIME; this asks
+-- for effects replication (the default, and a no-op, since Redis 5).
+if redis.replicate_commands then redis.replicate_commands() end
 local prefix, uid = ARGV[1], ARGV[2]
 local last_epoch, last_counter = tonumber(ARGV[3]), tonumber(ARGV[4])
 local n, channel_ttl, cap = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -14,15 +17,36 @@ end
 
 local kstart = prefix .. 'server:startdate'
 local kcounter = prefix .. 'server:messagecounter'
-local epoch = tonumber(redis.call('GET', kstart))
-local counter = tonumber(redis.call('GET', kcounter))
+-- Epochs have 10 digits. Counters stay below 2^53: Lua numbers are doubles, and above that
+-- `INCRBY`'s answer and the "%016d" below would no longer be exact.
+local EPOCH_LIMIT, COUNTER_LIMIT = 1e10, 2 ^ 53
+-- The value of an id key, or nil when it is not one this script could have written: missing,
+-- another type (redis.pcall, not an error), or a string `INCRBY` rejects or a 26-digit id
+-- cannot hold ("1.5", "0x10", "-7", "1e3", 11 digits). Any of these starts a new epoch instead
+-- of failing every publish, or of minting a malformed id.
+local function id_key(key, limit)
+  local v = redis.pcall('GET', key)
+  if type(v) ~= 'string' or not (v == '0' or v:match('^[1-9]%d*$')) or #v > 16 then
+    return nil
+  end
+  v = tonumber(v)
+  if v >= limit then return nil end
+  return v
+end
+local epoch = id_key(kstart, EPOCH_LIMIT)
+local counter = id_key(kcounter, COUNTER_LIMIT)
 -- Regression protection: a missing key (flush, eviction, restart without persistence) or a
 -- value below what this instance has already seen starts a new epoch above everything seen.
+-- So does a counter without room for the batch.
 if not epoch or not counter or epoch < last_epoch
-    or (epoch == last_epoch and counter < last_counter) then
+    or (epoch == last_epoch and counter < last_counter)
+    or counter + n >= COUNTER_LIMIT then
   local e = tonumber(redis.call('TIME')[1])
   if epoch and epoch + 1 > e then e = epoch + 1 end
   if last_epoch + 1 > e then e = last_epoch + 1 end
+  if e >= EPOCH_LIMIT then
+    return redis.error_reply('ERR publish script: no epoch left above ' .. string.format('%d', e - 1))
+  end
   redis.call('SET', kstart, string.format('%d', e))
   redis.call('SET', kcounter, '0')
   epoch = e
@@ -61,7 +85,12 @@ for i = 0, n - 1 do
     for j = 1, #specs, 17 do
       local set = (specs:sub(j, j) == 'p') and 'pubchannel:messages:' or 'channel:messages:'
       local key = prefix .. set .. specs:sub(j + 1, j + 16)
-      redis.call('ZADD', key, 0, id)
+      -- A key of another type there is junk (no process writes one): replace it rather
+      -- than fail every publish to this channel.
+      if type(redis.pcall('ZADD', key, 0, id)) ~= 'number' then
+        redis.call('DEL', key)
+        redis.call('ZADD', key, 0, id)
+      end
       touched[key] = true
     end
   end
@@ -71,7 +100,9 @@ for i = 0, n - 1 do
 end
 for key in pairs(touched) do
   redis.call('ZREMRANGEBYRANK', key, 0, -(cap + 1))
-  redis.call('EXPIRE', key, channel_ttl, 'NX')
+  -- Only a set without a TTL gets one (never refreshed). `EXPIRE … NX` would need Redis 7;
+  -- Redis 6 (Ubuntu 22.04, EL9) rejects it, which failed every publish after its writes.
+  if redis.call('TTL', key) == -1 then redis.call('EXPIRE', key, channel_ttl) end
 end
 -- NotificationBatch { notifications = 1 } -> Notification { ipcMessages = 1 } -> IPCMessages
 local messages = table.concat(entries)

@@ -76,7 +76,7 @@ fn session(shared: &Shared, info: &ConnectionInfo, backoff: &mut Backoff) -> Str
                     Ok(batch) if batch.is_empty() => {}
                     Ok(batch) => {
                         if let Some((m, _)) = batch.last() {
-                            shared.see(m.mid);
+                            shared.see_remote(m.mid);
                         }
                         debug!(
                             "redis: {} message(s) from {}",

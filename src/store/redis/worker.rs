@@ -30,7 +30,8 @@ const STATS_STALE_MS: u64 = 70_000;
 
 /// How a pipeline failed.
 enum Exchange {
-    /// Writing failed: Redis got nothing (or a torn command it drops with the connection).
+    /// The connection was found closed when writing: Redis got nothing (or a torn command it
+    /// drops with the connection).
     NotSent(String),
     /// Sent, but the replies did not all come: the commands may have run.
     Lost(String),
@@ -171,14 +172,22 @@ impl Worker {
     /// What [`Done::Up`] reports, from the id keys as they are now.
     fn read_latest(&self, conn: &mut Connection) -> redis::RedisResult<Mid> {
         let keys = &self.shared.keys;
-        let (start, counter, time): (Option<u64>, Option<u64>, (u64, u64)) = redis::pipe()
+        // Read as raw values: a foreign value (or a key of another type) must not keep the
+        // store from coming up; the publish script starts a new epoch over it.
+        let (start, counter, time): (Value, Value, (u64, u64)) = redis::pipe()
+            .ignore_errors()
             .cmd("GET")
             .arg(keys.startdate())
             .cmd("GET")
             .arg(keys.counter())
             .cmd("TIME")
             .query(conn)?;
-        let latest = latest_id(start, counter, time.0, self.shared.last_seen());
+        let latest = latest_id(
+            id_key(&start, EPOCH_LIMIT),
+            id_key(&counter, COUNTER_LIMIT),
+            time.0,
+            self.shared.last_seen(),
+        );
         if latest.counter() > 0 {
             self.shared.see(latest);
         }
@@ -393,8 +402,16 @@ impl Worker {
         for c in cmds {
             packed.extend_from_slice(&c.get_packed_command());
         }
-        conn.send_packed_command(&packed)
-            .map_err(|e| Exchange::NotSent(e.to_string()))?;
+        conn.send_packed_command(&packed).map_err(|e| {
+            // Only a connection found dead took nothing (an idle connection Redis closed). A
+            // write that timed out may have delivered whole commands before the stall, which
+            // Redis still runs: sending them again would publish them twice.
+            if e.is_connection_dropped() && !e.is_timeout() {
+                Exchange::NotSent(e.to_string())
+            } else {
+                Exchange::Lost(e.to_string())
+            }
+        })?;
         let mut replies = Vec::with_capacity(cmds.len());
         for _ in cmds {
             replies.push(
@@ -458,6 +475,13 @@ impl Worker {
             },
             _ => return Err(unexpected(&reply)),
         };
+        // Checked, not asserted: an id that does not fit 26 digits is an error, not a panic
+        // of this thread (the script keeps within the limits; this guards against a foreign
+        // script under the same hash, or a future bug).
+        let last = first.checked_add(drafts.len() as u64 - 1);
+        if last.and_then(|c| Mid::try_new(epoch, c)).is_none() {
+            return Err(unexpected(&reply));
+        }
         let msgs: Vec<Arc<Message>> = drafts
             .into_iter()
             .enumerate()
@@ -548,6 +572,31 @@ fn is_noscript(v: &Value) -> bool {
     matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT")
 }
 
+/// Epochs have 10 digits; the publish script keeps counters below 2^53 (Lua numbers are
+/// doubles).
+const EPOCH_LIMIT: u64 = 10_000_000_000;
+const COUNTER_LIMIT: u64 = 1 << 53;
+
+/// The value of `server:startdate` or `server:messagecounter` as the publish script reads it:
+/// `None` for anything it would not count with (missing, another type, not plain decimal
+/// digits, or `limit` or more).
+fn id_key(v: &Value, limit: u64) -> Option<u64> {
+    let Value::BulkString(b) = v else {
+        return None;
+    };
+    let plain = b == b"0"
+        || (b.first().is_some_and(|c| (b'1'..=b'9').contains(c))
+            && b.iter().all(u8::is_ascii_digit));
+    if !plain || b.len() > 16 {
+        return None;
+    }
+    std::str::from_utf8(b)
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|&n| n < limit)
+}
+
 /// The id a poll without `mid` reports before any publish: what Redis holds, or, when the
 /// publish script would start a new epoch, the start of that epoch (never above a future id).
 pub(super) fn latest_id(start: Option<u64>, counter: Option<u64>, now: u64, last: Mid) -> Mid {
@@ -555,7 +604,11 @@ pub(super) fn latest_id(start: Option<u64>, counter: Option<u64>, now: u64, last
         (Some(e), Some(c)) if e > last.epoch() || (e == last.epoch() && c >= last.counter()) => {
             Mid::new(e, c)
         }
-        _ => Mid::new(now.max(start.map_or(0, |e| e + 1)).max(last.epoch() + 1), 0),
+        _ => {
+            let e = now.max(start.map_or(0, |e| e + 1)).max(last.epoch() + 1);
+            // No epoch left (the script refuses to publish then).
+            Mid::try_new(e, 0).unwrap_or(last)
+        }
     }
 }
 
@@ -627,6 +680,35 @@ mod tests {
         assert_eq!(latest_id(None, None, 500, last), Mid::new(500, 0));
         assert_eq!(latest_id(Some(600), None, 500, last), Mid::new(601, 0));
         assert_eq!(latest_id(None, None, 500, Mid::new(0, 0)), Mid::new(500, 0));
+    }
+
+    #[test]
+    fn id_keys_are_read_as_the_script_reads_them() {
+        let b = |s: &[u8]| Value::BulkString(s.to_vec());
+        let id_key = |v: &Value| id_key(v, COUNTER_LIMIT);
+        assert_eq!(id_key(&b(b"0")), Some(0));
+        assert_eq!(id_key(&b(b"1795479773")), Some(1_795_479_773));
+        assert_eq!(id_key(&b(b"9007199254740991")), Some((1 << 53) - 1));
+        assert_eq!(id_key(&b(b"9007199254740992")), None);
+        for bad in [
+            &b""[..],
+            b"007",
+            b"-7",
+            b"+7",
+            b"1.5",
+            b"0x10",
+            b"1e3",
+            b" 1",
+            b"12345678901234567",
+        ] {
+            assert_eq!(id_key(&b(bad)), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(id_key(&Value::Nil), None);
+        assert_eq!(id_key(&Value::Int(5)), None);
+        assert_eq!(super::id_key(&b(b"99999999999"), EPOCH_LIMIT), None);
+        // No epoch left: no panic, and nothing above what was seen.
+        let top = Mid::new(9_999_999_999, 1);
+        assert_eq!(latest_id(None, None, 500, top), top);
     }
 
     #[test]
