@@ -849,6 +849,22 @@ fn latency(run: &mut Run) -> Outcome {
         "achieved_rate".into(),
         json!((sent_span > 0.0).then(|| round1(po.sent.saturating_sub(1) as f64 / sent_span))),
     );
+    // The send rate above counts requests written; these count what the server did with them
+    // (answers read, messages delivered) from the first send on.
+    let since_first = |t: Option<Instant>| match (po.first_send, t) {
+        (Some(f), Some(t)) if t > f => (t - f).as_secs_f64(),
+        _ => 0.0,
+    };
+    let answer_span = since_first(po.last_answer);
+    m.insert(
+        "answered_rate".into(),
+        json!((answer_span > 0.0).then(|| round1((po.ok + po.failed) as f64 / answer_span))),
+    );
+    let delivery_span = since_first(rep.last_delivery);
+    m.insert(
+        "delivered_rate".into(),
+        json!((delivery_span > 0.0).then(|| round1(rep.delivered as f64 / delivery_span))),
+    );
     m.insert("publisher_max_lag_us".into(), json!(po.max_lag_us));
     m.insert("delivered".into(), json!(rep.delivered));
     m.insert("lost".into(), json!(lost));

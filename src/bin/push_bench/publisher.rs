@@ -30,6 +30,8 @@ pub struct Outcome {
     pub first_error: Option<String>,
     pub first_send: Option<Instant>,
     pub last_send: Option<Instant>,
+    /// When the last answer was read.
+    pub last_answer: Option<Instant>,
     /// Worst delay of a send behind its schedule, in microseconds.
     pub max_lag_us: u64,
 }
@@ -181,6 +183,7 @@ impl<'scope> Lane<'scope> {
             Ok(Ok(o)) => {
                 out.ok += o.ok;
                 out.failed += o.failed;
+                out.last_answer = out.last_answer.max(o.last_answer);
                 if out.first_error.is_none() {
                     out.first_error = o.first_error;
                 }
@@ -356,6 +359,9 @@ fn read_loop(
         }
         buf.drain(..pos);
         let answered = out.ok + out.failed;
+        if pos > 0 {
+            out.last_answer = Some(Instant::now());
+        }
         st.answered.store(answered, Ordering::Release);
         if abort.load(Ordering::Acquire) {
             // Another thread's error is the one reported.
