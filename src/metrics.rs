@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::Duration;
 
+use crate::store::StoreStats;
+
 /// Upper bounds (seconds) of the store latency histogram buckets.
 const STORE_BUCKETS: [f64; 8] = [
     0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.1,
@@ -30,9 +32,11 @@ pub struct Gauges {
     pub websockets: usize,
     pub long_polls: usize,
     pub channels: usize,
-    pub stored_messages: usize,
-    pub stored_bytes: usize,
-    pub store_evictions: u64,
+    /// What the store holds, when this instance can count it (the embedded store; a shared
+    /// Redis is counted by Redis itself, not by each instance).
+    pub stored: Option<StoreStats>,
+    /// Store jobs refused because its queue was full.
+    pub store_rejected_jobs: u64,
     pub store_kind: &'static str,
     pub store_up: bool,
 }
@@ -136,23 +140,31 @@ impl Metrics {
             "Subscriptions refused for a bad channel signature (often a SECURITY_KEY mismatch).",
             &one(self.signature_failures.to_string()),
         );
+        if let Some(st) = &g.stored {
+            metric(
+                "push_store_messages",
+                "gauge",
+                "Messages kept for resume.",
+                &one(st.messages.to_string()),
+            );
+            metric(
+                "push_store_bytes",
+                "gauge",
+                "Bytes of stored message bodies.",
+                &one(st.bytes.to_string()),
+            );
+            metric(
+                "push_store_evictions_total",
+                "counter",
+                "Messages dropped from history before expiry by the caps.",
+                &one(st.evicted.to_string()),
+            );
+        }
         metric(
-            "push_store_messages",
-            "gauge",
-            "Messages kept for resume.",
-            &one(g.stored_messages.to_string()),
-        );
-        metric(
-            "push_store_bytes",
-            "gauge",
-            "Bytes of stored message bodies.",
-            &one(g.stored_bytes.to_string()),
-        );
-        metric(
-            "push_store_evictions_total",
+            "push_store_rejected_jobs_total",
             "counter",
-            "Messages dropped from history before expiry by the caps.",
-            &one(g.store_evictions.to_string()),
+            "Store jobs refused because the queue to the store was full.",
+            &one(g.store_rejected_jobs.to_string()),
         );
         metric(
             "push_store_up",
@@ -197,9 +209,12 @@ mod tests {
             websockets: 2,
             long_polls: 1,
             channels: 3,
-            stored_messages: 3,
-            stored_bytes: 10,
-            store_evictions: 0,
+            stored: Some(StoreStats {
+                messages: 3,
+                bytes: 10,
+                ..StoreStats::default()
+            }),
+            store_rejected_jobs: 0,
             store_kind: "memory",
             store_up: true,
         });

@@ -396,10 +396,19 @@ impl Server {
     // ---- reading ----
 
     pub(super) fn on_readable(&mut self, id: ConnId) {
-        let cap = self.cfg.limits.max_header_size + self.cfg.limits.max_payload + 64;
+        let request_cap = self.cfg.limits.max_header_size + self.cfg.limits.max_payload + 64;
         loop {
             let Some(conn) = self.conns.get_mut(id) else {
                 return;
+            };
+            // A Busy connection only buffers what is pipelined behind its request: a little is
+            // enough to keep it going, and the rest waits in the kernel (back-pressure), so an
+            // overloaded store does not make every pipelining publisher cost a full request
+            // buffer here.
+            let cap = if matches!(conn.phase, Phase::Busy) {
+                HOLD_INPUT_CAP
+            } else {
+                request_cap
             };
             let was_idle = matches!(conn.phase, Phase::Request(None)) && conn.rbuf.is_empty();
             let state = conn.read_available(&mut self.scratch, cap);

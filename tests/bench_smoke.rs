@@ -75,7 +75,51 @@ fn all_scenarios(
         &["--conns", "20", "--rate", "40", "--duration", "0.5"],
     );
     assert!(v["reconnects"].as_u64().unwrap_or(0) > 0, "{v}");
+    assert_eq!(v["pub_conns"], 1, "{v}");
+    pub_conns(&run);
     v
+}
+
+/// The publishing scenarios over four publisher connections.
+fn pub_conns(run: &dyn Fn(&str, &[&str]) -> serde_json::Value) {
+    let v = run(
+        "fanout",
+        &["--conns", "20", "--messages", "40", "--pub-conns", "4"],
+    );
+    assert_eq!(v["pub_conns"], 4, "{v}");
+    assert_eq!(v["delivered"], 800, "{v}");
+    assert_eq!(v["publish_order_checked"], false, "{v}");
+    assert_eq!(v["order_mismatches"], 0, "{v}");
+    let v = run(
+        "latency",
+        &[
+            "--conns",
+            "20",
+            "--rate",
+            "400",
+            "--duration",
+            "0.5",
+            "--pub-conns",
+            "4",
+        ],
+    );
+    assert_eq!(v["pub_conns"], 4, "{v}");
+    assert!(v["p99_us"].is_number(), "{v}");
+    assert!(v["published_ok"].as_u64().unwrap_or(0) > 100, "{v}");
+    let v = run(
+        "churn",
+        &[
+            "--conns",
+            "20",
+            "--rate",
+            "40",
+            "--duration",
+            "0.5",
+            "--pub-conns",
+            "4",
+        ],
+    );
+    assert_eq!(v["pub_conns"], 4, "{v}");
 }
 
 #[test]

@@ -1,14 +1,16 @@
 //! `push-bench`: a load tool for push-server (and any server speaking the same v3 protocol).
 //!
 //! It opens thousands of subscriber connections from one or two mio threads, publishes over one
-//! pipelined keep-alive connection to the trusted listener, and reads the server's RSS
+//! (or `--pub-conns N`) pipelined keep-alive connections to the trusted listener, and reads the server's RSS
 //! (`/proc/<pid>/status`) and CPU time (`/proc/<pid>/task/*/schedstat`, nanoseconds; `stat`
 //! ticks where schedstat is missing). Scenarios:
 //!
 //! * `idle`: N WebSocket (or long-poll) subscribers on distinct channels; server RSS per
 //!   connection (and kernel TCP socket memory for TCP).
 //! * `fanout`: N WebSocket subscribers on one channel, M messages `{"seq":k}`; deliveries/s,
-//!   server CPU per delivery; checks that every subscriber got every message once, in order.
+//!   server CPU per delivery; checks that every subscriber got every message once, in order
+//!   (with `--pub-conns` > 1: in the same order everywhere and with increasing mids, since
+//!   concurrent publishes of one channel may be answered out of publish order).
 //! * `latency`: N subscribers on their own channels, publishes `{"t":<unix ns>}` at a fixed
 //!   rate to random ones; publish→deliver percentiles and losses.
 //! * `churn`: N subscribers, one replaced at a fixed rate while publishing slowly; errors and
@@ -71,7 +73,18 @@ const USAGE: &str = "usage: push-bench <idle|fanout|latency|churn> [options]
   --size BYTES            pad message bodies to this size (default: minimal)
   --threads 1|2           subscriber threads (default 1)
   --inflight N            handshakes in flight at most (default 256)
+  --pub-conns N           fanout, latency, churn: publisher keep-alive connections
+                          (default 1, at most 256); each request goes to the one with the
+                          fewest unanswered requests, each stays pipelined and in order.
+                          N > 1 models many concurrent PHP publishers. fanout with N > 1:
+                          messages of the one channel may be answered and delivered out of
+                          publish order, so the check is then: mids increasing, every
+                          subscriber got every message once and all saw the same order
+                          (`reordered` counts out-of-publish-order arrivals, not a failure)
   --timeout S             hard limit for the whole run (default 120)";
+
+/// Publisher connections at most (each is a reader thread).
+const MAX_PUB_CONNS: usize = 256;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Scenario {
@@ -110,6 +123,7 @@ struct Args {
     threads: usize,
     inflight: usize,
     timeout: f64,
+    pub_conns: usize,
 }
 
 fn parse_args(argv: &[String]) -> Result<Args, String> {
@@ -147,6 +161,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
         threads: 1,
         inflight: 256,
         timeout: 120.0,
+        pub_conns: 1,
     };
     let mut pidfile = None;
     while let Some(flag) = it.next() {
@@ -184,6 +199,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
             "--threads" => a.threads = num(flag, v)?,
             "--inflight" => a.inflight = num(flag, v)?,
             "--timeout" => a.timeout = num(flag, v)?,
+            "--pub-conns" => a.pub_conns = num(flag, v)?,
             _ => return Err(format!("unknown option {flag:?}")),
         }
     }
@@ -204,6 +220,14 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
     if a.conns == 0 || a.inflight == 0 {
         return Err("--conns and --inflight must be at least 1".into());
     }
+    if !(1..=MAX_PUB_CONNS).contains(&a.pub_conns) {
+        return Err(format!("--pub-conns must be 1 to {MAX_PUB_CONNS}"));
+    }
+    if a.pub_conns > 1 && scenario == Scenario::Idle {
+        return Err(
+            "--pub-conns is for the scenarios that publish (fanout, latency, churn)".into(),
+        );
+    }
     if a.lp && scenario != Scenario::Idle {
         return Err("--transport lp is supported by the idle scenario only".into());
     }
@@ -217,7 +241,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
         return Err(format!("{} needs --pid or --pidfile", scenario.name()));
     }
     if let Some(limit) = net::fd_limit() {
-        let need = a.conns as u64 + 64;
+        let need = (a.conns + a.pub_conns) as u64 + 64;
         if need > limit {
             return Err(format!(
                 "--conns {} needs about {need} file descriptors but this process may open {limit} \
@@ -330,6 +354,7 @@ impl Run {
             total.duplicates += r.duplicates;
             total.reordered += r.reordered;
             total.mid_regressions += r.mid_regressions;
+            total.order_hashes.extend(r.order_hashes);
             total.malformed += r.malformed;
             total.churn_closed += r.churn_closed;
             total.lp_answers += r.lp_answers;
@@ -431,6 +456,9 @@ impl Run {
         m.insert("sub".into(), json!(self.a.sub.to_string()));
         m.insert("conns".into(), json!(self.a.conns));
         m.insert("threads".into(), json!(self.a.threads));
+        if self.a.scenario != Scenario::Idle {
+            m.insert("pub_conns".into(), json!(self.a.pub_conns));
+        }
         m.insert("pid".into(), json!(self.a.pid));
         m
     }
@@ -611,7 +639,16 @@ fn idle(run: &mut Run) -> Outcome {
 fn fanout(run: &mut Run) -> Outcome {
     let n = run.a.conns as u64;
     let msgs = run.a.messages;
-    run.spawn(Mode::Fanout { messages: msgs }, vec![0; n as usize])?;
+    // One publisher connection answers in publish order, so deliveries are ascending; with
+    // several, only the server's order (the same on every subscriber) can be checked.
+    let ordered = run.a.pub_conns == 1;
+    run.spawn(
+        Mode::Fanout {
+            messages: msgs,
+            ordered,
+        },
+        vec![0; n as usize],
+    )?;
     let open_s = run.wait_open(n)?;
     let want = n * msgs;
     let cpu0 = run.cpu()?;
@@ -620,6 +657,7 @@ fn fanout(run: &mut Run) -> Outcome {
     let id = run.ids[0].clone();
     let size = run.a.size;
     let publ = run.a.publ.clone();
+    let pub_conns = run.a.pub_conns;
     let target = run.a.target;
     let stop = AtomicBool::new(false);
     let mut cpu1 = None;
@@ -630,9 +668,16 @@ fn fanout(run: &mut Run) -> Outcome {
                 count: Some(msgs),
                 duration: None,
             };
-            publisher::run(&publ, sched, &stop, target.requests_per_conn(), |k, out| {
-                proto::publish_request(target, &id, &proto::body("{\"seq\":", k, size), out);
-            })
+            publisher::run(
+                &publ,
+                sched,
+                &stop,
+                target.requests_per_conn(),
+                pub_conns,
+                |k, out| {
+                    proto::publish_request(target, &id, &proto::body("{\"seq\":", k, size), out);
+                },
+            )
         });
         let mut last = (0u64, Instant::now());
         let waited = run.wait("fanning out", |r| {
@@ -701,14 +746,18 @@ fn fanout(run: &mut Run) -> Outcome {
     m.insert("open_s".into(), json!(round3(open_s)));
     m.insert("lost".into(), json!(rep.lost));
     m.insert("duplicates".into(), json!(rep.duplicates));
+    let order_mismatches = order_mismatches(&rep.order_hashes);
+    m.insert("publish_order_checked".into(), json!(ordered));
     m.insert("reordered".into(), json!(rep.reordered));
+    m.insert("order_mismatches".into(), json!(order_mismatches));
     m.insert("mid_regressions".into(), json!(rep.mid_regressions));
     m.insert("malformed".into(), json!(rep.malformed));
     m.insert("lost_conns".into(), json!(lost_conns));
     m.insert("problems".into(), json!(rep.problems));
     let ok = rep.lost == 0
         && rep.duplicates == 0
-        && rep.reordered == 0
+        && (rep.reordered == 0 || !ordered)
+        && order_mismatches == 0
         && rep.mid_regressions == 0
         && rep.malformed == 0
         && lost_conns == 0
@@ -727,6 +776,7 @@ fn latency(run: &mut Run) -> Outcome {
     let ids = run.ids.clone();
     let size = run.a.size;
     let publ = run.a.publ.clone();
+    let pub_conns = run.a.pub_conns;
     let target = run.a.target;
     let sched = publisher::Schedule {
         rate: Some(run.a.rate),
@@ -739,15 +789,22 @@ fn latency(run: &mut Run) -> Outcome {
     let host0 = procfs::HostSample::take(run.a.pid);
     let (pub_out, waited) = std::thread::scope(|s| {
         let p = s.spawn(|| {
-            publisher::run(&publ, sched, &stop, target.requests_per_conn(), |_, out| {
-                let ch = &ids[rng.below(ids.len())];
-                proto::publish_request(
-                    target,
-                    ch,
-                    &proto::body("{\"t\":", worker::unix_ns(), size),
-                    out,
-                );
-            })
+            publisher::run(
+                &publ,
+                sched,
+                &stop,
+                target.requests_per_conn(),
+                pub_conns,
+                |_, out| {
+                    let ch = &ids[rng.below(ids.len())];
+                    proto::publish_request(
+                        target,
+                        ch,
+                        &proto::body("{\"t\":", worker::unix_ns(), size),
+                        out,
+                    );
+                },
+            )
         });
         let waited = run.wait("publishing", |_| p.is_finished());
         stop.store(true, Ordering::Relaxed);
@@ -792,6 +849,22 @@ fn latency(run: &mut Run) -> Outcome {
         "achieved_rate".into(),
         json!((sent_span > 0.0).then(|| round1(po.sent.saturating_sub(1) as f64 / sent_span))),
     );
+    // The send rate above counts requests written; these count what the server did with them
+    // (answers read, messages delivered) from the first send on.
+    let since_first = |t: Option<Instant>| match (po.first_send, t) {
+        (Some(f), Some(t)) if t > f => (t - f).as_secs_f64(),
+        _ => 0.0,
+    };
+    let answer_span = since_first(po.last_answer);
+    m.insert(
+        "answered_rate".into(),
+        json!((answer_span > 0.0).then(|| round1((po.ok + po.failed) as f64 / answer_span))),
+    );
+    let delivery_span = since_first(rep.last_delivery);
+    m.insert(
+        "delivered_rate".into(),
+        json!((delivery_span > 0.0).then(|| round1(rep.delivered as f64 / delivery_span))),
+    );
     m.insert("publisher_max_lag_us".into(), json!(po.max_lag_us));
     m.insert("delivered".into(), json!(rep.delivered));
     m.insert("lost".into(), json!(lost));
@@ -833,6 +906,7 @@ fn churn(run: &mut Run) -> Outcome {
     let rss_start = run.rss()?;
     let ids = run.ids.clone();
     let publ = run.a.publ.clone();
+    let pub_conns = run.a.pub_conns;
     let target = run.a.target;
     let sched = publisher::Schedule {
         rate: Some(run.a.pub_rate),
@@ -847,15 +921,22 @@ fn churn(run: &mut Run) -> Outcome {
     let churn_t0 = Instant::now();
     let (pub_out, waited) = std::thread::scope(|s| {
         let p = s.spawn(|| {
-            publisher::run(&publ, sched, &stop, target.requests_per_conn(), |_, out| {
-                let ch = &ids[rng.below(ids.len())];
-                proto::publish_request(
-                    target,
-                    ch,
-                    &proto::body("{\"t\":", worker::unix_ns(), size),
-                    out,
-                );
-            })
+            publisher::run(
+                &publ,
+                sched,
+                &stop,
+                target.requests_per_conn(),
+                pub_conns,
+                |_, out| {
+                    let ch = &ids[rng.below(ids.len())];
+                    proto::publish_request(
+                        target,
+                        ch,
+                        &proto::body("{\"t\":", worker::unix_ns(), size),
+                        out,
+                    );
+                },
+            )
         });
         let waited = run.wait("churning", |_| p.is_finished());
         stop.store(true, Ordering::Relaxed);
@@ -909,6 +990,17 @@ fn churn(run: &mut Run) -> Outcome {
         report_problems("churn saw errors", &rep);
     }
     Ok((m, ok))
+}
+
+/// Subscribers (among those that got every message) whose delivery order differs from the
+/// most common one.
+fn order_mismatches(hashes: &[u64]) -> u64 {
+    let mut counts: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+    for &h in hashes {
+        *counts.entry(h).or_default() += 1;
+    }
+    let common = counts.values().copied().max().unwrap_or(0);
+    hashes.len() as u64 - common
 }
 
 fn report_problems(what: &str, rep: &Report) {

@@ -86,9 +86,8 @@ impl Server {
                     websockets: self.stats.websockets,
                     long_polls: self.stats.pollings,
                     channels: self.registry.private_channels(),
-                    stored_messages: st.messages,
-                    stored_bytes: st.bytes,
-                    store_evictions: st.evicted,
+                    stored: (!self.store.shared()).then_some(st),
+                    store_rejected_jobs: st.rejected_jobs,
                     store_kind: self.store.kind(),
                     store_up: self.store_down.is_none(),
                 });

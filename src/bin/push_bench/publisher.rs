@@ -1,12 +1,15 @@
-//! The publisher: one keep-alive connection to the trusted listener, pipelined. A writer thread
-//! sends the requests (as fast as possible or on a fixed-rate schedule) while the calling thread
-//! reads and counts the answers. Also the `/server-stat/` query.
+//! The publisher: one or more keep-alive connections to the trusted listener, each pipelined.
+//! The calling thread sends the requests (as fast as possible or on a fixed-rate schedule),
+//! spread over the connections, while one thread per connection reads and counts the answers.
+//! Also the `/server-stat/` query.
 
 use std::io::{self, Read, Write};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::{Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::net::Addr;
+use crate::net::{Addr, BStream};
 use crate::proto::{self, Target};
 
 /// How many requests to send and when.
@@ -27,149 +30,207 @@ pub struct Outcome {
     pub first_error: Option<String>,
     pub first_send: Option<Instant>,
     pub last_send: Option<Instant>,
+    /// When the last answer was read.
+    pub last_answer: Option<Instant>,
     /// Worst delay of a send behind its schedule, in microseconds.
     pub max_lag_us: u64,
 }
 
 /// Publishes until the schedule ends or `stop` is set. `make(k, out)` appends request `k`.
 ///
+/// The requests go over `conns` keep-alive connections (at least one). The calling thread is
+/// the writer: it follows the schedule and gives each request to the connection with the
+/// fewest unanswered requests (ties in turn), so with `conns` > 1 the server sees concurrent
+/// publishers the way many PHP processes look to it; each connection stays pipelined and
+/// answered in order. One reader thread per connection counts the answers.
+///
 /// `per_conn` caps the requests sent on one connection: nginx (the nchan peer) closes a
-/// keep-alive connection after `keepalive_requests` (1000 by default), so the publisher waits
-/// for the answers of such a batch and goes on over a new connection, keeping the schedule.
+/// keep-alive connection after `keepalive_requests` (1000 by default), so a connection that
+/// reached the cap takes no more requests, its reader waits for the last answers, and it is
+/// replaced by a new one, keeping the schedule.
 pub fn run<F>(
     addr: &Addr,
     sched: Schedule,
     stop: &AtomicBool,
     per_conn: Option<u64>,
+    conns: usize,
     mut make: F,
 ) -> Result<Outcome, String>
 where
-    F: FnMut(u64, &mut Vec<u8>) + Send,
+    F: FnMut(u64, &mut Vec<u8>),
 {
     let start = Instant::now();
-    let mut out = Outcome::default();
-    let mut k = 0u64;
-    loop {
-        let limit = per_conn.map(|p| k + p.max(1));
-        let seg = run_conn(addr, &sched, start, k, limit, stop, &mut make)?;
-        out.sent += seg.out.sent;
-        out.ok += seg.out.ok;
-        out.failed += seg.out.failed;
-        if out.first_error.is_none() {
-            out.first_error = seg.out.first_error;
-        }
-        if out.first_send.is_none() {
-            out.first_send = seg.out.first_send;
-        }
-        out.last_send = seg.out.last_send.or(out.last_send);
-        out.max_lag_us = out.max_lag_us.max(seg.out.max_lag_us);
-        if !seg.hit_limit {
-            return Ok(out);
-        }
-        k = seg.next;
-    }
-}
-
-struct Segment {
-    out: Outcome,
-    /// Index of the next request.
-    next: u64,
-    /// Stopped because of the per-connection cap (the schedule goes on).
-    hit_limit: bool,
-}
-
-/// One connection: requests `k0..limit` (or until the schedule ends), answers read.
-fn run_conn<F>(
-    addr: &Addr,
-    sched: &Schedule,
-    start: Instant,
-    k0: u64,
-    limit: Option<u64>,
-    stop: &AtomicBool,
-    make: &mut F,
-) -> Result<Segment, String>
-where
-    F: FnMut(u64, &mut Vec<u8>) + Send,
-{
-    let mut reader = addr
-        .connect_blocking(Duration::from_secs(10))
-        .map_err(|e| format!("publisher: connect to {addr}: {e}"))?;
-    let mut writer = reader.try_clone().map_err(|e| format!("publisher: {e}"))?;
-    reader
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .map_err(|e| format!("publisher: {e}"))?;
-    let sent = AtomicU64::new(0);
-    let writer_done = AtomicBool::new(false);
-    let writer_failed = AtomicBool::new(false);
+    let abort = AtomicBool::new(false);
+    let conns = conns.max(1);
+    let cap = per_conn.map(|p| p.max(1));
     std::thread::scope(|s| {
-        let w = s.spawn(|| {
-            let r = write_loop(&mut writer, sched, start, k0, limit, stop, &sent, make);
-            writer_failed.store(r.is_err(), Ordering::Release);
-            writer_done.store(true, Ordering::Release);
-            r
-        });
         let mut out = Outcome::default();
-        let cap = limit.map(|l| l - k0);
-        let read_result = read_loop(
-            &mut reader,
-            &mut out,
-            &sent,
-            cap,
-            &writer_done,
-            &writer_failed,
-        );
-        let w = match w.join() {
-            Ok(r) => r?,
-            Err(_) => return Err("publisher: writer thread panicked".to_string()),
-        };
-        read_result?;
-        out.sent = sent.load(Ordering::Acquire);
-        out.first_send = w.first;
-        out.last_send = w.last;
-        out.max_lag_us = w.max_lag_us;
-        Ok(Segment {
-            out,
-            next: w.next,
-            hit_limit: w.hit_limit,
-        })
+        let mut errors: Vec<String> = Vec::new();
+        let mut lanes: Vec<Lane<'_>> = Vec::with_capacity(conns);
+        for _ in 0..conns {
+            match Lane::open(s, addr, cap, &abort) {
+                Ok(l) => lanes.push(l),
+                Err(e) => {
+                    errors.push(e);
+                    break;
+                }
+            }
+        }
+        if errors.is_empty() {
+            let w = write_loop(
+                &mut lanes,
+                s,
+                addr,
+                &sched,
+                start,
+                cap,
+                stop,
+                &abort,
+                &mut out,
+                &mut errors,
+                &mut make,
+            );
+            out.first_send = w.first;
+            out.last_send = w.last;
+            out.max_lag_us = w.max_lag_us;
+            out.sent = w.sent;
+        }
+        if !errors.is_empty() {
+            abort.store(true, Ordering::Release);
+        }
+        for lane in lanes {
+            lane.close(&mut out, &mut errors);
+        }
+        match errors.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     })
+}
+
+/// What a connection's reader and the writer share.
+#[derive(Default)]
+struct LaneState {
+    /// Requests written on this connection (counted before the write).
+    sent: AtomicU64,
+    /// Answers read on this connection.
+    answered: AtomicU64,
+    /// The writer sends no more on this connection.
+    closing: AtomicBool,
+}
+
+/// One publisher connection: the writer's half and the reader thread.
+struct Lane<'scope> {
+    writer: BStream,
+    st: Arc<LaneState>,
+    reader: ScopedJoinHandle<'scope, Result<Outcome, String>>,
+    /// Requests assigned in the current batch, not yet written.
+    buf: Vec<u8>,
+    pending: u64,
+}
+
+impl<'scope> Lane<'scope> {
+    fn open<'env>(
+        s: &'scope Scope<'scope, 'env>,
+        addr: &Addr,
+        cap: Option<u64>,
+        abort: &'env AtomicBool,
+    ) -> Result<Lane<'scope>, String> {
+        let mut reader = addr
+            .connect_blocking(Duration::from_secs(10))
+            .map_err(|e| format!("publisher: connect to {addr}: {e}"))?;
+        let writer = reader.try_clone().map_err(|e| format!("publisher: {e}"))?;
+        reader
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .map_err(|e| format!("publisher: {e}"))?;
+        let st = Arc::new(LaneState::default());
+        let rst = st.clone();
+        let reader = std::thread::Builder::new()
+            .name("publisher-reader".into())
+            .spawn_scoped(s, move || {
+                let mut out = Outcome::default();
+                let r = read_loop(&mut reader, &mut out, &rst, cap, abort);
+                if r.is_err() {
+                    abort.store(true, Ordering::Release);
+                }
+                r.map(|()| out)
+            })
+            .map_err(|e| format!("publisher: spawn: {e}"))?;
+        Ok(Lane {
+            writer,
+            st,
+            reader,
+            buf: Vec::with_capacity(64 * 1024),
+            pending: 0,
+        })
+    }
+
+    /// Unanswered requests, counting those assigned in the current batch.
+    fn load(&self) -> u64 {
+        (self.st.sent.load(Ordering::Acquire) + self.pending)
+            .saturating_sub(self.st.answered.load(Ordering::Acquire))
+    }
+
+    fn full(&self, cap: Option<u64>) -> bool {
+        self.st.closing.load(Ordering::Relaxed)
+            || cap.is_some_and(|c| self.st.sent.load(Ordering::Relaxed) + self.pending >= c)
+    }
+
+    /// Sends no more, waits for the reader and adds its counts.
+    fn close(self, out: &mut Outcome, errors: &mut Vec<String>) {
+        self.st.closing.store(true, Ordering::Release);
+        match self.reader.join() {
+            Ok(Ok(o)) => {
+                out.ok += o.ok;
+                out.failed += o.failed;
+                out.last_answer = out.last_answer.max(o.last_answer);
+                if out.first_error.is_none() {
+                    out.first_error = o.first_error;
+                }
+            }
+            Ok(Err(e)) => errors.push(e),
+            Err(_) => errors.push("publisher: reader thread panicked".into()),
+        }
+    }
 }
 
 struct Written {
     first: Option<Instant>,
     last: Option<Instant>,
     max_lag_us: u64,
-    next: u64,
-    hit_limit: bool,
+    sent: u64,
 }
 
+/// The schedule: builds each batch of due requests, spreads it over the lanes and writes it.
 #[allow(clippy::too_many_arguments)]
-fn write_loop<F>(
-    w: &mut impl Write,
+fn write_loop<'scope, 'env, F>(
+    lanes: &mut [Lane<'scope>],
+    s: &'scope Scope<'scope, 'env>,
+    addr: &Addr,
     sched: &Schedule,
     start: Instant,
-    k0: u64,
-    limit: Option<u64>,
+    cap: Option<u64>,
     stop: &AtomicBool,
-    sent: &AtomicU64,
+    abort: &'env AtomicBool,
+    out: &mut Outcome,
+    errors: &mut Vec<String>,
     make: &mut F,
-) -> Result<Written, String>
+) -> Written
 where
     F: FnMut(u64, &mut Vec<u8>),
 {
     let end = sched.duration.map(|d| start + d);
-    let mut k = k0;
-    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut k = 0u64;
     let mut first = None;
     let mut last = None;
     let mut max_lag = Duration::ZERO;
-    let mut hit_limit = false;
+    let mut turn = 0usize;
+    let n = lanes.len();
     loop {
-        if stop.load(Ordering::Relaxed) || sched.count.is_some_and(|c| k >= c) {
-            break;
-        }
-        if limit.is_some_and(|l| k >= l) {
-            hit_limit = true;
+        if stop.load(Ordering::Relaxed)
+            || abort.load(Ordering::Relaxed)
+            || sched.count.is_some_and(|c| k >= c)
+        {
             break;
         }
         let now = Instant::now();
@@ -190,37 +251,85 @@ where
                 (behind as u64).clamp(1, 256)
             }
         };
-        buf.clear();
-        let mut n = 0;
-        while n < due && sched.count.is_none_or(|c| k + n < c) && limit.is_none_or(|l| k + n < l) {
-            make(k + n, &mut buf);
-            n += 1;
+        // Replace the connections that reached the cap: at once when their last answers are
+        // in, or waiting for the first one when none can take a request.
+        if cap.is_some() {
+            let none_free = lanes.iter().all(|l| l.full(cap));
+            for lane in lanes.iter_mut() {
+                if lane.full(cap) && (lane.reader.is_finished() || none_free) {
+                    match Lane::open(s, addr, cap, abort) {
+                        Ok(new) => std::mem::replace(lane, new).close(out, errors),
+                        Err(e) => errors.push(e),
+                    }
+                    if !errors.is_empty() {
+                        return written(first, last, max_lag, k);
+                    }
+                    if none_free {
+                        break;
+                    }
+                }
+            }
         }
-        // Count before writing, so the reader never sees more answers than `sent`.
-        sent.fetch_add(n, Ordering::AcqRel);
+        // Each request to the least-loaded connection; ties in turn.
+        let mut m = 0u64;
+        while m < due && sched.count.is_none_or(|c| k + m < c) {
+            let mut best: Option<(u64, usize)> = None;
+            for j in 0..n {
+                let i = (turn + j) % n;
+                if lanes[i].full(cap) {
+                    continue;
+                }
+                let load = lanes[i].load();
+                if best.is_none_or(|(b, _)| load < b) {
+                    best = Some((load, i));
+                }
+            }
+            let Some((_, i)) = best else {
+                break;
+            };
+            turn = (i + 1) % n;
+            let lane = &mut lanes[i];
+            make(k + m, &mut lane.buf);
+            lane.pending += 1;
+            m += 1;
+        }
         let t = Instant::now();
         first.get_or_insert(t);
         last = Some(t);
-        w.write_all(&buf)
-            .map_err(|e| format!("publisher: write: {e}"))?;
-        k += n;
+        for lane in lanes.iter_mut().filter(|l| l.pending > 0) {
+            // Count before writing, so the reader never sees more answers than `sent`.
+            let sent = lane.st.sent.fetch_add(lane.pending, Ordering::AcqRel) + lane.pending;
+            lane.pending = 0;
+            let r = lane.writer.write_all(&lane.buf);
+            lane.buf.clear();
+            if let Err(e) = r {
+                errors.push(format!("publisher: write: {e}"));
+                return written(first, last, max_lag, k + m);
+            }
+            if cap.is_some_and(|c| sent >= c) {
+                lane.st.closing.store(true, Ordering::Release);
+            }
+        }
+        k += m;
     }
-    Ok(Written {
+    written(first, last, max_lag, k)
+}
+
+fn written(first: Option<Instant>, last: Option<Instant>, max_lag: Duration, k: u64) -> Written {
+    Written {
         first,
         last,
         max_lag_us: max_lag.as_micros() as u64,
-        next: k,
-        hit_limit,
-    })
+        sent: k,
+    }
 }
 
 fn read_loop(
     r: &mut impl Read,
     out: &mut Outcome,
-    sent: &AtomicU64,
+    st: &LaneState,
     cap: Option<u64>,
-    writer_done: &AtomicBool,
-    writer_failed: &AtomicBool,
+    abort: &AtomicBool,
 ) -> Result<(), String> {
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
@@ -250,11 +359,17 @@ fn read_loop(
         }
         buf.drain(..pos);
         let answered = out.ok + out.failed;
-        if writer_failed.load(Ordering::Acquire) {
-            // The writer's error is the one reported.
+        if pos > 0 {
+            out.last_answer = Some(Instant::now());
+        }
+        st.answered.store(answered, Ordering::Release);
+        if abort.load(Ordering::Acquire) {
+            // Another thread's error is the one reported.
             return Ok(());
         }
-        if writer_done.load(Ordering::Acquire) && answered >= sent.load(Ordering::Acquire) {
+        let closing = st.closing.load(Ordering::Acquire);
+        let sent = st.sent.load(Ordering::Acquire);
+        if closing && answered >= sent {
             return Ok(());
         }
         match r.read(&mut chunk) {
@@ -276,13 +391,12 @@ fn read_loop(
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                if writer_done.load(Ordering::Acquire) {
+                if closing {
                     let since = *idle_since.get_or_insert_with(Instant::now);
                     if since.elapsed() > Duration::from_secs(5) {
                         return Err(format!(
-                            "publisher: {} of {} publishes unanswered",
-                            sent.load(Ordering::Acquire) - answered,
-                            sent.load(Ordering::Acquire)
+                            "publisher: {} of {sent} publishes unanswered",
+                            sent - answered,
                         ));
                     }
                 }
