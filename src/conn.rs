@@ -45,6 +45,9 @@ pub enum Backlog {
     Pending(u64),
     /// The read after this id failed; it is retried (live messages stay parked meanwhile).
     Failed(crate::message::Mid),
+    /// The backlog went out, up to this id. A live message at or below it was in it: it was
+    /// stored before the read and its announcement (from a shared store) came after.
+    Sent(crate::message::Mid),
 }
 
 pub struct Hold {

@@ -266,6 +266,11 @@ impl Server {
                 conn.last_seq = seq;
                 delivered += 1;
                 match &mut conn.phase {
+                    Phase::Hold(hold) if hold.sub.mid.is_some_and(|m| msg.mid <= m) => {
+                        // The client has it already (its announcement from a shared store came
+                        // late); sending it would move the client's mid backwards.
+                        delivered -= 1;
+                    }
                     Phase::Hold(hold) => {
                         hold.pending.push(Arc::clone(msg));
                         if hold.backlog == Backlog::Done && !conn.dirty {
@@ -273,12 +278,20 @@ impl Server {
                             self.dirty.push(cid);
                         }
                     }
-                    Phase::WebSocket(ws) if ws.backlog != Backlog::Done => {
+                    Phase::WebSocket(ws)
+                        if matches!(ws.backlog, Backlog::Pending(_) | Backlog::Failed(_)) =>
+                    {
                         // Sent after the backlog, so the client's mid never skips it (§4.4).
                         ws.parked.push(Arc::clone(msg));
                         if ws.parked.len() > MAX_PARKED {
                             slow.push(cid);
                         }
+                    }
+                    Phase::WebSocket(ws) if matches!(ws.backlog, Backlog::Sent(last) if msg.mid <= last) =>
+                    {
+                        // Already sent with the backlog: it was stored before the read, and
+                        // its announcement arrived after (W-4: each message once).
+                        delivered -= 1;
                     }
                     Phase::WebSocket(ws) => {
                         // Queued; flush_dirty writes it at the end of the pass, so all the

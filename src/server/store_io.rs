@@ -357,8 +357,12 @@ impl Server {
                         .count_message(msg.kind.as_deref(), msg.created_ms);
                     self.metrics.messages_published += 1;
                     log::trace!("published {} to {} receivers", msg.mid, to.len());
-                    let ids: Vec<ChannelId> = to.iter().map(|r| r.0).collect();
-                    self.fan_out(msg, &ids);
+                    // A shared store hands our own messages back in the global id order
+                    // (Done::Remote); delivering them here too would race that order.
+                    if !self.store.shared() {
+                        let ids: Vec<ChannelId> = to.iter().map(|r| r.0).collect();
+                        self.fan_out(msg, &ids);
+                    }
                 }
             }
             Err(e) => {
@@ -413,7 +417,8 @@ impl Server {
                         let mut batch = msgs;
                         batch.append(&mut ws.parked);
                         ws.parked = Vec::new();
-                        ws.backlog = Backlog::Done;
+                        let last = batch.iter().map(|m| m.mid).max().unwrap_or(after);
+                        ws.backlog = Backlog::Sent(last);
                         self.send_ws_batch(id, batch);
                     }
                 }

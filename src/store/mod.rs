@@ -101,8 +101,10 @@ pub enum Done {
         token: Token,
         result: Result<Vec<String>, StoreError>,
     },
-    /// Messages other instances published, ascending by id, each with its receivers. The
-    /// server delivers them to its local subscribers only.
+    /// Messages published through a shared store, this instance's own included, ascending by
+    /// id, each with its receivers. The server delivers them to its local subscribers only.
+    /// A shared store delivers every message this way, so that local delivery follows the one
+    /// global id order; its [`Done::Published`] only answers the publisher.
     Remote(Vec<(Arc<Message>, Vec<Receiver>)>),
     /// The store became usable (at start, or after an outage). `latest` is the newest id
     /// minted so far by any instance (or an id below every future one), used as the

@@ -69,13 +69,15 @@ fn session(shared: &Shared, info: &ConnectionInfo, backoff: &mut Backoff) -> Str
         match ps.get_message() {
             Ok(msg) => {
                 last_traffic = Instant::now();
-                if msg.get_channel_name().as_bytes() == own.as_slice() {
-                    continue;
-                }
+                // Our own notifications are delivered too: local delivery must follow the one
+                // order in which Redis ran the publish scripts, or a subscriber could get our
+                // newer id before another instance's older one (and a long poll resuming from
+                // the newer id would skip the older).
+                let is_own = msg.get_channel_name().as_bytes() == own.as_slice();
                 match decode_notification(msg.get_payload_bytes()) {
                     Ok(batch) if batch.is_empty() => {}
                     Ok(batch) => {
-                        if let Some((m, _)) = batch.last() {
+                        if !is_own && let Some((m, _)) = batch.last() {
                             shared.see_remote(m.mid);
                         }
                         debug!(
