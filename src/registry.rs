@@ -16,11 +16,61 @@ pub enum Kind {
     Public,
 }
 
+/// Above this many subscribers a channel gets an index and unordered O(1) removal. Without it,
+/// a message to a large shared channel that ends every held long poll at once would cost
+/// O(n²): each of the n unsubscribes scanning and shifting the whole list. Below it the list
+/// keeps subscription order, which the connection cap needs (it applies to per-user channels,
+/// far smaller than this).
+const INDEX_FROM: usize = 1024;
+
 #[derive(Default)]
 struct Entry {
-    /// Oldest first: the connection cap evicts from the front.
+    /// Oldest first while the channel is small (the connection cap evicts from the front);
+    /// unordered once it has an index.
     conns: Vec<ConnId>,
     kind: Option<Kind>,
+    /// Position of each connection in `conns`, for large channels only. Boxed so that every
+    /// other channel entry pays 8 bytes for it, not the 48 of an empty map.
+    #[allow(clippy::box_collection)]
+    index: Option<Box<HashMap<ConnId, usize>>>,
+}
+
+impl Entry {
+    fn add(&mut self, id: ConnId) {
+        self.conns.push(id);
+        match &mut self.index {
+            Some(index) => {
+                index.insert(id, self.conns.len() - 1);
+            }
+            None if self.conns.len() > INDEX_FROM => {
+                let index = self.conns.iter().enumerate().map(|(i, &c)| (c, i));
+                self.index = Some(Box::new(index.collect()));
+            }
+            None => {}
+        }
+    }
+
+    fn remove(&mut self, id: ConnId) {
+        match &mut self.index {
+            Some(index) => {
+                let Some(pos) = index.remove(&id) else {
+                    return;
+                };
+                self.conns.swap_remove(pos);
+                if let Some(&moved) = self.conns.get(pos) {
+                    index.insert(moved, pos);
+                }
+                if self.conns.len() < INDEX_FROM / 2 {
+                    self.index = None;
+                }
+            }
+            None => {
+                if let Some(pos) = self.conns.iter().position(|&c| c == id) {
+                    self.conns.remove(pos);
+                }
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -39,7 +89,7 @@ impl Registry {
             if e.conns.is_empty() {
                 e.kind = Some(kind);
             }
-            e.conns.push(id);
+            e.add(id);
         }
     }
 
@@ -48,9 +98,7 @@ impl Registry {
             let Some(e) = self.channels.get_mut(&ch) else {
                 continue;
             };
-            if let Some(pos) = e.conns.iter().position(|&c| c == id) {
-                e.conns.remove(pos);
-            }
+            e.remove(id);
             if e.conns.is_empty() {
                 if e.kind == Some(Kind::Private) {
                     self.private_channels -= 1;
@@ -94,5 +142,38 @@ mod tests {
         r.unsubscribe(b, &recv[..1]);
         assert_eq!(r.private_channels(), 0);
         assert!(r.channels.is_empty());
+    }
+
+    #[test]
+    fn large_channels_remove_in_constant_time_and_stay_consistent() {
+        let mut slab = Slab::default();
+        let ids: Vec<ConnId> = (0..3 * INDEX_FROM)
+            .map(|_| slab.insert_with(|_| ()))
+            .collect();
+        let shared = ChannelId([7; 16]);
+        let mut r = Registry::default();
+        for &id in &ids {
+            r.subscribe(id, &[(shared, Kind::Private)]);
+        }
+        assert!(r.channels[&shared].index.is_some());
+        // Remove every other one, then check the list and the index agree.
+        for &id in ids.iter().step_by(2) {
+            r.unsubscribe(id, &[(shared, Kind::Private)]);
+        }
+        let e = &r.channels[&shared];
+        let mut left: Vec<ConnId> = e.conns.clone();
+        left.sort();
+        let mut want: Vec<ConnId> = ids.iter().copied().skip(1).step_by(2).collect();
+        want.sort();
+        assert_eq!(left, want);
+        let index = e.index.as_ref().expect("still large");
+        assert_eq!(index.len(), e.conns.len());
+        assert!(e.conns.iter().enumerate().all(|(i, c)| index[c] == i));
+        // Shrinking far enough drops the index; the rest still unsubscribes cleanly.
+        for &id in ids.iter().skip(1).step_by(2) {
+            r.unsubscribe(id, &[(shared, Kind::Private)]);
+        }
+        assert!(r.channels.is_empty());
+        assert_eq!(r.private_channels(), 0);
     }
 }
