@@ -92,6 +92,8 @@ pub struct Conn {
     pub write_shut: bool,
     /// The peer's FIN (or a read error) was seen.
     pub peer_closed: bool,
+    /// The request being answered is a HEAD: its answer goes out without the body.
+    pub head_only: bool,
 }
 
 /// Result of draining the socket.
@@ -119,6 +121,7 @@ impl Conn {
             dirty: false,
             write_shut: false,
             peer_closed: false,
+            head_only: false,
         }
     }
 

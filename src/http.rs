@@ -13,6 +13,8 @@ const MAX_HEADERS: usize = 48;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
     Get,
+    /// Answered like GET without the body (not on the subscribe routes).
+    Head,
     Post,
     Options,
     Other,
@@ -77,7 +79,8 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<(RequestHead, us
         Err(_) => return Err(HttpError::Malformed),
     }
     let method = match req.method {
-        Some("GET") | Some("HEAD") => Method::Get,
+        Some("GET") => Method::Get,
+        Some("HEAD") => Method::Head,
         Some("POST") => Method::Post,
         Some("OPTIONS") => Method::Options,
         _ => Method::Other,

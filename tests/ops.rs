@@ -149,3 +149,37 @@ fn metrics_move_after_publish_and_health_answers() {
         assert!(value.parse::<f64>().is_ok(), "bad sample line {line:?}");
     }
 }
+
+#[test]
+fn head_is_get_without_the_body() {
+    let s = Server::start();
+    // Keep-alive, so a body sent by mistake would be read as the start of the next answer.
+    let mut c = s.pub_conn();
+    c.send(b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    let head = String::from_utf8(c.read_head_raw().expect("HEAD answer")).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: "),
+        "{head}"
+    );
+    let get = c.read_response();
+    assert_eq!(get.status, 200);
+    assert!(get.body_str().starts_with("ok"), "{:?}", get.body_str());
+    // No HEAD form of a long poll or WebSocket.
+    let ch = new_id();
+    let mut c = s.sub_conn();
+    c.send(
+        format!(
+            "HEAD /bitrix/sub/?CHANNEL_ID={} HTTP/1.0\r\n\r\n",
+            enc(&signed(&ch))
+        )
+        .as_bytes(),
+    );
+    let head = String::from_utf8(c.read_head_raw().expect("HEAD answer")).unwrap();
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    assert_eq!(
+        c.read_to_end().expect("closed"),
+        b"",
+        "no body after a HEAD answer"
+    );
+}

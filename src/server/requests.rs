@@ -43,13 +43,28 @@ impl Server {
             Persist::Close
         };
         let route = route::route(conn.role, head.path(), &self.cfg.paths);
+        // HEAD is GET without the body (monitoring probes use it on /health); a long poll or
+        // WebSocket has no meaningful HEAD form.
+        let method = match head.method {
+            Method::Head => {
+                if let Some(conn) = self.conns.get_mut(id) {
+                    conn.head_only = true;
+                }
+                if route == Route::Subscribe {
+                    Method::Other
+                } else {
+                    Method::Get
+                }
+            }
+            m => m,
+        };
         log::debug!(
             "{id}: {:?} {} from {}",
             head.method,
             head.path(),
             head.client_ip.as_deref().unwrap_or("-")
         );
-        match (route, head.method) {
+        match (route, method) {
             (Route::Subscribe, Method::Options) => {
                 self.respond(id, response::options(persist), persist)
             }
@@ -99,10 +114,16 @@ impl Server {
     }
 
     /// Queues a complete response and moves the connection to its next phase.
-    pub(super) fn respond(&mut self, id: ConnId, bytes: Vec<u8>, persist: Persist) {
+    pub(super) fn respond(&mut self, id: ConnId, mut bytes: Vec<u8>, persist: Persist) {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
+        if std::mem::take(&mut conn.head_only)
+            && let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n")
+        {
+            // The head keeps its Content-Length, as for the GET (RFC 9110 §9.3.2).
+            bytes.truncate(end + 4);
+        }
         conn.outbox.push(Bytes::from(bytes));
         let at = match persist {
             Persist::KeepAlive => {
