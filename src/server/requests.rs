@@ -144,10 +144,7 @@ impl Server {
         ) {
             Err(e) => {
                 log::info!("{id}: publish rejected: {e}");
-                let code = e
-                    .code()
-                    .map_or_else(|| e.status().to_string(), |c| c.to_string());
-                self.metrics.count_publish_error(&code);
+                self.count_error(e);
                 self.respond_error(id, e, persist);
             }
             Ok(receivers) => {
@@ -184,7 +181,7 @@ impl Server {
     }
 
     /// The request waits for a store answer: no input is parsed meanwhile.
-    fn set_busy(&mut self, id: ConnId) {
+    pub(super) fn set_busy(&mut self, id: ConnId) {
         if let Some(conn) = self.conns.get_mut(id) {
             conn.phase = Phase::Busy;
         }

@@ -110,12 +110,8 @@ impl Server {
         let receivers = drafts.iter().map(|d| d.receivers.clone()).collect();
         let waiter = Waiter::Publish { reply, receivers };
         if self.submit(|token| Job::Publish { token, drafts }, waiter) {
-            if let Some((id, _)) = reply
-                && let Some(conn) = self.conns.get_mut(id)
-            {
-                conn.phase = Phase::Busy;
-                let at = Instant::now() + BUSY_TIMEOUT;
-                self.set_deadline(id, Some(at));
+            if let Some((id, _)) = reply {
+                self.set_busy(id);
             }
         } else {
             self.refuse_publish(reply);
