@@ -245,7 +245,9 @@ impl Server {
 
     // ---- publishing ----
 
-    /// Hands `msg` to every connection subscribed to any receiver, once per connection.
+    /// Hands `msg` to every connection subscribed to any receiver, once per connection. Nothing
+    /// is written here: frames are queued and the connections marked dirty, so every message a
+    /// subscriber gets in one pass leaves in one `writev` from [`Server::flush_dirty`].
     pub(super) fn fan_out(&mut self, msg: &Arc<Message>, receivers: &[ChannelId]) {
         self.publish_seq += 1;
         let seq = self.publish_seq;
