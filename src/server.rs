@@ -99,6 +99,8 @@ pub struct Server {
     accept_paused_until: Option<Instant>,
     shutdown_deadline: Option<Instant>,
     last_pressure_warning: Option<Instant>,
+    /// When a full store queue was last warned about (rate-limited, see `queue_full`).
+    last_queue_warning: Option<Instant>,
     ping_frame: Bytes,
 }
 
@@ -171,6 +173,7 @@ impl Server {
             accept_paused_until: None,
             shutdown_deadline: None,
             last_pressure_warning: None,
+            last_queue_warning: None,
             ping_frame: websocket::server_frame(OP_PING, WS_PING_PAYLOAD),
         })
     }

@@ -29,6 +29,9 @@ pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// waiter nor leaves a subscriber waiting for its backlog forever.
 const LOST_AFTER: Duration = Duration::from_secs(60);
 
+/// At most one "store queue full" warning per this interval.
+const QUEUE_WARN_EVERY: Duration = Duration::from_secs(60);
+
 /// What waits for a store answer.
 pub(super) enum Waiter {
     /// A publish: `reply` is the HTTP request to answer (none for a WebSocket client publish);
@@ -74,9 +77,25 @@ impl Server {
                 true
             }
             Err(_) => {
-                log::warn!("store queue full; job refused");
+                self.queue_full("job refused");
                 false
             }
+        }
+    }
+
+    /// A job the store's queue had no room for. Under overload this happens for every request,
+    /// so it is a warning at most once a minute (the total is `push_store_rejected_jobs_total`
+    /// in `/metrics`), and debug otherwise.
+    pub(super) fn queue_full(&mut self, what: &str) {
+        let now = Instant::now();
+        if self
+            .last_queue_warning
+            .is_none_or(|t| now.duration_since(t) > QUEUE_WARN_EVERY)
+        {
+            self.last_queue_warning = Some(now);
+            log::warn!("store queue full: {what} (more within a minute are logged at debug)");
+        } else {
+            log::debug!("store queue full: {what}");
         }
     }
 
@@ -196,7 +215,7 @@ impl Server {
             limit: BACKLOG_CHUNK,
         };
         if self.store.submit(job).is_err() {
-            log::warn!("{id}: store queue full; backlog read retried later");
+            self.queue_full(&format!("{id}: backlog read retried later"));
             self.backlog_failed(id, after);
             return;
         }

@@ -272,7 +272,7 @@ impl Server {
                 self.waiting.insert(token, (Instant::now(), waiter));
             }
             Err(_) => {
-                log::warn!("store queue full; channel stats answered from local connections");
+                self.queue_full("channel stats answered from local connections");
                 if let Waiter::V4Stats(plan) = waiter {
                     self.stats_next(plan);
                 }
@@ -290,7 +290,7 @@ impl Server {
                     .insert(token, (Instant::now(), Waiter::V4Stats(plan)));
                 return;
             }
-            log::warn!("store queue full; server stats answered for this instance only");
+            self.queue_full("server stats answered for this instance only");
         }
         self.stats_finish(*plan);
     }
