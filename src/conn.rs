@@ -27,8 +27,9 @@ pub enum Phase {
     /// A long poll held until a message or its timeout.
     Hold(Box<Hold>),
     WebSocket(Box<WsState>),
-    /// A complete request was handed to the store (a publish); its answer is written when the
-    /// store replies. Further input waits unparsed.
+    /// A complete request waits for the store (a publish, an online query, stats); its answer
+    /// is written when the store replies. Pipelined input waits unparsed, and at most
+    /// 64 KiB of it is read (back-pressure).
     Busy,
     /// Writing the last bytes; then the write side is shut and input discarded until EOF or
     /// the deadline.

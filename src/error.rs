@@ -7,8 +7,6 @@ use std::fmt;
 pub enum ApiError {
     /// 4010: subscriber without a valid channel.
     WrongChannelId,
-    /// 4011: storage failure during backlog replay.
-    StorageFailure,
     /// 4012: untrusted publish without a validly signed `priv:pub` item.
     PublicChannelRequired,
     /// 4013: empty or undecodable publish.
@@ -73,7 +71,6 @@ impl ApiError {
     pub fn code(self) -> Option<u16> {
         Some(match self {
             ApiError::WrongChannelId => 4010,
-            ApiError::StorageFailure => 4011,
             ApiError::PublicChannelRequired => 4012,
             ApiError::WrongRequestData => 4013,
             ApiError::CommandNotAllowed => 4014,
@@ -94,7 +91,6 @@ impl ApiError {
     fn text(self) -> &'static str {
         match self {
             ApiError::WrongChannelId => "Wrong Channel Id.",
-            ApiError::StorageFailure => "Couldn't get last messages.",
             ApiError::PublicChannelRequired => "Public Channel Id is Required.",
             ApiError::WrongRequestData => "Wrong Request Data.",
             ApiError::CommandNotAllowed => "Request command is not allowed.",

@@ -5,8 +5,9 @@
 //! complete requests (route, publish, subscribe), expire timers, then flush connections that
 //! got output. A publish is validated and handed to the [`store`] as a job; when the store has
 //! given it an id and kept it, the publisher gets its `200` and the message is fanned out
-//! through the [`registry`]: its v3 frame and its v4 protobuf form ([`v4`]) are each encoded
-//! once and the same bytes go to every subscriber.
+//! through the [`registry`] (with Redis, when its notification comes back, in the global id
+//! order): its v3 frame and its v4 protobuf form ([`v4`]) are each encoded once and the same
+//! bytes are queued to every subscriber, which gets them in one write at the end of the pass.
 #![forbid(unsafe_code)]
 
 pub mod channel;

@@ -104,7 +104,8 @@ fn main() -> ExitCode {
     for (role, addr, _) in server.listening() {
         log::info!("listening on {addr} ({})", role_name(role));
     }
-    // Listeners are bound and the embedded store is ready: systemd may route traffic now.
+    // Listeners are bound: systemd may route traffic now. A Redis store connects in the
+    // background; until it is up, /health and publishes answer 503 rather than blocking start.
     push_server::notify::notify_or_log("READY=1");
     if let Some((key, algo)) = zero_config {
         print_banner(&server, &key, Signer::new(algo, key.as_bytes()));

@@ -1,7 +1,8 @@
 //! Message ids, published messages and the v3 text frame (PROTOCOL.md §5).
 //!
-//! Owns [`Mid`] (26 decimal digits packed in a `u128`), [`MidGen`] (the only minting point,
-//! and the only I/O in this module: one small state file holding the last epoch), and
+//! Owns [`Mid`] (26 decimal digits packed in a `u128`), [`MidGen`] (the embedded store's
+//! minting point; with Redis the publish script mints, see docs/redis.md), the state file
+//! holding the last epoch (the only I/O in this module, shared by both stores), and
 //! [`Message`], the immutable value every receiver shares through an `Arc`. Invariants: ids
 //! minted by this process and by any earlier run on the same state file are unique and
 //! strictly increasing (D5); a message's bytes are never re-encoded, only spliced, and each

@@ -1,9 +1,10 @@
 //! The event loop and everything that crosses connections: accepting, routing complete
 //! requests, publishing and fan-out, subscriptions, timers, flushing and shutdown.
 //!
-//! One loop pass: poll (timeout = nearest deadline) → dispatch events → expire timers → sweep
-//! the store when due → flush connections that got output → resume parked accepts. Output
-//! queued outside a connection's own event (fan-out, timers) is flushed at the end of the pass
+//! One loop pass: poll (timeout = nearest deadline) → dispatch events → act on the store's
+//! answers → expire timers → sweep the store when due → act on answers and flush connections
+//! that got output, until the store is quiet → resume parked accepts. Output queued outside a
+//! connection's own event (fan-out, timers, store answers) is flushed at the end of the pass
 //! through the dirty list, because an edge-triggered socket raises no new event for it.
 
 use std::collections::HashMap;
@@ -54,7 +55,8 @@ const BACKLOG_CHUNK: usize = 200;
 const CLOSE_LINGER: Duration = Duration::from_secs(5);
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
-/// Unparsed input a held long poll may accumulate (pipelined bytes) before it is cut.
+/// Unparsed input a held long poll may accumulate (pipelined bytes) before it is cut; also
+/// what a Busy connection reads ahead before reading stops until the store answers.
 const HOLD_INPUT_CAP: usize = 64 * 1024;
 const WS_PING_PAYLOAD: &[u8] = b"ws ping";
 /// Store drain rounds per loop pass before sockets get their turn again.
@@ -97,6 +99,8 @@ pub struct Server {
     accept_paused_until: Option<Instant>,
     shutdown_deadline: Option<Instant>,
     last_pressure_warning: Option<Instant>,
+    /// When a full store queue was last warned about (rate-limited, see `queue_full`).
+    last_queue_warning: Option<Instant>,
     ping_frame: Bytes,
 }
 
@@ -169,6 +173,7 @@ impl Server {
             accept_paused_until: None,
             shutdown_deadline: None,
             last_pressure_warning: None,
+            last_queue_warning: None,
             ping_frame: websocket::server_frame(OP_PING, WS_PING_PAYLOAD),
         })
     }

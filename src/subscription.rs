@@ -22,12 +22,6 @@ pub struct Subscription {
     pub binary: bool,
 }
 
-impl Subscription {
-    pub fn receiver_ids(&self) -> Vec<ChannelId> {
-        self.receivers.iter().map(|&(c, _)| c).collect()
-    }
-}
-
 pub fn parse(query_string: &[u8], signer: &Signer) -> Result<Subscription, ApiError> {
     let value = query::param(query_string, "CHANNEL_ID").ok_or(ApiError::WrongChannelId)?;
     let items = parse_channel_list(&value, Trust::Subscriber, signer).map_err(

@@ -165,10 +165,7 @@ impl Server {
         ) {
             Err(e) => {
                 log::info!("{id}: publish rejected: {e}");
-                let code = e
-                    .code()
-                    .map_or_else(|| e.status().to_string(), |c| c.to_string());
-                self.metrics.count_publish_error(&code);
+                self.count_error(e);
                 self.respond_error(id, e, persist);
             }
             Ok(receivers) => {
@@ -205,7 +202,7 @@ impl Server {
     }
 
     /// The request waits for a store answer: no input is parsed meanwhile.
-    fn set_busy(&mut self, id: ConnId) {
+    pub(super) fn set_busy(&mut self, id: ConnId) {
         if let Some(conn) = self.conns.get_mut(id) {
             conn.phase = Phase::Busy;
         }
@@ -269,7 +266,9 @@ impl Server {
 
     // ---- publishing ----
 
-    /// Hands `msg` to every connection subscribed to any receiver, once per connection.
+    /// Hands `msg` to every connection subscribed to any receiver, once per connection. Nothing
+    /// is written here: frames are queued and the connections marked dirty, so every message a
+    /// subscriber gets in one pass leaves in one `writev` from [`Server::flush_dirty`].
     pub(super) fn fan_out(&mut self, msg: &Arc<Message>, receivers: &[ChannelId]) {
         self.publish_seq += 1;
         let seq = self.publish_seq;

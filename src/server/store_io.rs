@@ -20,14 +20,17 @@ use crate::websocket;
 
 use super::{BACKLOG_CHUNK, Server};
 
-/// How long a publish may wait for the store before its connection is given up. The stores
-/// answer long before (Redis commands time out well under PHP's 1 s); this only guards against
-/// a lost answer keeping a connection forever.
+/// How long a request (publish, online query, stats) may wait for the store before its
+/// connection is given up. The stores answer long before (Redis commands time out well under
+/// PHP's 1 s); this only guards against a lost answer keeping a connection forever.
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A job unanswered this long counts as failed, so that a lost answer neither leaks its
 /// waiter nor leaves a subscriber waiting for its backlog forever.
 const LOST_AFTER: Duration = Duration::from_secs(60);
+
+/// At most one "store queue full" warning per this interval.
+const QUEUE_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// What waits for a store answer.
 pub(super) enum Waiter {
@@ -74,9 +77,25 @@ impl Server {
                 true
             }
             Err(_) => {
-                log::warn!("store queue full; job refused");
+                self.queue_full("job refused");
                 false
             }
+        }
+    }
+
+    /// A job the store's queue had no room for. Under overload this happens for every request,
+    /// so it is a warning at most once a minute (the total is `push_store_rejected_jobs_total`
+    /// in `/metrics`), and debug otherwise.
+    pub(super) fn queue_full(&mut self, what: &str) {
+        let now = Instant::now();
+        if self
+            .last_queue_warning
+            .is_none_or(|t| now.duration_since(t) > QUEUE_WARN_EVERY)
+        {
+            self.last_queue_warning = Some(now);
+            log::warn!("store queue full: {what} (more within a minute are logged at debug)");
+        } else {
+            log::debug!("store queue full: {what}");
         }
     }
 
@@ -110,12 +129,8 @@ impl Server {
         let receivers = drafts.iter().map(|d| d.receivers.clone()).collect();
         let waiter = Waiter::Publish { reply, receivers };
         if self.submit(|token| Job::Publish { token, drafts }, waiter) {
-            if let Some((id, _)) = reply
-                && let Some(conn) = self.conns.get_mut(id)
-            {
-                conn.phase = Phase::Busy;
-                let at = Instant::now() + BUSY_TIMEOUT;
-                self.set_deadline(id, Some(at));
+            if let Some((id, _)) = reply {
+                self.set_busy(id);
             }
         } else {
             self.refuse_publish(reply);
@@ -200,7 +215,7 @@ impl Server {
             limit: BACKLOG_CHUNK,
         };
         if self.store.submit(job).is_err() {
-            log::warn!("{id}: store queue full; backlog read retried later");
+            self.queue_full(&format!("{id}: backlog read retried later"));
             self.backlog_failed(id, after);
             return;
         }

@@ -26,7 +26,7 @@ use crate::v4::{self, Caller, Command, StatsQuery};
 use crate::websocket::{self, OP_BINARY};
 
 use super::Server;
-use super::store_io::{BUSY_TIMEOUT, Waiter};
+use super::store_io::Waiter;
 
 /// Where a stats answer goes.
 #[derive(Clone, Copy, Debug)]
@@ -158,7 +158,8 @@ impl Server {
         self.respond_error(id, e, persist);
     }
 
-    fn count_error(&mut self, e: ApiError) {
+    /// Counts a rejected publish under its Bitrix code, or its HTTP status without one.
+    pub(super) fn count_error(&mut self, e: ApiError) {
         let code = e
             .code()
             .map_or_else(|| e.status().to_string(), |c| c.to_string());
@@ -254,11 +255,8 @@ impl Server {
                 Command::Publish(_) => {}
             }
         }
-        if let Reply::Http(id, _) = reply
-            && let Some(conn) = self.conns.get_mut(id)
-        {
-            conn.phase = Phase::Busy;
-            self.set_deadline(id, Some(Instant::now() + BUSY_TIMEOUT));
+        if let Reply::Http(id, _) = reply {
+            self.set_busy(id);
         }
         if ask.is_empty() {
             self.stats_next(Box::new(plan));
@@ -274,7 +272,7 @@ impl Server {
                 self.waiting.insert(token, (Instant::now(), waiter));
             }
             Err(_) => {
-                log::warn!("store queue full; channel stats answered from local connections");
+                self.queue_full("channel stats answered from local connections");
                 if let Waiter::V4Stats(plan) = waiter {
                     self.stats_next(plan);
                 }
@@ -292,7 +290,7 @@ impl Server {
                     .insert(token, (Instant::now(), Waiter::V4Stats(plan)));
                 return;
             }
-            log::warn!("store queue full; server stats answered for this instance only");
+            self.queue_full("server stats answered for this instance only");
         }
         self.stats_finish(*plan);
     }

@@ -127,8 +127,9 @@ pub struct StoreStats {
 }
 
 pub trait Store {
-    /// Queues `job`. A full queue hands the job back, and the caller answers "busy" rather
-    /// than waiting (ARCHITECTURE.md rule 8).
+    /// Queues `job`. A full queue hands the job back, and the caller refuses the request
+    /// (503) or degrades (local data only, a later retry) rather than waiting
+    /// (ARCHITECTURE.md rule 8).
     fn submit(&mut self, job: Job) -> Result<(), Job>;
 
     /// Moves every ready answer into `out`, in the order they happened.

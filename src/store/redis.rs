@@ -6,7 +6,8 @@
 //!   `publish.lua`, a backlog one `EVALSHA` of `backlog.lua`), and reconnects with capped,
 //!   jittered back-off when Redis goes away;
 //! * the **subscriber** (`pubsub.rs`) holds the one `PSUBSCRIBE <prefix>pushserver:*` of this
-//!   instance and turns the other instances' notifications into [`Done::Remote`].
+//!   instance and turns every notification, this instance's own included, into
+//!   [`Done::Remote`]: local delivery then follows the one order Redis ran the publishes in.
 //!
 //! Answers go into a channel, then the `mio::Waker` the server gave to [`RedisStore::start`]
 //! wakes the loop, which collects them with [`Store::drain`]. The link is up when both

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use log::{debug, warn};
+use log::{trace, warn};
 use redis::ConnectionInfo;
 
 use super::codec::decode_notification;
@@ -80,7 +80,7 @@ fn session(shared: &Shared, info: &ConnectionInfo, backoff: &mut Backoff) -> Str
                         if !is_own && let Some((m, _)) = batch.last() {
                             shared.see_remote(m.mid);
                         }
-                        debug!(
+                        trace!(
                             "redis: {} message(s) from {}",
                             batch.len(),
                             msg.get_channel_name()

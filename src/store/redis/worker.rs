@@ -51,6 +51,21 @@ struct Scripts {
     backlog: String,
 }
 
+impl Scripts {
+    /// `SCRIPT LOAD`s both scripts in one round trip; Redis answers with their SHA1s.
+    fn load(conn: &mut Connection) -> redis::RedisResult<Scripts> {
+        let (publish, backlog): (String, String) = redis::pipe()
+            .cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(PUBLISH_LUA)
+            .cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(BACKLOG_LUA)
+            .query(conn)?;
+        Ok(Scripts { publish, backlog })
+    }
+}
+
 /// A job in flight, and how many replies of the round are its own.
 enum Pending {
     Publish {
@@ -157,16 +172,9 @@ impl Worker {
         let mut conn = client.get_connection_with_timeout(IO_TIMEOUT)?;
         conn.set_read_timeout(Some(IO_TIMEOUT))?;
         conn.set_write_timeout(Some(IO_TIMEOUT))?;
-        let (publish, backlog): (String, String) = redis::pipe()
-            .cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(PUBLISH_LUA)
-            .cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(BACKLOG_LUA)
-            .query(&mut conn)?;
+        let scripts = Scripts::load(&mut conn)?;
         let latest = self.read_latest(&mut conn)?;
-        Ok((conn, Scripts { publish, backlog }, latest))
+        Ok((conn, scripts, latest))
     }
 
     /// What [`Done::Up`] reports, from the id keys as they are now.
@@ -378,16 +386,7 @@ impl Worker {
         let Some((conn, scripts)) = self.conn.as_mut() else {
             return Err("not connected".into());
         };
-        let (publish, backlog): (String, String) = redis::pipe()
-            .cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(PUBLISH_LUA)
-            .cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(BACKLOG_LUA)
-            .query(conn)
-            .map_err(|e| e.to_string())?;
-        *scripts = Scripts { publish, backlog };
+        *scripts = Scripts::load(conn).map_err(|e| e.to_string())?;
         Ok(())
     }
 
