@@ -406,14 +406,14 @@ impl Server {
             let Some(conn) = self.conns.get_mut(id) else {
                 return;
             };
-            // A Busy connection only buffers what is pipelined behind its request: a little is
-            // enough to keep it going, and the rest waits in the kernel (back-pressure), so an
-            // overloaded store does not make every pipelining publisher cost a full request
-            // buffer here.
-            let cap = if matches!(conn.phase, Phase::Busy) {
-                HOLD_INPUT_CAP
-            } else {
-                request_cap
+            // Read only what the current request needs plus a little read-ahead; the rest waits
+            // in the kernel (back-pressure). Reading a whole request buffer ahead would let a
+            // pipelining publisher park up to MAX_PAYLOAD of requests here while the store is
+            // slow, per connection. A WebSocket message may be MAX_PAYLOAD long.
+            let cap = match &conn.phase {
+                Phase::Request(Some(head)) => head.content_length + HOLD_INPUT_CAP,
+                Phase::WebSocket(_) => request_cap,
+                _ => HOLD_INPUT_CAP.max(self.cfg.limits.max_header_size),
             };
             let was_idle = matches!(conn.phase, Phase::Request(None)) && conn.rbuf.is_empty();
             let state = conn.read_available(&mut self.scratch, cap);
