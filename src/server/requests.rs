@@ -245,22 +245,23 @@ impl Server {
             channels,
             local,
         };
+        // Answered through on_online in every case: everything local (no store job), the
+        // store's answer, or, when the store cannot take the job, from local connections only.
+        let token = self.next_token();
+        self.waiting.insert(token, (Instant::now(), waiter));
+        self.set_busy(id);
         if ask.is_empty() {
-            // Everything is local: answer in this pass through the same path.
-            let token = self.next_token();
-            self.waiting.insert(token, (Instant::now(), waiter));
-            self.set_busy(id);
             self.on_online(token, Ok(Vec::new()));
-        } else if self.submit(
-            |token| Job::Online {
+        } else if self
+            .store
+            .submit(Job::Online {
                 token,
                 channels: ask,
-            },
-            waiter,
-        ) {
-            self.set_busy(id);
-        } else {
-            self.respond_error(id, ApiError::StoreUnavailable, persist);
+            })
+            .is_err()
+        {
+            let e = crate::store::StoreError("store queue full".to_owned());
+            self.on_online(token, Err(e));
         }
     }
 
