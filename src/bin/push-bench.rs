@@ -367,6 +367,43 @@ impl Run {
         Ok(total)
     }
 
+    /// Publishes bodies carrying their send time (ns) to random ids of the run on `sched`,
+    /// showing `what` as progress until the schedule ends. Returns the publisher's outcome and
+    /// the wait's (a fatal worker error or the deadline stops the publisher too).
+    fn publish_timestamped(
+        &mut self,
+        sched: publisher::Schedule,
+        what: &str,
+    ) -> (Result<publisher::Outcome, String>, Result<(), Failure>) {
+        let ids = self.ids.clone();
+        let publ = self.a.publ.clone();
+        let (target, size, pub_conns) = (self.a.target, self.a.size, self.a.pub_conns);
+        let stop = AtomicBool::new(false);
+        let mut rng = Rng::new();
+        std::thread::scope(|s| {
+            let p = s.spawn(|| {
+                publisher::run(
+                    &publ,
+                    sched,
+                    &stop,
+                    target.requests_per_conn(),
+                    pub_conns,
+                    |_, out| {
+                        let ch = &ids[rng.below(ids.len())];
+                        let body = proto::body("{\"t\":", worker::unix_ns(), size);
+                        proto::publish_request(target, ch, &body, out);
+                    },
+                )
+            });
+            let waited = self.wait(what, |_| p.is_finished());
+            stop.store(true, Ordering::Relaxed);
+            let out = p
+                .join()
+                .unwrap_or_else(|_| Err("publisher thread panicked".into()));
+            (out, waited)
+        })
+    }
+
     /// Sleeps in small steps until `done()`; fails on a fatal worker error or the deadline.
     fn wait(&mut self, what: &str, mut done: impl FnMut(&Run) -> bool) -> Result<(), Failure> {
         loop {
@@ -773,46 +810,14 @@ fn latency(run: &mut Run) -> Outcome {
     let n = run.a.conns;
     run.spawn(Mode::Latency, (0..n).collect())?;
     let open_s = run.wait_open(n as u64)?;
-    let ids = run.ids.clone();
-    let size = run.a.size;
-    let publ = run.a.publ.clone();
-    let pub_conns = run.a.pub_conns;
-    let target = run.a.target;
     let sched = publisher::Schedule {
         rate: Some(run.a.rate),
         count: None,
         duration: Some(Duration::from_secs_f64(run.a.duration)),
     };
-    let stop = AtomicBool::new(false);
-    let mut rng = Rng::new();
     let cpu0 = run.cpu()?;
     let host0 = procfs::HostSample::take(run.a.pid);
-    let (pub_out, waited) = std::thread::scope(|s| {
-        let p = s.spawn(|| {
-            publisher::run(
-                &publ,
-                sched,
-                &stop,
-                target.requests_per_conn(),
-                pub_conns,
-                |_, out| {
-                    let ch = &ids[rng.below(ids.len())];
-                    proto::publish_request(
-                        target,
-                        ch,
-                        &proto::body("{\"t\":", worker::unix_ns(), size),
-                        out,
-                    );
-                },
-            )
-        });
-        let waited = run.wait("publishing", |_| p.is_finished());
-        stop.store(true, Ordering::Relaxed);
-        let out = p
-            .join()
-            .unwrap_or_else(|_| Err("publisher thread panicked".into()));
-        (out, waited)
-    });
+    let (pub_out, waited) = run.publish_timestamped(sched, "publishing");
     waited?;
     let po = pub_out?;
     // Drain: wait up to 2 s for the last deliveries.
@@ -841,7 +846,7 @@ fn latency(run: &mut Run) -> Outcome {
     let mut m = run.base();
     m.insert("rate".into(), json!(run.a.rate));
     m.insert("duration_s".into(), json!(run.a.duration));
-    m.insert("size".into(), json!(size));
+    m.insert("size".into(), json!(run.a.size));
     m.insert("published_ok".into(), json!(po.ok));
     m.insert("publish_errors".into(), json!(po.failed));
     m.insert("publish_first_error".into(), json!(po.first_error));
@@ -904,47 +909,15 @@ fn churn(run: &mut Run) -> Outcome {
     let open_s = run.wait_open(n as u64)?;
     run.sleep("letting RSS settle", Duration::from_secs(1))?;
     let rss_start = run.rss()?;
-    let ids = run.ids.clone();
-    let publ = run.a.publ.clone();
-    let pub_conns = run.a.pub_conns;
-    let target = run.a.target;
     let sched = publisher::Schedule {
         rate: Some(run.a.pub_rate),
         count: None,
         duration: Some(Duration::from_secs_f64(run.a.duration)),
     };
-    let stop = AtomicBool::new(false);
-    let mut rng = Rng::new();
-    let size = run.a.size;
     run.shared.churning.store(true, Ordering::Relaxed);
     let opened0 = run.shared.opened.load(Ordering::Relaxed);
     let churn_t0 = Instant::now();
-    let (pub_out, waited) = std::thread::scope(|s| {
-        let p = s.spawn(|| {
-            publisher::run(
-                &publ,
-                sched,
-                &stop,
-                target.requests_per_conn(),
-                pub_conns,
-                |_, out| {
-                    let ch = &ids[rng.below(ids.len())];
-                    proto::publish_request(
-                        target,
-                        ch,
-                        &proto::body("{\"t\":", worker::unix_ns(), size),
-                        out,
-                    );
-                },
-            )
-        });
-        let waited = run.wait("churning", |_| p.is_finished());
-        stop.store(true, Ordering::Relaxed);
-        let out = p
-            .join()
-            .unwrap_or_else(|_| Err("publisher thread panicked".into()));
-        (out, waited)
-    });
+    let (pub_out, waited) = run.publish_timestamped(sched, "churning");
     run.shared.churning.store(false, Ordering::Relaxed);
     let churn_s = churn_t0.elapsed().as_secs_f64();
     waited?;
