@@ -64,6 +64,23 @@ pub struct Frame {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Violation(pub u16);
 
+/// The payload length of the frame at the start of `buf` and where its header's mask or
+/// payload begins (RFC 6455 §5.2): `None` until the length bytes are there. `buf` holds at
+/// least the two first header bytes.
+pub fn payload_len(buf: &[u8]) -> Option<(u64, usize)> {
+    match buf[1] & 0x7F {
+        126 => {
+            let b = buf.get(2..4)?;
+            Some((u64::from(u16::from_be_bytes([b[0], b[1]])), 4))
+        }
+        127 => {
+            let b: [u8; 8] = buf.get(2..10)?.try_into().ok()?;
+            Some((u64::from_be_bytes(b), 10))
+        }
+        n => Some((u64::from(n), 2)),
+    }
+}
+
 /// Tracks a fragmented message across frames so its total size can be limited.
 #[derive(Default)]
 pub struct Reader {
@@ -91,22 +108,8 @@ impl Reader {
             // Clients must mask (RFC 6455 §5.1).
             return Err(Violation(1002));
         }
-        let (len, mut pos) = match buf[1] & 0x7F {
-            126 => {
-                if buf.len() < 4 {
-                    return Ok(None);
-                }
-                (u64::from(u16::from_be_bytes([buf[2], buf[3]])), 4)
-            }
-            127 => {
-                if buf.len() < 10 {
-                    return Ok(None);
-                }
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&buf[2..10]);
-                (u64::from_be_bytes(b), 10)
-            }
-            n => (u64::from(n), 2),
+        let Some((len, mut pos)) = payload_len(buf) else {
+            return Ok(None);
         };
         let is_control = opcode & 0x8 != 0;
         if is_control && (!fin || len > 125) {

@@ -140,22 +140,8 @@ pub fn parse_server_frame(buf: &[u8]) -> Result<Option<Frame>, String> {
     if buf[1] & 0x80 != 0 {
         return Err("server frame is masked".into());
     }
-    let (len, hdr) = match buf[1] & 0x7F {
-        126 => {
-            if buf.len() < 4 {
-                return Ok(None);
-            }
-            (u64::from(u16::from_be_bytes([buf[2], buf[3]])), 4)
-        }
-        127 => {
-            if buf.len() < 10 {
-                return Ok(None);
-            }
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&buf[2..10]);
-            (u64::from_be_bytes(b), 10)
-        }
-        n => (u64::from(n), 2),
+    let Some((len, hdr)) = push_server::websocket::payload_len(buf) else {
+        return Ok(None);
     };
     if len > 64 << 20 {
         return Err(format!("frame of {len} bytes is too large"));
