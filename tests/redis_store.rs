@@ -168,16 +168,16 @@ impl Inst {
     }
 
     fn remote(&mut self) -> Vec<(Arc<Message>, Vec<Receiver>)> {
-        self.wait("Remote", |d| match d {
-            Done::Remote(batch) => Some(batch.clone()),
+        self.wait("Deliver", |d| match d {
+            Done::Deliver(batch) => Some(batch.clone()),
             _ => None,
         })
     }
 
     /// The announced batch that holds `mid` (every instance also hears its own publishes).
     fn remote_with(&mut self, mid: Mid) -> Vec<(Arc<Message>, Vec<Receiver>)> {
-        self.wait("Remote with the id", |d| match d {
-            Done::Remote(batch) if batch.iter().any(|(m, _)| m.mid == mid) => Some(batch.clone()),
+        self.wait("Deliver with the id", |d| match d {
+            Done::Deliver(batch) if batch.iter().any(|(m, _)| m.mid == mid) => Some(batch.clone()),
             _ => None,
         })
     }
@@ -390,7 +390,7 @@ fn ids_increase_across_instances_and_data_loss() {
     let m = a.publish(vec![draft("1", r.clone())])[0].mid;
     all.push(m);
     b.wait("A's id", |d| match d {
-        Done::Remote(batch) if batch.iter().any(|(x, _)| x.mid == m) => Some(()),
+        Done::Deliver(batch) if batch.iter().any(|(x, _)| x.mid == m) => Some(()),
         _ => None,
     });
     let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap();
@@ -472,7 +472,7 @@ fn other_instances_receive_with_receivers_and_sender() {
     assert_eq!(c.remote()[0].0.mid, marker[0].mid);
     c.store.drain(&mut c.got);
     assert!(
-        !c.got.iter().any(|d| matches!(d, Done::Remote(_))),
+        !c.got.iter().any(|d| matches!(d, Done::Deliver(_))),
         "{:?}",
         c.got
     );

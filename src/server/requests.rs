@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use tungstenite::Bytes;
 
-use crate::channel::ChannelId;
 use crate::conn::{Backlog, Conn, Hold, Phase, WsState};
 use crate::error::{ApiError, HttpError, close};
 use crate::http::{Method, RequestHead};
@@ -270,13 +269,13 @@ impl Server {
     /// Hands `msg` to every connection subscribed to any receiver, once per connection. Nothing
     /// is written here: frames are queued and the connections marked dirty, so every message a
     /// subscriber gets in one pass leaves in one `writev` from [`Server::flush_dirty`].
-    pub(super) fn fan_out(&mut self, msg: &Arc<Message>, receivers: &[ChannelId]) {
+    pub(super) fn fan_out(&mut self, msg: &Arc<Message>, receivers: &[Receiver]) {
         self.publish_seq += 1;
         let seq = self.publish_seq;
         let limit = self.cfg.limits.outbox_limit;
         let mut slow: Vec<ConnId> = Vec::new();
         let mut delivered = 0u64;
-        for ch in receivers {
+        for (ch, _) in receivers {
             for &cid in self.registry.subscribers(ch) {
                 let Some(conn) = self.conns.get_mut(cid) else {
                     continue;

@@ -34,12 +34,9 @@ const QUEUE_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// What waits for a store answer.
 pub(super) enum Waiter {
-    /// A publish: `reply` is the HTTP request to answer (none for a WebSocket client publish);
-    /// `receivers` are per draft, for the local fan-out.
-    Publish {
-        reply: Option<(ConnId, Persist)>,
-        receivers: Vec<Vec<Receiver>>,
-    },
+    /// A publish: `reply` is the HTTP request to answer (none for a WebSocket client publish).
+    /// Its messages are delivered from the store's `Done::Deliver`.
+    Publish { reply: Option<(ConnId, Persist)> },
     /// The next backlog chunk of a subscriber, read after `after`: the last id it was sent
     /// (or its `mid`).
     Backlog { conn: ConnId, after: Mid },
@@ -126,8 +123,7 @@ impl Server {
             self.refuse_publish(reply);
             return;
         }
-        let receivers = drafts.iter().map(|d| d.receivers.clone()).collect();
-        let waiter = Waiter::Publish { reply, receivers };
+        let waiter = Waiter::Publish { reply };
         if self.submit(|token| Job::Publish { token, drafts }, waiter) {
             if let Some((id, _)) = reply {
                 self.set_busy(id);
@@ -291,11 +287,10 @@ impl Server {
             }
             Done::Online { token, result } => self.on_online(token, result),
             Done::Stats { token, result } => self.on_stats(token, result),
-            Done::Remote(batch) => {
+            Done::Deliver(batch) => {
                 for (msg, receivers) in batch {
                     self.note_mid(msg.mid);
-                    let ids: Vec<ChannelId> = receivers.iter().map(|r| r.0).collect();
-                    self.fan_out(&msg, &ids);
+                    self.fan_out(&msg, &receivers);
                 }
             }
             Done::Up { latest } => self.on_store_up(latest),
@@ -353,7 +348,7 @@ impl Server {
     }
 
     fn on_published(&mut self, token: Token, result: Result<Vec<Arc<Message>>, StoreError>) {
-        let Some(Waiter::Publish { reply, receivers }) = self.take_waiter(token) else {
+        let Some(Waiter::Publish { reply }) = self.take_waiter(token) else {
             return;
         };
         let reply = reply.filter(|(id, _)| {
@@ -366,18 +361,13 @@ impl Server {
                 if let Some((id, persist)) = reply {
                     self.respond_published(id, persist);
                 }
-                for (msg, to) in msgs.iter().zip(receivers) {
+                // Delivered from the store's Done::Deliver, in the order it minted the ids.
+                for msg in &msgs {
                     self.note_mid(msg.mid);
                     self.stats
                         .count_message(msg.kind.as_deref(), msg.created_ms);
                     self.metrics.messages_published += 1;
-                    log::trace!("published {} to {} receivers", msg.mid, to.len());
-                    // A shared store hands our own messages back in the global id order
-                    // (Done::Remote); delivering them here too would race that order.
-                    if !self.store.shared() {
-                        let ids: Vec<ChannelId> = to.iter().map(|r| r.0).collect();
-                        self.fan_out(msg, &ids);
-                    }
+                    log::trace!("published {}", msg.mid);
                 }
             }
             Err(e) => {

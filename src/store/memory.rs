@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Done, Job, Store, StoreError, StoreStats};
+use super::{Done, Job, Receiver, Store, StoreError, StoreStats};
 use crate::channel::ChannelId;
 use crate::config::StoreConfig;
 use crate::message::{Message, Mid, MidGen};
@@ -201,7 +201,7 @@ impl Store for Embedded {
         let now = Instant::now();
         let done = match job {
             Job::Publish { token, drafts } => {
-                let msgs = drafts
+                let deliver: Vec<(Arc<Message>, Vec<Receiver>)> = drafts
                     .into_iter()
                     .map(|d| {
                         let msg = Arc::new(Message::new(
@@ -214,13 +214,17 @@ impl Store for Embedded {
                         ));
                         let ids: Vec<ChannelId> = d.receivers.iter().map(|r| r.0).collect();
                         self.mem.save(&msg, &ids, now);
-                        msg
+                        (msg, d.receivers)
                     })
                     .collect();
-                Done::Published {
+                let msgs = deliver.iter().map(|(m, _)| Arc::clone(m)).collect();
+                // The answer first, then the delivery: the publisher is answered before the
+                // fan-out, as with Redis.
+                self.done.push(Done::Published {
                     token,
                     result: Ok(msgs),
-                }
+                });
+                Done::Deliver(deliver)
             }
             Job::Backlog {
                 token,

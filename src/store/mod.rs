@@ -56,8 +56,9 @@ pub struct Draft {
 pub enum Job {
     /// Mint ids (strictly increasing, in draft order), keep each message for
     /// `min(expiry, message_ttl)` s or the grace window for expiry 0 (PROTOCOL.md §8.4), and
-    /// announce them to the other instances. Answered by [`Done::Published`] with the
-    /// messages in draft order; on error nothing of the batch is kept or announced.
+    /// announce them to every instance, this one included ([`Done::Deliver`]). Answered by
+    /// [`Done::Published`] with the messages in draft order; on error nothing of the batch is
+    /// kept or announced.
     Publish { token: Token, drafts: Vec<Draft> },
     /// Up to `limit` unexpired messages newer than `after` addressed to any of `receivers`,
     /// ascending by id, each once. Answered by [`Done::Backlog`].
@@ -101,11 +102,11 @@ pub enum Done {
         token: Token,
         result: Result<Vec<String>, StoreError>,
     },
-    /// Messages published through a shared store, this instance's own included, ascending by
-    /// id, each with its receivers. The server delivers them to its local subscribers only.
-    /// A shared store delivers every message this way, so that local delivery follows the one
-    /// global id order; its [`Done::Published`] only answers the publisher.
-    Remote(Vec<(Arc<Message>, Vec<Receiver>)>),
+    /// Messages to deliver to this instance's local subscribers, ascending by id, each with
+    /// its receivers: every message published through the store, by this instance or another.
+    /// Local delivery comes only from here, so it follows the one order in which the store
+    /// minted the ids; [`Done::Published`] only answers the publisher.
+    Deliver(Vec<(Arc<Message>, Vec<Receiver>)>),
     /// The store became usable (at start, or after an outage). `latest` is the newest id
     /// minted so far by any instance (or an id below every future one), used as the
     /// `Last-Message-Id` of a 304 for a poll without `mid`.

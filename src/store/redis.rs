@@ -7,7 +7,7 @@
 //!   jittered back-off when Redis goes away;
 //! * the **subscriber** (`pubsub.rs`) holds the one `PSUBSCRIBE <prefix>pushserver:*` of this
 //!   instance and turns every notification, this instance's own included, into
-//!   [`Done::Remote`]: local delivery then follows the one order Redis ran the publishes in.
+//!   [`Done::Deliver`]: local delivery then follows the one order Redis ran the publishes in.
 //!
 //! Answers go into a channel, then the `mio::Waker` the server gave to [`RedisStore::start`]
 //! wakes the loop, which collects them with [`Store::drain`]. The link is up when both

@@ -85,7 +85,7 @@ fn session(shared: &Shared, info: &ConnectionInfo, backoff: &mut Backoff) -> Str
                             batch.len(),
                             msg.get_channel_name()
                         );
-                        shared.send(Done::Remote(batch));
+                        shared.send(Done::Deliver(batch));
                     }
                     Err(e) => warn!(
                         "redis: undecodable notification on {} ({} bytes): {e}",
