@@ -79,7 +79,12 @@ impl MemoryStore {
 }
 
 impl MemoryStore {
-    pub fn save(&mut self, msg: &Arc<Message>, receivers: &[ChannelId], now: Instant) {
+    pub fn save<'a>(
+        &mut self,
+        msg: &Arc<Message>,
+        receivers: impl IntoIterator<Item = &'a ChannelId>,
+        now: Instant,
+    ) {
         let ttl = if msg.expiry == 0 {
             self.cfg.expiry0_grace
         } else {
@@ -109,9 +114,9 @@ impl MemoryStore {
         self.enforce_byte_cap();
     }
 
-    pub fn backlog(
+    pub fn backlog<'a>(
         &mut self,
-        receivers: &[ChannelId],
+        receivers: impl IntoIterator<Item = &'a ChannelId>,
         after: Mid,
         limit: usize,
         now: Instant,
@@ -134,7 +139,11 @@ impl MemoryStore {
             .collect())
     }
 
-    pub fn touch_online(&mut self, channels: &[ChannelId], now: Instant) {
+    pub fn touch_online<'a>(
+        &mut self,
+        channels: impl IntoIterator<Item = &'a ChannelId>,
+        now: Instant,
+    ) {
         let until = now + Duration::from_secs(u64::from(self.cfg.online_ttl));
         for ch in channels {
             self.online.insert(*ch, until);
@@ -212,8 +221,7 @@ impl Store for Embedded {
                             d.body,
                             d.kind,
                         ));
-                        let ids: Vec<ChannelId> = d.receivers.iter().map(|r| r.0).collect();
-                        self.mem.save(&msg, &ids, now);
+                        self.mem.save(&msg, d.receivers.iter().map(|r| &r.0), now);
                         (msg, d.receivers)
                     })
                     .collect();
@@ -232,15 +240,14 @@ impl Store for Embedded {
                 after,
                 limit,
             } => {
-                let ids: Vec<ChannelId> = receivers.iter().map(|r| r.0).collect();
+                let ids = receivers.iter().map(|r| &r.0);
                 Done::Backlog {
                     token,
-                    result: self.mem.backlog(&ids, after, limit, now),
+                    result: self.mem.backlog(ids, after, limit, now),
                 }
             }
             Job::Touch { channels } => {
-                let ids: Vec<ChannelId> = channels.iter().map(|r| r.0).collect();
-                self.mem.touch_online(&ids, now);
+                self.mem.touch_online(channels.iter().map(|r| &r.0), now);
                 return Ok(());
             }
             Job::Online { token, channels } => Done::Online {
