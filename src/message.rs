@@ -277,13 +277,19 @@ pub struct Message {
     pub body: Bytes,
     /// The v4 `type` (stats only); None for text publishes.
     pub kind: Option<String>,
-    v3: OnceLock<Bytes>,
-    /// The v3 frame wrapped in one WebSocket text frame, built once for all WS subscribers.
-    v3_ws: OnceLock<Bytes>,
-    /// The encoded v4 `OutgoingMessage` (no outer tag), spliced into every v4 batch.
-    v4: OnceLock<Bytes>,
-    /// A one-message v4 `ResponseBatch` in one WebSocket binary frame, for live fan-out.
-    v4_ws: OnceLock<Bytes>,
+    /// The v3 frame, and the same bytes as one WebSocket text frame for all WS subscribers.
+    v3: OnceLock<Framed>,
+    /// The encoded v4 `OutgoingMessage` (no outer tag), spliced into every v4 batch, and a
+    /// one-message v4 `ResponseBatch` of it in one WebSocket binary frame, for live fan-out.
+    v4: OnceLock<Framed>,
+}
+
+/// An encoding and its live WebSocket frame in one allocation: `ws` is
+/// `[frame header][wrapping][payload]` and `payload` its tail, so the payload is held once
+/// whichever of the two is used.
+struct Framed {
+    payload: Bytes,
+    ws: Bytes,
 }
 
 /// Shows the body's length only: bodies may be logged at `trace!` alone, and a stray `{:?}`
@@ -321,9 +327,7 @@ impl Message {
             body,
             kind,
             v3: OnceLock::new(),
-            v3_ws: OnceLock::new(),
             v4: OnceLock::new(),
-            v4_ws: OnceLock::new(),
         }
     }
 
@@ -337,29 +341,24 @@ impl Message {
     /// built on first use and shared afterwards. The body is spliced, never quoted, so a
     /// non-JSON body (the site checker's bare hex) still appears verbatim.
     pub fn v3_frame(&self) -> &Bytes {
-        self.v3.get_or_init(|| self.build_v3())
+        &self.v3.get_or_init(|| self.build_v3()).payload
     }
 
-    /// [`Message::v3_frame`] as one unmasked WebSocket text frame, shared by every subscriber.
+    /// [`Message::v3_frame`] as one unmasked WebSocket text frame, shared by every subscriber
+    /// (the same buffer as the v3 frame).
     pub fn v3_ws_frame(&self) -> &Bytes {
-        self.v3_ws.get_or_init(|| {
-            crate::websocket::server_frame(crate::websocket::OP_TEXT, self.v3_frame())
-        })
+        &self.v3.get_or_init(|| self.build_v3()).ws
     }
 
     /// The encoded v4 `OutgoingMessage` (PROTOCOL.md §6), built on first use and shared.
     pub fn v4_message(&self) -> &Bytes {
-        self.v4
-            .get_or_init(|| Bytes::from(crate::v4::encode_outgoing(self)))
+        &self.v4.get_or_init(|| self.build_v4()).payload
     }
 
     /// A `ResponseBatch` holding only this message, as one unmasked WebSocket binary frame
-    /// shared by every v4 subscriber.
+    /// shared by every v4 subscriber (the same buffer as [`Message::v4_message`]).
     pub fn v4_ws_frame(&self) -> &Bytes {
-        self.v4_ws.get_or_init(|| {
-            let batch = crate::v4::outgoing_batch_from(&[self.v4_message()]);
-            crate::websocket::server_frame(crate::websocket::OP_BINARY, &batch)
-        })
+        &self.v4.get_or_init(|| self.build_v4()).ws
     }
 
     /// The live WebSocket frame for a subscriber in v4 (`binary`) or v3 mode.
@@ -371,8 +370,28 @@ impl Message {
         }
     }
 
-    fn build_v3(&self) -> Bytes {
-        let mut f = Vec::with_capacity(self.body.len() + 160);
+    /// The most heap this message can ever hold for its wire encodings, computed from the
+    /// body (one pass counting `E2` bytes) without building anything: the v3 buffer and the
+    /// v4 buffer are allocated with exactly these capacities when built, so the bound is the
+    /// real allocation (before the allocator's own rounding), not an estimate. The body itself
+    /// is not included.
+    pub fn encodings_bound(&self) -> usize {
+        v3_capacity(&self.body) + v4_capacity(&self.body)
+    }
+
+    /// The heap the encodings built so far hold (at most [`Message::encodings_bound`]).
+    pub fn encodings_built(&self) -> usize {
+        let v3 = self.v3.get().map_or(0, |_| v3_capacity(&self.body));
+        let v4 = self.v4.get().map_or(0, |_| v4_capacity(&self.body));
+        v3 + v4
+    }
+
+    /// The v3 frame after room for its WebSocket header, which is then written right-aligned
+    /// in front of it.
+    fn build_v3(&self) -> Framed {
+        let cap = v3_capacity(&self.body);
+        let mut f = Vec::with_capacity(cap);
+        f.resize(WS_HEAD_MAX, 0);
         f.extend_from_slice(V3_START);
         f.extend_from_slice(b"{\"id\":");
         write_u64(self.mid.counter(), &mut f);
@@ -386,8 +405,109 @@ impl Message {
         splice_v3_body(&self.body, &mut f);
         f.push(b'}');
         f.extend_from_slice(V3_END);
-        Bytes::from(f)
+        debug_assert!(f.len() <= cap, "v3 frame over its bound");
+        let len = f.len() - WS_HEAD_MAX;
+        let head = put_ws_head(&mut f[..WS_HEAD_MAX], crate::websocket::OP_TEXT, len);
+        let all = Bytes::from(f);
+        Framed {
+            payload: all.slice(WS_HEAD_MAX..),
+            ws: all.slice(WS_HEAD_MAX - head..),
+        }
     }
+
+    /// `[WS header][ResponseBatch{Response{OutgoingMessages{` prefixes`][OutgoingMessage]`,
+    /// the prefixes written right-aligned in the room kept in front of the message.
+    fn build_v4(&self) -> Framed {
+        let cap = v4_capacity(&self.body);
+        let mut f = Vec::with_capacity(cap);
+        f.resize(V4_PREFIX_MAX, 0);
+        crate::v4::encode_outgoing_into(self, &mut f);
+        debug_assert!(f.len() <= cap, "v4 message over its bound");
+        let msg_len = f.len() - V4_PREFIX_MAX;
+        // Innermost first: OutgoingMessagesResponse.messages, Response.outgoingMessages,
+        // ResponseBatch.responses, all field 1.
+        let mut at = V4_PREFIX_MAX;
+        let mut len = msg_len;
+        for _ in 0..3 {
+            let mut head = [0u8; 11];
+            let n = field1_head(len, &mut head);
+            at -= n;
+            f[at..at + n].copy_from_slice(&head[..n]);
+            len += n;
+        }
+        let ws = put_ws_head(&mut f[..at], crate::websocket::OP_BINARY, len);
+        let start = at - ws;
+        let all = Bytes::from(f);
+        Framed {
+            payload: all.slice(V4_PREFIX_MAX..),
+            ws: all.slice(start..),
+        }
+    }
+}
+
+/// Room for the longest WebSocket frame header the server writes (no mask): 2, 4 or 10 bytes.
+const WS_HEAD_MAX: usize = 10;
+/// The v3 frame besides its spliced body: 110 bytes of fixed text, the counter (up to 16
+/// digits) and the date (29 characters, up to 37 for years past 9999).
+const V3_HEAD_MAX: usize = 170;
+/// Room in front of the v4 `OutgoingMessage`: the WebSocket header and three field-1 heads
+/// (the tag byte and a varint of up to 10 bytes each).
+const V4_PREFIX_MAX: usize = WS_HEAD_MAX + 3 * 11;
+/// The `OutgoingMessage` besides the body bytes: id 15, the body's tag and length up to 11,
+/// expiry up to 6, created 5, sender up to 22.
+const V4_HEAD_MAX: usize = 64;
+
+/// The capacity the v3 buffer is allocated with: the splice turns each `E2 80 A8`/`A9` into a
+/// 6-byte escape, so each `E2` byte adds at most 3.
+fn v3_capacity(body: &[u8]) -> usize {
+    let e2 = body.iter().filter(|&&b| b == 0xE2).count();
+    WS_HEAD_MAX + V3_HEAD_MAX + body.len() + 3 * e2
+}
+
+/// The capacity the v4 buffer is allocated with.
+fn v4_capacity(body: &[u8]) -> usize {
+    V4_PREFIX_MAX + V4_HEAD_MAX + body.len()
+}
+
+/// Writes the unmasked final-frame header for a `len`-byte payload at the end of `room`
+/// (as `websocket::write_frame` does) and returns its length.
+fn put_ws_head(room: &mut [u8], opcode: u8, len: usize) -> usize {
+    let mut head = [0u8; WS_HEAD_MAX];
+    head[0] = 0x80 | opcode;
+    let n = match len {
+        n if n < 126 => {
+            head[1] = n as u8;
+            2
+        }
+        n if n <= 0xFFFF => {
+            head[1] = 126;
+            head[2..4].copy_from_slice(&(n as u16).to_be_bytes());
+            4
+        }
+        n => {
+            head[1] = 127;
+            head[2..10].copy_from_slice(&(n as u64).to_be_bytes());
+            10
+        }
+    };
+    let end = room.len();
+    room[end - n..].copy_from_slice(&head[..n]);
+    n
+}
+
+/// The head of a length-delimited field 1 (`0a` and the varint length) into `out`; returns
+/// its length.
+fn field1_head(len: usize, out: &mut [u8; 11]) -> usize {
+    out[0] = 0x0a;
+    let mut v = len as u64;
+    let mut i = 1;
+    while v >= 0x80 {
+        out[i] = (v as u8 & 0x7f) | 0x80;
+        v >>= 7;
+        i += 1;
+    }
+    out[i] = v as u8;
+    i + 1
 }
 
 /// IMF-fixdate in GMT, e.g. `Tue, 24 Nov 2026 00:24:41 GMT`.
@@ -662,6 +782,43 @@ mod tests {
         assert!(frame.starts_with("#!NGINXNMS!#{\"id\":12,"), "{frame}");
         assert!(frame.contains("\"tag\":\"007\""), "{frame}");
         assert!(frame.ends_with("\"text\":abc123}#!NGINXNME!#"), "{frame}");
+    }
+
+    #[test]
+    fn ws_frames_share_the_payload_and_match_server_frame() {
+        let line_seps = "\u{2028}".repeat(50_000);
+        let bodies: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            b"{}".to_vec(),
+            vec![b'a'; 200],
+            vec![b'b'; 65_535 - 160],
+            vec![b'c'; 70_000],
+            line_seps.into_bytes(),
+        ];
+        for body in bodies {
+            let msg = Message::new(
+                Mid::new(1_795_479_773, 9_999_999_999_999_999),
+                u64::MAX,
+                7,
+                Sender::Client(ChannelId([3; 16])),
+                Bytes::from(body.clone()),
+                None,
+            );
+            assert_eq!(msg.encodings_built(), 0);
+            let v3 = msg.v3_frame().clone();
+            assert_eq!(msg.encodings_built(), v3_capacity(&body));
+            let want = crate::websocket::server_frame(crate::websocket::OP_TEXT, &v3);
+            assert_eq!(msg.v3_ws_frame(), &want, "body {} bytes", body.len());
+            // One buffer: the frame's tail is the v3 frame itself.
+            let ws = msg.v3_ws_frame();
+            assert_eq!(ws[ws.len() - v3.len()..].as_ptr(), v3.as_ptr());
+            assert!(v3.len() + 10 <= v3_capacity(&body));
+            let v4 = msg.v4_message();
+            let ws4 = msg.v4_ws_frame();
+            assert_eq!(ws4[ws4.len() - v4.len()..].as_ptr(), v4.as_ptr());
+            assert!(ws4.len() <= v4_capacity(&body));
+            assert_eq!(msg.encodings_built(), msg.encodings_bound());
+        }
     }
 
     #[test]

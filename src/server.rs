@@ -51,6 +51,8 @@ const STORE_STARTING: &str = "starting, not connected yet";
 const STATS_PUT_EVERY: Duration = Duration::from_secs(60);
 /// At most this many messages per long-poll answer or backlog WebSocket message (§4.4).
 const BACKLOG_CHUNK: usize = 200;
+/// At most about this many body bytes per backlog chunk (always at least one message).
+pub(crate) const BACKLOG_CHUNK_BYTES: usize = 1 << 20;
 /// How long a closing connection may take to drain its last bytes and see the peer's FIN.
 const CLOSE_LINGER: Duration = Duration::from_secs(5);
 const SWEEP_EVERY: Duration = Duration::from_secs(5);

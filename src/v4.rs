@@ -212,14 +212,33 @@ fn sender(s: Sender) -> proto::Sender {
 /// The encoded `OutgoingMessage` of `msg` (no outer tag): 13-byte id, body, expiry, `created`
 /// in seconds (fixed32, identical for every subscriber, D7) and the mandatory `sender`.
 pub fn encode_outgoing(msg: &Message) -> Vec<u8> {
-    proto::OutgoingMessage {
+    let mut out = Vec::new();
+    encode_outgoing_into(msg, &mut out);
+    out
+}
+
+/// [`encode_outgoing`] appended to `out`, without a copy of the body on the way: the fields
+/// without the body are encoded by prost, and the body field (2) is put in after the id field
+/// (1, always 15 bytes), which is where prost's tag order would have written it.
+pub fn encode_outgoing_into(msg: &Message, out: &mut Vec<u8>) {
+    let rest = proto::OutgoingMessage {
         id: msg.mid.to_binary().to_vec(),
-        body: msg.body.to_vec(),
+        body: Vec::new(),
         expiry: msg.expiry,
         created: msg.created_secs(),
         sender: Some(sender(msg.sender)),
     }
-    .encode_to_vec()
+    .encode_to_vec();
+    const ID_FIELD: usize = 2 + 13;
+    out.reserve(rest.len() + 11 + msg.body.len());
+    out.extend_from_slice(&rest[..ID_FIELD]);
+    // proto3: an empty body is not encoded at all.
+    if !msg.body.is_empty() {
+        out.push(0x12);
+        encode_varint(msg.body.len() as u64, out);
+        out.extend_from_slice(&msg.body);
+    }
+    out.extend_from_slice(&rest[ID_FIELD..]);
 }
 
 /// Field 1, length-delimited: the tag byte `0a` and the varint length.
@@ -558,6 +577,38 @@ mod tests {
         assert_eq!(&frame[..2], &[0x82, 83]);
         assert_eq!(&frame[2..], &want[..]);
         assert_eq!(frame.as_ptr(), msg.v4_ws_frame().as_ptr());
+    }
+
+    #[test]
+    fn outgoing_without_body_copy_equals_prost_encoding() {
+        let bodies: [&[u8]; 4] = [b"", b"{}", &[b'x'; 200], &[7u8; 70_000]];
+        for body in bodies {
+            for (expiry, sender) in [(0, Sender::Backend), (86400, Sender::Client(ChannelId([9; 16])))] {
+                let msg = Message::new(
+                    Mid::new(1_795_479_773, 1234),
+                    1_795_479_773_999,
+                    expiry,
+                    sender,
+                    Bytes::copy_from_slice(body),
+                    None,
+                );
+                let want = proto::OutgoingMessage {
+                    id: msg.mid.to_binary().to_vec(),
+                    body: body.to_vec(),
+                    expiry,
+                    created: msg.created_secs(),
+                    sender: Some(super::sender(sender)),
+                }
+                .encode_to_vec();
+                assert_eq!(encode_outgoing(&msg), want, "body {} bytes", body.len());
+                assert_eq!(&msg.v4_message()[..], &want[..]);
+                let frame = crate::websocket::server_frame(
+                    crate::websocket::OP_BINARY,
+                    &outgoing_batch_from(&[&want]),
+                );
+                assert_eq!(msg.v4_ws_frame(), &frame);
+            }
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use push_server::config::StoreConfig;
 use push_server::message::{Message, Mid, Sender, now_ms};
 use push_server::registry::Kind;
 use push_server::store::redis::{RedisOptions, RedisStore, Target};
-use push_server::store::{Done, Draft, Job, Receiver, Store};
+use push_server::store::{BacklogChunk, Done, Draft, Job, Receiver, Store};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -110,17 +110,38 @@ impl Inst {
         self.next_token
     }
 
+    /// The published messages as the subscribers get them: the answer carries only the ids
+    /// (with the kind and time, checked here), the rest is the drafts'.
     fn publish_result(&mut self, drafts: Vec<Draft>) -> Result<Vec<Arc<Message>>, String> {
         let token = self.token();
         self.store
-            .submit(Job::Publish { token, drafts })
+            .submit(Job::Publish {
+                token,
+                drafts: drafts.clone(),
+            })
             .expect("queue has room");
-        self.wait("Published", |d| match d {
+        let minted = self.wait("Published", |d| match d {
             Done::Published { token: t, result } if *t == token => {
                 Some(result.clone().map_err(|e| e.0))
             }
             _ => None,
-        })
+        })?;
+        assert_eq!(minted.len(), drafts.len());
+        Ok(minted
+            .into_iter()
+            .zip(drafts)
+            .map(|(m, d)| {
+                assert_eq!((&m.kind, m.created_ms), (&d.kind, d.created_ms));
+                Arc::new(Message::new(
+                    m.mid,
+                    m.created_ms,
+                    d.expiry,
+                    d.sender,
+                    d.body,
+                    m.kind,
+                ))
+            })
+            .collect())
     }
 
     fn publish(&mut self, drafts: Vec<Draft>) -> Vec<Arc<Message>> {
@@ -128,6 +149,16 @@ impl Inst {
     }
 
     fn backlog(&mut self, receivers: Vec<Receiver>, after: Mid, limit: usize) -> Vec<Arc<Message>> {
+        self.backlog_chunk(receivers, after, limit, 1 << 20).msgs
+    }
+
+    fn backlog_chunk(
+        &mut self,
+        receivers: Vec<Receiver>,
+        after: Mid,
+        limit: usize,
+        max_bytes: usize,
+    ) -> BacklogChunk {
         let token = self.token();
         self.store
             .submit(Job::Backlog {
@@ -135,6 +166,7 @@ impl Inst {
                 receivers,
                 after,
                 limit,
+                max_bytes,
             })
             .unwrap();
         self.wait("Backlog", |d| match d {
@@ -274,6 +306,60 @@ fn batch_of_100_is_one_round_trip_and_backlog_another() {
     // Both sets of an id are read, whatever the kind asked for (as the embedded store does).
     let got = a.backlog(vec![(ch(2), Kind::Private)], Mid::new(0, 0), 5);
     assert_eq!(mids(&got), want);
+}
+
+/// A backlog read stops before the value that would take it past `max_bytes` (stored
+/// sizes, read with STRLEN before any GET) or at `limit`, returns at least one message, and
+/// says whether more is stored; expired messages neither come nor count as more.
+#[test]
+fn backlog_chunks_are_capped_in_bytes_and_say_whether_more_is_left() {
+    let redis = Redis::start();
+    let mut a = Inst::up(&redis.sock);
+    let r = vec![(ch(1), Kind::Private), (ch(2), Kind::Public)];
+    let msgs = a.publish(
+        (0..10)
+            .map(|i| draft(&"x".repeat(10_000), vec![r[i % 2]]))
+            .collect(),
+    );
+    let mut c = redis.conn();
+    let stored = |c: &mut redis::Connection, m: &Arc<Message>| -> usize {
+        let key = [b"message:".as_slice(), &m.mid.to_binary()].concat();
+        redis::cmd("STRLEN").arg(&key).query(c).unwrap()
+    };
+    let one = stored(&mut c, &msgs[0]);
+    assert!(one > 10_000 && one < 10_100, "{one}");
+    let zero = Mid::new(0, 0);
+    let chunk = a.backlog_chunk(r.clone(), zero, 200, 3 * one);
+    assert_eq!((mids(&chunk.msgs), chunk.more), (mids(&msgs[..3]), true));
+    let chunk = a.backlog_chunk(r.clone(), zero, 200, 3 * one - 1);
+    assert_eq!((mids(&chunk.msgs), chunk.more), (mids(&msgs[..2]), true));
+    // The first always comes, however small the bound.
+    let chunk = a.backlog_chunk(r.clone(), msgs[4].mid, 200, 1);
+    assert_eq!((mids(&chunk.msgs), chunk.more), (mids(&msgs[5..6]), true));
+    let chunk = a.backlog_chunk(r.clone(), zero, 4, usize::MAX >> 12);
+    assert_eq!((mids(&chunk.msgs), chunk.more), (mids(&msgs[..4]), true));
+    // Exactly the rest: no more. Expired (deleted) ones at the end do not count as more.
+    let chunk = a.backlog_chunk(r.clone(), msgs[5].mid, 4, 1 << 20);
+    assert_eq!((mids(&chunk.msgs), chunk.more), (mids(&msgs[6..]), false));
+    for m in &msgs[8..] {
+        let key = [b"message:".as_slice(), &m.mid.to_binary()].concat();
+        let _: i64 = redis::cmd("DEL").arg(&key).query(&mut c).unwrap();
+    }
+    let chunk = a.backlog_chunk(r.clone(), msgs[5].mid, 2, 1 << 20);
+    assert_eq!((mids(&chunk.msgs), chunk.more), (mids(&msgs[6..8]), false));
+    // Chunk after chunk: everything once, in order, each chunk within its bound.
+    let (mut after, mut got) = (zero, Vec::new());
+    loop {
+        let chunk = a.backlog_chunk(r.clone(), after, 200, 25_000);
+        assert!(!chunk.msgs.is_empty() || !chunk.more);
+        assert!(chunk.msgs.len() <= 2);
+        got.extend(mids(&chunk.msgs));
+        after = chunk.msgs.last().map_or(after, |m| m.mid);
+        if !chunk.more {
+            break;
+        }
+    }
+    assert_eq!(got, mids(&msgs[..8]));
 }
 
 #[test]
@@ -590,6 +676,7 @@ fn outage_fails_fast_and_recovers() {
             receivers: r.clone(),
             after: Mid::new(0, 0),
             limit: 10,
+            max_bytes: 1 << 20,
         })
         .unwrap();
     a.wait("backlog error", |d| match d {
@@ -1014,6 +1101,7 @@ fn a_burst_of_mixed_jobs_is_answered_once_each_in_order() {
                 receivers: r.clone(),
                 after: Mid::new(0, 0),
                 limit: 1,
+                max_bytes: 1 << 20,
             },
         };
         a.store.submit(job).unwrap();

@@ -15,10 +15,10 @@ use crate::message::{Message, Mid, now_ms};
 use crate::response::{self, Persist};
 use crate::slab::ConnId;
 use crate::stats;
-use crate::store::{Done, Draft, Job, Receiver, StoreError, Token};
+use crate::store::{BacklogChunk, Done, Draft, Job, Minted, Receiver, StoreError, Token};
 use crate::websocket;
 
-use super::{BACKLOG_CHUNK, Server};
+use super::{BACKLOG_CHUNK, BACKLOG_CHUNK_BYTES, Server};
 
 /// How long a request (publish, online query, stats) may wait for the store before its
 /// connection is given up. The stores answer long before (Redis commands time out well under
@@ -209,6 +209,7 @@ impl Server {
             receivers,
             after,
             limit: BACKLOG_CHUNK,
+            max_bytes: BACKLOG_CHUNK_BYTES,
         };
         if self.store.submit(job).is_err() {
             self.queue_full(&format!("{id}: backlog read retried later"));
@@ -347,7 +348,7 @@ impl Server {
         }
     }
 
-    fn on_published(&mut self, token: Token, result: Result<Vec<Arc<Message>>, StoreError>) {
+    fn on_published(&mut self, token: Token, result: Result<Vec<Minted>, StoreError>) {
         let Some(Waiter::Publish { reply }) = self.take_waiter(token) else {
             return;
         };
@@ -377,7 +378,7 @@ impl Server {
         }
     }
 
-    fn on_backlog(&mut self, token: Token, result: Result<Vec<Arc<Message>>, StoreError>) {
+    fn on_backlog(&mut self, token: Token, result: Result<BacklogChunk, StoreError>) {
         let Some(Waiter::Backlog { conn: id, after }) = self.take_waiter(token) else {
             return;
         };
@@ -386,7 +387,7 @@ impl Server {
         };
         match &mut conn.phase {
             Phase::Hold(hold) if hold.backlog == Backlog::Pending(token) => match result {
-                Ok(msgs) if msgs.len() >= BACKLOG_CHUNK => {
+                Ok(BacklogChunk { msgs, more: true }) => {
                     // More is stored after this chunk: answer it alone, now. A live message
                     // in the same answer (already parked, or arriving before the end of the
                     // pass) would move the client's mid past the unread rest; the live ones
@@ -395,7 +396,7 @@ impl Server {
                     hold.backlog = Backlog::Done;
                     self.finish_hold(id, false);
                 }
-                Ok(msgs) => {
+                Ok(BacklogChunk { msgs, .. }) => {
                     hold.pending.extend(msgs);
                     hold.backlog = Backlog::Done;
                     if !hold.pending.is_empty() {
@@ -408,11 +409,11 @@ impl Server {
                 }
             },
             Phase::WebSocket(ws) if ws.backlog == Backlog::Pending(token) => match result {
-                Ok(msgs) => {
+                Ok(BacklogChunk { msgs, more }) => {
                     // Parked messages at or below the last id already sent went out with an
                     // earlier chunk (D8: only the buffered messages above it follow).
                     ws.parked.retain(|m| m.mid > after);
-                    if msgs.len() >= BACKLOG_CHUNK {
+                    if more {
                         // More to read: this chunk goes now, live ones stay parked.
                         let receivers = ws.sub.receivers.clone();
                         let last = msgs.last().map_or(after, |m| m.mid);

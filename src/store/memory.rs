@@ -2,26 +2,57 @@
 //! into it, and an expiry queue.
 //!
 //! Memory is bounded three ways: messages expire (at most `message_ttl`), each channel keeps at
-//! most `channel_history` ids, and the stored bodies never exceed `max_bytes` (oldest evicted
-//! first). Channels whose messages are all gone are dropped by the sweep, so a stream of
-//! short-lived channels leaves nothing behind.
+//! most `channel_history` ids, and what the stored messages can hold never exceeds `max_bytes`
+//! (`STORE_MAX_BYTES`, oldest evicted first). Channels whose messages are all gone are dropped
+//! by the sweep, so a stream of short-lived channels leaves nothing behind.
+//!
+//! # What a message is charged (docs/memory.md)
+//!
+//! A stored [`Message`] holds its body and, once a subscriber of that format needed them, its
+//! wire encodings: the v3 frame with its WebSocket frame in one buffer, and the v4
+//! `OutgoingMessage` with its one-message WebSocket batch in another
+//! ([`Message::encodings_bound`]). Each message is charged, when it is saved, the body, both
+//! encoding buffers at the exact capacities they are allocated with if they are ever built,
+//! and a fixed estimate of the bookkeeping (the `Message` and its `Arc`, the map, expiry-queue
+//! and history entries), whether or not anything gets built. So the count, and the cap, bound
+//! what the store keeps alive in the worst case (every message read in both protocols), and
+//! the publish path stays as it was: no hook when an encoding is built, no per-subscriber
+//! work, one pass over the body to count the bytes the v3 splice may widen. The price is
+//! that a store whose messages are only ever read in one format (or not at all) holds fewer
+//! of them than the cap would allow: about a third of the cap in bodies.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Done, Job, Receiver, Store, StoreError, StoreStats};
+use super::{BacklogChunk, Done, Job, Minted, Receiver, Store, StoreError, StoreStats};
 use crate::channel::ChannelId;
 use crate::config::StoreConfig;
 use crate::message::{Message, Mid, MidGen};
 
-/// Bookkeeping bytes charged per stored message on top of its body.
-const OVERHEAD: usize = 128;
+/// Bookkeeping charged per stored message besides its body, its encodings, the `Message`
+/// struct and its `kind`: the `Arc` counts, the allocations behind the shared `Bytes` (one per
+/// encoding buffer), the map and expiry-queue entries, and allocator rounding.
+const OVERHEAD: usize = 192;
+/// Charged per receiver: its id in the channel's history deque (16 bytes, with slack).
+const PER_RECEIVER: usize = 32;
+
+/// What [`MemoryStore::save`] charges for `msg` stored for `receivers` receivers.
+fn charge(msg: &Message, receivers: usize) -> usize {
+    msg.body.len()
+        + msg.encodings_bound()
+        + std::mem::size_of::<Message>()
+        + msg.kind.as_ref().map_or(0, String::len)
+        + OVERHEAD
+        + PER_RECEIVER * receivers
+}
 
 struct Stored {
     msg: Arc<Message>,
     expires: Instant,
+    /// What this message adds to `bytes` (see [`charge`]).
+    charged: usize,
 }
 
 #[derive(Default)]
@@ -55,12 +86,13 @@ impl MemoryStore {
 
     pub fn set_config(&mut self, cfg: StoreConfig) {
         self.cfg = cfg;
+        self.enforce_byte_cap();
     }
 
     fn remove(&mut self, mid: Mid) -> bool {
         match self.messages.remove(&mid) {
             Some(s) => {
-                self.bytes -= s.msg.body.len() + OVERHEAD;
+                self.bytes -= s.charged;
                 true
             }
             None => false,
@@ -90,7 +122,9 @@ impl MemoryStore {
         } else {
             msg.expiry.min(self.cfg.message_ttl)
         };
+        let mut count = 0;
         for ch in receivers {
+            count += 1;
             let h = self.channels.entry(*ch).or_default();
             h.ids.push_back(msg.mid);
             if h.ids.len() > self.cfg.channel_history {
@@ -102,12 +136,14 @@ impl MemoryStore {
             return;
         }
         let expires = now + Duration::from_secs(u64::from(ttl));
-        self.bytes += msg.body.len() + OVERHEAD;
+        let charged = charge(msg, count);
+        self.bytes += charged;
         self.messages.insert(
             msg.mid,
             Stored {
                 msg: Arc::clone(msg),
                 expires,
+                charged,
             },
         );
         self.expiry.push(Reverse((expires, msg.mid)));
@@ -119,8 +155,9 @@ impl MemoryStore {
         receivers: impl IntoIterator<Item = &'a ChannelId>,
         after: Mid,
         limit: usize,
+        max_bytes: usize,
         now: Instant,
-    ) -> Result<Vec<Arc<Message>>, StoreError> {
+    ) -> Result<BacklogChunk, StoreError> {
         let mut ids: Vec<Mid> = Vec::new();
         for ch in receivers {
             if let Some(h) = self.channels.get(ch) {
@@ -130,13 +167,22 @@ impl MemoryStore {
         }
         ids.sort_unstable();
         ids.dedup();
-        Ok(ids
+        let mut chunk = BacklogChunk::default();
+        let mut bytes = 0;
+        let live = ids
             .into_iter()
             .filter_map(|mid| self.messages.get(&mid))
-            .filter(|s| s.expires > now)
-            .take(limit)
-            .map(|s| Arc::clone(&s.msg))
-            .collect())
+            .filter(|s| s.expires > now);
+        for s in live {
+            let len = s.msg.body.len();
+            if chunk.msgs.len() >= limit || (!chunk.msgs.is_empty() && bytes + len > max_bytes) {
+                chunk.more = true;
+                break;
+            }
+            bytes += len;
+            chunk.msgs.push(Arc::clone(&s.msg));
+        }
+        Ok(chunk)
     }
 
     pub fn touch_online<'a>(
@@ -225,12 +271,19 @@ impl Store for Embedded {
                         (msg, d.receivers)
                     })
                     .collect();
-                let msgs = deliver.iter().map(|(m, _)| Arc::clone(m)).collect();
+                let minted = deliver
+                    .iter()
+                    .map(|(m, _)| Minted {
+                        mid: m.mid,
+                        kind: m.kind.clone(),
+                        created_ms: m.created_ms,
+                    })
+                    .collect();
                 // The answer first, then the delivery: the publisher is answered before the
                 // fan-out, as with Redis.
                 self.done.push(Done::Published {
                     token,
-                    result: Ok(msgs),
+                    result: Ok(minted),
                 });
                 Done::Deliver(deliver)
             }
@@ -239,11 +292,12 @@ impl Store for Embedded {
                 receivers,
                 after,
                 limit,
+                max_bytes,
             } => {
                 let ids = receivers.iter().map(|r| &r.0);
                 Done::Backlog {
                     token,
-                    result: self.mem.backlog(ids, after, limit, now),
+                    result: self.mem.backlog(ids, after, limit, max_bytes, now),
                 }
             }
             Job::Touch { channels } => {
@@ -321,6 +375,10 @@ mod tests {
         ))
     }
 
+    fn mids(chunk: &BacklogChunk) -> Vec<u64> {
+        chunk.msgs.iter().map(|m| m.mid.counter()).collect()
+    }
+
     #[test]
     fn backlog_merges_channels_once_in_order() {
         let mut s = MemoryStore::new(cfg());
@@ -329,13 +387,11 @@ mod tests {
         s.save(&msg(1, 100), &[a], now);
         s.save(&msg(2, 100), &[a, b], now);
         s.save(&msg(3, 100), &[b], now);
-        let got: Vec<u64> = s
-            .backlog(&[a, b], Mid::new(1795479773, 1), 200, now)
-            .unwrap()
-            .iter()
-            .map(|m| m.mid.counter())
-            .collect();
-        assert_eq!(got, vec![2, 3]);
+        let got = s
+            .backlog(&[a, b], Mid::new(1795479773, 1), 200, usize::MAX, now)
+            .unwrap();
+        assert_eq!(mids(&got), vec![2, 3]);
+        assert!(!got.more);
     }
 
     #[test]
@@ -346,9 +402,10 @@ mod tests {
         s.save(&msg(1, 0), &[a], now);
         s.save(&msg(2, 120), &[a], now);
         let zero = Mid::new(0, 0);
-        assert_eq!(s.backlog(&[a], zero, 200, now).unwrap().len(), 2);
+        let read = |s: &mut MemoryStore, at| s.backlog(&[a], zero, 200, usize::MAX, at).unwrap();
+        assert_eq!(read(&mut s, now).msgs.len(), 2);
         let later = now + Duration::from_secs(61);
-        assert_eq!(s.backlog(&[a], zero, 200, later).unwrap().len(), 1);
+        assert_eq!(read(&mut s, later).msgs.len(), 1);
         s.sweep(now + Duration::from_secs(121));
         assert_eq!(s.stats(), StoreStats::default());
     }
@@ -361,11 +418,182 @@ mod tests {
         for i in 1..=10 {
             s.save(&msg(i, 100), &[a], now);
         }
-        let got = s.backlog(&[a], Mid::new(0, 0), 200, now).unwrap();
-        assert_eq!(got.len(), 3, "per-channel history cap");
+        let got = s.backlog(&[a], Mid::new(0, 0), 200, usize::MAX, now).unwrap();
+        assert_eq!(got.msgs.len(), 3, "per-channel history cap");
         for i in 0..1000u64 {
             s.save(&msg(100 + i, 100), &[ChannelId([i as u8; 16])], now);
         }
         assert!(s.stats().bytes <= 10_000);
+    }
+
+    fn big(counter: u64, len: usize) -> Arc<Message> {
+        // Some U+2028 line separators, which the v3 splice widens.
+        let mut body = vec![b'x'; len];
+        for chunk in body.chunks_mut(1000).filter(|c| c.len() >= 3) {
+            chunk[..3].copy_from_slice("\u{2028}".as_bytes());
+        }
+        Arc::new(Message::new(
+            Mid::new(1795479773, counter),
+            1_795_479_881_123,
+            3600,
+            Sender::Client(ChannelId([5; 16])),
+            Bytes::from(body),
+            Some("im_message".into()),
+        ))
+    }
+
+    /// The count covers the body and every encoding a message can hold, and the cap holds
+    /// on that sum.
+    #[test]
+    fn bytes_cover_bodies_and_every_encoding() {
+        let cap = 8 << 20;
+        let mut s = MemoryStore::new(StoreConfig {
+            max_bytes: cap,
+            channel_history: 1000,
+            ..cfg()
+        });
+        let now = Instant::now();
+        let a = ChannelId([1; 16]);
+        let mut all = Vec::new();
+        for i in 1..=40 {
+            let m = big(i, 300_000 + i as usize);
+            s.save(&m, &[a], now);
+            all.push(m);
+        }
+        let kept = s.backlog(&[a], Mid::new(0, 0), 1000, usize::MAX, now).unwrap();
+        assert!(kept.msgs.len() < 40, "the cap evicted the oldest");
+        assert_eq!(kept.msgs.last().unwrap().mid.counter(), 40);
+        let mut real = 0;
+        for m in &kept.msgs {
+            // What every subscriber kind would make it build.
+            let built = [m.v3_frame(), m.v3_ws_frame(), m.v4_message(), m.v4_ws_frame()];
+            // The payloads are tails of the frames' buffers: held once.
+            assert!(built[1].ends_with(built[0]) && built[3].ends_with(built[2]));
+            real += m.body.len() + built[1].len() + built[3].len();
+            assert!(m.encodings_built() >= built[1].len() + built[3].len());
+        }
+        let counted = s.stats().bytes;
+        assert!(counted >= real, "counted {counted} < real {real}");
+        assert!(counted <= cap, "counted {counted} > cap {cap}");
+        // Bodies alone would have let the store keep every message.
+        assert!(kept.msgs.len() * 300_040 < cap / 2);
+        // Removing them gives back exactly what they were charged.
+        s.sweep(now + Duration::from_secs(3601));
+        assert_eq!(s.stats().bytes, 0);
+        drop(all);
+    }
+
+    #[test]
+    fn lowering_the_cap_evicts_at_once() {
+        let mut s = MemoryStore::new(StoreConfig {
+            max_bytes: 4 << 20,
+            ..cfg()
+        });
+        let now = Instant::now();
+        for i in 1..=6 {
+            s.save(&big(i, 200_000), &[ChannelId([i as u8; 16])], now);
+        }
+        assert_eq!(s.stats().messages, 6);
+        s.set_config(StoreConfig {
+            max_bytes: 1 << 20,
+            ..cfg()
+        });
+        assert!(s.stats().bytes <= 1 << 20);
+        assert!(s.stats().messages < 6);
+    }
+
+    #[test]
+    fn backlog_chunks_stop_at_limit_or_bytes() {
+        let mut s = MemoryStore::new(StoreConfig {
+            max_bytes: 64 << 20,
+            channel_history: 1000,
+            ..cfg()
+        });
+        let now = Instant::now();
+        let (a, b) = (ChannelId([1; 16]), ChannelId([2; 16]));
+        for i in 1..=10 {
+            s.save(&big(i, 1000 * i as usize), &[if i % 2 == 0 { a } else { b }], now);
+        }
+        // An expired message is neither returned nor counted as "more".
+        s.save(&msg(11, 0), &[a], now);
+        let later = now + Duration::from_secs(61);
+        let zero = Mid::new(0, 0);
+        let read = |s: &mut MemoryStore, after, limit, max| {
+            s.backlog(&[a, b], after, limit, max, later).unwrap()
+        };
+        // Bodies 1000, 2000, ...: 1000 + 2000 + 3000 fit in 6000, the 4000 does not.
+        let c = read(&mut s, zero, 200, 6000);
+        assert_eq!((mids(&c), c.more), (vec![1, 2, 3], true));
+        let c = read(&mut s, zero, 200, 5999);
+        assert_eq!((mids(&c), c.more), (vec![1, 2], true));
+        // The first message always comes, however large.
+        let c = read(&mut s, Mid::new(1795479773, 9), 200, 10);
+        assert_eq!((mids(&c), c.more), (vec![10], false));
+        let c = read(&mut s, Mid::new(1795479773, 8), 200, 10);
+        assert_eq!((mids(&c), c.more), (vec![9], true));
+        // The count limit.
+        let c = read(&mut s, zero, 4, usize::MAX);
+        assert_eq!((mids(&c), c.more), (vec![1, 2, 3, 4], true));
+        // Exactly what is left: no "more".
+        let c = read(&mut s, Mid::new(1795479773, 6), 4, usize::MAX);
+        assert_eq!((mids(&c), c.more), (vec![7, 8, 9, 10], false));
+        let c = read(&mut s, Mid::new(1795479773, 10), 4, usize::MAX);
+        assert_eq!((mids(&c), c.more), (vec![], false));
+        // Reading chunk after chunk gives everything once, in order.
+        let (mut after, mut got) = (zero, Vec::new());
+        loop {
+            let c = read(&mut s, after, 200, 9000);
+            got.extend(mids(&c));
+            after = c.msgs.last().map_or(after, |m| m.mid);
+            if !c.more {
+                break;
+            }
+        }
+        assert_eq!(got, (1..=10).collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn published_answer_carries_ids_only() {
+        let mut e = Embedded::new(cfg(), MidGen::in_memory(1795479773));
+        let draft = |kind: Option<&str>| super::super::Draft {
+            body: Bytes::from_static(b"{}"),
+            expiry: 100,
+            sender: Sender::Backend,
+            kind: kind.map(str::to_owned),
+            receivers: vec![(ChannelId([1; 16]), crate::registry::Kind::Private)],
+            created_ms: 1234,
+        };
+        let job = Job::Publish {
+            token: 7,
+            drafts: vec![draft(Some("im_x")), draft(None)],
+        };
+        assert!(e.submit(job).is_ok());
+        let mut out = Vec::new();
+        e.drain(&mut out);
+        let minted = out.iter().find_map(|d| match d {
+            Done::Published { token: 7, result } => Some(result.clone().unwrap()),
+            _ => None,
+        });
+        let m = |c, kind: Option<&str>| Minted {
+            mid: Mid::new(1795479773, c),
+            kind: kind.map(str::to_owned),
+            created_ms: 1234,
+        };
+        assert_eq!(minted, Some(vec![m(1, Some("im_x")), m(2, None)]));
+        let job = Job::Backlog {
+            token: 8,
+            receivers: vec![(ChannelId([1; 16]), crate::registry::Kind::Private)],
+            after: Mid::new(0, 0),
+            limit: 1,
+            max_bytes: 1 << 20,
+        };
+        assert!(e.submit(job).is_ok());
+        out.clear();
+        e.drain(&mut out);
+        assert!(matches!(
+            &out[..],
+            [Done::Backlog { token: 8, result: Ok(BacklogChunk { msgs, more: true }) }]
+                if msgs.len() == 1
+        ));
     }
 }

@@ -57,16 +57,21 @@ pub enum Job {
     /// Mint ids (strictly increasing, in draft order), keep each message for
     /// `min(expiry, message_ttl)` s or the grace window for expiry 0 (PROTOCOL.md §8.4), and
     /// announce them to every instance, this one included ([`Done::Deliver`]). Answered by
-    /// [`Done::Published`] with the messages in draft order; on error nothing of the batch is
-    /// kept or announced.
+    /// [`Done::Published`] with a [`Minted`] per draft, in draft order; on error nothing of the
+    /// batch is kept or announced.
     Publish { token: Token, drafts: Vec<Draft> },
-    /// Up to `limit` unexpired messages newer than `after` addressed to any of `receivers`,
-    /// ascending by id, each once. Answered by [`Done::Backlog`].
+    /// Unexpired messages newer than `after` addressed to any of `receivers`, ascending by
+    /// id, each once: at most `limit` of them, and no more than fit in `max_bytes` (the first
+    /// one always comes, however large). Answered by [`Done::Backlog`] with a
+    /// [`BacklogChunk`] whose `more` tells whether another read would find more.
     Backlog {
         token: Token,
         receivers: Vec<Receiver>,
         after: Mid,
         limit: usize,
+        /// Bound on the chunk's size: the embedded store counts each message's body, Redis
+        /// the stored value (`STRLEN`: the body plus a few dozen bytes).
+        max_bytes: usize,
     },
     /// Marks channels online for the online TTL (a connection registered, a long poll ended,
     /// a WebSocket answered a ping). Not answered.
@@ -84,15 +89,36 @@ pub enum Job {
     Stats { token: Token },
 }
 
+/// What the publisher's answer and the stats need of one published message: the message
+/// itself goes to local subscribers through [`Done::Deliver`] only, and is not kept alive by
+/// the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Minted {
+    pub mid: Mid,
+    /// `<module>_<command>`, for statistics only.
+    pub kind: Option<String>,
+    pub created_ms: u64,
+}
+
+/// One chunk of a backlog read.
+#[derive(Debug, Default, Clone)]
+pub struct BacklogChunk {
+    /// Ascending by id, each once.
+    pub msgs: Vec<Arc<Message>>,
+    /// The read stopped at `limit` or `max_bytes` while newer messages remain: read again
+    /// after the last id of `msgs`.
+    pub more: bool,
+}
+
 #[derive(Debug)]
 pub enum Done {
     Published {
         token: Token,
-        result: Result<Vec<Arc<Message>>, StoreError>,
+        result: Result<Vec<Minted>, StoreError>,
     },
     Backlog {
         token: Token,
-        result: Result<Vec<Arc<Message>>, StoreError>,
+        result: Result<BacklogChunk, StoreError>,
     },
     Online {
         token: Token,

@@ -283,10 +283,15 @@ impl Shared {
 
 /// The answer to a job that cannot run (`None` for the unanswered kinds).
 fn failed(job: Job, err: &StoreError) -> Option<Done> {
-    let result = Err(err.clone());
     Some(match job {
-        Job::Publish { token, .. } => Done::Published { token, result },
-        Job::Backlog { token, .. } => Done::Backlog { token, result },
+        Job::Publish { token, .. } => Done::Published {
+            token,
+            result: Err(err.clone()),
+        },
+        Job::Backlog { token, .. } => Done::Backlog {
+            token,
+            result: Err(err.clone()),
+        },
         Job::Online { token, .. } => Done::Online {
             token,
             result: Err(err.clone()),

@@ -1,8 +1,13 @@
 -- Backlog of several channels in one round trip (docs/redis.md).
--- ARGV: prefix, after (13-byte id), limit, specs (17 bytes per receiver as in publish.lua)
--- Returns the stored OutgoingMessage values newer than `after`, ascending by id, each once,
--- skipping expired ones, at most `limit`.
-local prefix, after, limit, specs = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+-- ARGV: prefix, after (13-byte id), limit, max_bytes, specs (17 bytes per receiver as in
+-- publish.lua)
+-- Returns {more, value...}: the stored OutgoingMessage values newer than `after`, ascending by
+-- id, each once, skipping expired ones, at most `limit` of them and no more than fit in
+-- `max_bytes` (the first one always), and more = 1 when a further stored message was left
+-- for the next read. Each value's size is read with STRLEN before it is fetched, so one read
+-- never copies much more than max_bytes out of Redis.
+local prefix, after = ARGV[1], ARGV[2]
+local limit, max_bytes, specs = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 -- Both sets of every id are read, whatever the receiver's kind: a message addressed to an id
 -- as private still reaches a subscriber holding it as a public id (as with the embedded store).
 local keys, done = {}, {}
@@ -42,10 +47,24 @@ table.sort(ids, function(x, y)
   if epochs[x] ~= epochs[y] then return epochs[x] < epochs[y] end
   return counters[x] < counters[y]
 end)
-local out = {}
+-- out[1] is `more`; the values follow.
+local out, n, bytes, more = {0}, 0, 0, 0
 for _, id in ipairs(ids) do
-  if #out >= limit then break end
-  local v = redis.pcall('GET', prefix .. 'message:' .. id)
-  if type(v) == 'string' then out[#out + 1] = v end
+  local key = prefix .. 'message:' .. id
+  -- 0 for an expired (missing) message; an error table for a key of another type.
+  local len = redis.pcall('STRLEN', key)
+  if type(len) == 'number' and len > 0 then
+    if n >= limit or (n > 0 and bytes + len > max_bytes) then
+      more = 1
+      break
+    end
+    local v = redis.pcall('GET', key)
+    if type(v) == 'string' then
+      n = n + 1
+      bytes = bytes + #v
+      out[n + 1] = v
+    end
+  end
 end
+out[1] = more
 return out

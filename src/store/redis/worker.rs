@@ -11,9 +11,9 @@ use serde_json::Value as Json;
 
 use super::codec::{decode_stored, encode_receivers, encode_rest, receiver_specs};
 use super::{Backoff, IO_TIMEOUT, Shared, failed};
-use crate::message::{Message, Mid, now_ms};
+use crate::message::{Mid, now_ms};
 use crate::registry::Kind;
-use crate::store::{Done, Draft, Job, Receiver, StoreError};
+use crate::store::{BacklogChunk, Done, Draft, Job, Minted, Receiver, StoreError};
 
 const PUBLISH_LUA: &str = include_str!("publish.lua");
 const BACKLOG_LUA: &str = include_str!("backlog.lua");
@@ -267,11 +267,12 @@ impl Worker {
                     receivers,
                     after,
                     limit,
+                    max_bytes,
                 } => {
-                    if receivers.is_empty() || limit == 0 {
+                    if receivers.is_empty() {
                         done.push(Done::Backlog {
                             token,
-                            result: Ok(Vec::new()),
+                            result: Ok(BacklogChunk::default()),
                         });
                         continue;
                     }
@@ -279,7 +280,7 @@ impl Worker {
                         &scripts.backlog,
                         keys.prefix(),
                         after,
-                        limit,
+                        (limit, max_bytes),
                         &receivers,
                     ));
                     pending.push(Pending::Backlog { token });
@@ -462,11 +463,8 @@ impl Worker {
         })
     }
 
-    fn published(
-        &mut self,
-        reply: Value,
-        drafts: Vec<Draft>,
-    ) -> Result<Vec<Arc<Message>>, StoreError> {
+    /// The ids the script minted for `drafts` (local delivery comes from the notification).
+    fn published(&mut self, reply: Value, drafts: Vec<Draft>) -> Result<Vec<Minted>, StoreError> {
         let (epoch, first) = match &reply {
             Value::Array(v) => match v.as_slice() {
                 [Value::Int(e), Value::Int(c)] if *e > 0 && *c > 0 => (*e as u64, *c as u64),
@@ -481,18 +479,13 @@ impl Worker {
         if last.and_then(|c| Mid::try_new(epoch, c)).is_none() {
             return Err(unexpected(&reply));
         }
-        let msgs: Vec<Arc<Message>> = drafts
+        let msgs: Vec<Minted> = drafts
             .into_iter()
             .enumerate()
-            .map(|(i, d)| {
-                Arc::new(Message::new(
-                    Mid::new(epoch, first + i as u64),
-                    d.created_ms,
-                    d.expiry,
-                    d.sender,
-                    d.body,
-                    d.kind,
-                ))
+            .map(|(i, d)| Minted {
+                mid: Mid::new(epoch, first + i as u64),
+                kind: d.kind,
+                created_ms: d.created_ms,
             })
             .collect();
         if let Some(m) = msgs.last() {
@@ -550,17 +543,24 @@ fn stats_field(json: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-fn backlog_from(reply: Value) -> Result<Vec<Arc<Message>>, StoreError> {
-    match reply {
-        Value::Array(values) => Ok(values
+/// The backlog script's reply: `more` (0 or 1), then the stored values.
+fn backlog_from(reply: Value) -> Result<BacklogChunk, StoreError> {
+    let Value::Array(values) = &reply else {
+        return Err(unexpected(&reply));
+    };
+    let Some((Value::Int(more), values)) = values.split_first() else {
+        return Err(unexpected(&reply));
+    };
+    Ok(BacklogChunk {
+        msgs: values
             .iter()
             .filter_map(|v| match v {
                 Value::BulkString(b) => decode_stored(b),
                 _ => None,
             })
-            .collect()),
-        other => Err(unexpected(&other)),
-    }
+            .collect(),
+        more: *more != 0,
+    })
 }
 
 fn unexpected(v: &Value) -> StoreError {
@@ -651,7 +651,7 @@ fn backlog_cmd(
     sha: &str,
     prefix: &[u8],
     after: Mid,
-    limit: usize,
+    (limit, max_bytes): (usize, usize),
     receivers: &[Receiver],
 ) -> redis::Cmd {
     let mut c = redis::cmd("EVALSHA");
@@ -660,6 +660,7 @@ fn backlog_cmd(
         .arg(prefix)
         .arg(after.to_binary().as_slice())
         .arg(limit)
+        .arg(max_bytes)
         .arg(receiver_specs(receivers));
     c
 }
