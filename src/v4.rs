@@ -583,7 +583,10 @@ mod tests {
     fn outgoing_without_body_copy_equals_prost_encoding() {
         let bodies: [&[u8]; 4] = [b"", b"{}", &[b'x'; 200], &[7u8; 70_000]];
         for body in bodies {
-            for (expiry, sender) in [(0, Sender::Backend), (86400, Sender::Client(ChannelId([9; 16])))] {
+            for (expiry, sender) in [
+                (0, Sender::Backend),
+                (86400, Sender::Client(ChannelId([9; 16]))),
+            ] {
                 let msg = Message::new(
                     Mid::new(1_795_479_773, 1234),
                     1_795_479_773_999,

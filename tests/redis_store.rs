@@ -1124,7 +1124,7 @@ fn a_burst_of_mixed_jobs_is_answered_once_each_in_order() {
             match d {
                 Done::Published { token, result } => {
                     answered.push(token);
-                    published.extend(mids(&result.unwrap()));
+                    published.extend(result.unwrap().iter().map(|m| m.mid));
                 }
                 Done::Online { token, result } => {
                     answered.push(token);

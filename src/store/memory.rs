@@ -418,7 +418,9 @@ mod tests {
         for i in 1..=10 {
             s.save(&msg(i, 100), &[a], now);
         }
-        let got = s.backlog(&[a], Mid::new(0, 0), 200, usize::MAX, now).unwrap();
+        let got = s
+            .backlog(&[a], Mid::new(0, 0), 200, usize::MAX, now)
+            .unwrap();
         assert_eq!(got.msgs.len(), 3, "per-channel history cap");
         for i in 0..1000u64 {
             s.save(&msg(100 + i, 100), &[ChannelId([i as u8; 16])], now);
@@ -460,13 +462,20 @@ mod tests {
             s.save(&m, &[a], now);
             all.push(m);
         }
-        let kept = s.backlog(&[a], Mid::new(0, 0), 1000, usize::MAX, now).unwrap();
+        let kept = s
+            .backlog(&[a], Mid::new(0, 0), 1000, usize::MAX, now)
+            .unwrap();
         assert!(kept.msgs.len() < 40, "the cap evicted the oldest");
         assert_eq!(kept.msgs.last().unwrap().mid.counter(), 40);
         let mut real = 0;
         for m in &kept.msgs {
             // What every subscriber kind would make it build.
-            let built = [m.v3_frame(), m.v3_ws_frame(), m.v4_message(), m.v4_ws_frame()];
+            let built = [
+                m.v3_frame(),
+                m.v3_ws_frame(),
+                m.v4_message(),
+                m.v4_ws_frame(),
+            ];
             // The payloads are tails of the frames' buffers: held once.
             assert!(built[1].ends_with(built[0]) && built[3].ends_with(built[2]));
             real += m.body.len() + built[1].len() + built[3].len();
@@ -512,7 +521,11 @@ mod tests {
         let now = Instant::now();
         let (a, b) = (ChannelId([1; 16]), ChannelId([2; 16]));
         for i in 1..=10 {
-            s.save(&big(i, 1000 * i as usize), &[if i % 2 == 0 { a } else { b }], now);
+            s.save(
+                &big(i, 1000 * i as usize),
+                &[if i % 2 == 0 { a } else { b }],
+                now,
+            );
         }
         // An expired message is neither returned nor counted as "more".
         s.save(&msg(11, 0), &[a], now);
