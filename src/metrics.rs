@@ -150,7 +150,7 @@ impl Metrics {
             metric(
                 "push_store_bytes",
                 "gauge",
-                "Bytes of stored message bodies.",
+                "Bytes the stored messages can hold: bodies, every wire encoding, bookkeeping (docs/memory.md).",
                 &one(st.bytes.to_string()),
             );
             metric(
