@@ -266,9 +266,31 @@ pub fn load_with_default(
             }
         },
     };
+    from_text(
+        file.as_ref()
+            .map(|(p, bytes)| (p.as_path(), bytes.as_slice())),
+        env,
+    )
+}
+
+/// What [`load`] makes of a config file at `path` whose content is `bytes`, without reading
+/// any file: the pure text-to-[`Config`] step (the fuzz target `config` drives it).
+pub fn parse_text(
+    path: &Path,
+    bytes: &[u8],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    from_text(Some((path, bytes)), env)
+}
+
+/// The file's content (if there is a file) and the environment, validated into a [`Config`].
+fn from_text(
+    file: Option<(&Path, &[u8])>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
     let mut settings = Settings::default();
     let mut warnings = Vec::new();
-    if let Some((p, bytes)) = &file {
+    if let Some((p, bytes)) = file {
         parse_file(
             p,
             &String::from_utf8_lossy(bytes),
@@ -281,7 +303,7 @@ pub fn load_with_default(
     let zero_config = file.is_none() && ZERO_CONFIG_BLOCKERS.iter().all(|k| env(k).is_none());
     Builder {
         settings,
-        source: file.map(|(p, _)| p),
+        source: file.map(|(p, _)| p.to_path_buf()),
         origins: BTreeMap::new(),
         warnings,
     }
@@ -1463,6 +1485,30 @@ SECURITY_KEY=AbCdEf0123456789xyz
         let missing = dir.0.join("missing");
         let e = err_text(load_with_default(Some(&missing), &default, &|_| None));
         assert!(e.contains("cannot read config file"), "{e}");
+    }
+
+    #[test]
+    fn parse_text_is_load_without_the_read() {
+        let dir = TempDir::new();
+        for text in [
+            "SECURITY_KEY=k\nMAX_PAYLOAD=2048\nUNKNOWN=1\n",
+            "SECURITY_KEY=k\nLONG_POLL_TIMEOUT=abc\n",
+            "export SECURITY_KEY='a b'\n",
+            "",
+        ] {
+            let path = dir.write("push-server-multi", text);
+            let none = dir.0.join("none");
+            let loaded = load_with_default(Some(&path), &none, &|_| None);
+            let parsed = parse_text(&path, text.as_bytes(), &|_| None);
+            match (loaded, parsed) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a.render(), b.render(), "{text:?}");
+                    assert_eq!(a.warnings, b.warnings, "{text:?}");
+                }
+                (Err(a), Err(b)) => assert_eq!(a, b, "{text:?}"),
+                (a, b) => panic!("{text:?}: load {a:?}, parse_text {b:?}"),
+            }
+        }
     }
 
     #[test]
