@@ -83,7 +83,7 @@ fn parse_content_length(value: &[u8]) -> Result<usize, HttpError> {
 
 /// Parses a complete head at the start of `buf`. `Ok(None)`: need more bytes.
 pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<(RequestHead, usize)>, HttpError> {
-    let Some(len) = head_len(&buf[..buf.len().min(max_head + 4)]) else {
+    let Some(len) = head_len(&buf[..buf.len().min(max_head.saturating_add(4))]) else {
         return if buf.len() > max_head {
             Err(HttpError::HeaderTooLarge)
         } else {
@@ -322,6 +322,17 @@ mod tests {
                 .unwrap_err(),
             HttpError::Malformed
         );
+    }
+
+    /// Found by the `http_head` fuzz target: `max_head + 4` overflowed for a limit of
+    /// `usize::MAX` ("no limit"), a panic instead of parsing.
+    #[test]
+    fn no_head_limit_does_not_overflow() {
+        assert!(parse_head(b"\xff\xff", usize::MAX).unwrap().is_none());
+        let (h, len) = parse_head(b"GET /x HTTP/1.1\r\n\r\n", usize::MAX)
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.path(), len), ("/x", 19));
     }
 
     #[test]
