@@ -562,6 +562,21 @@ impl Builder {
         if sub_sock == pub_sock {
             return Err(self.conflict("SUB_SOCK and PUB_SOCK name the same file"));
         }
+        // A set socket path was checked above; a default one under RUN_DIR is checked here.
+        for (key, sock) in [("SUB_SOCK", &sub_sock), ("PUB_SOCK", &pub_sock)] {
+            if sock.as_os_str().len() > MAX_SOCKET_PATH {
+                let origin = self
+                    .origins
+                    .get("RUN_DIR")
+                    .cloned()
+                    .unwrap_or(Origin::Default);
+                let why = format!(
+                    "the default {key} {} would be longer than the {MAX_SOCKET_PATH} bytes a Unix socket path may have; shorten RUN_DIR or set {key}",
+                    sock.display()
+                );
+                return Err(self.invalid("RUN_DIR", &run_dir.display().to_string(), &origin, &why));
+            }
+        }
         let sub_listen = self.listen("SUB_LISTEN", zero_config, ZERO_CONFIG_SUB_LISTEN)?;
         let pub_listen = self.listen("PUB_LISTEN", zero_config, ZERO_CONFIG_PUB_LISTEN)?;
         if sub_listen.is_some() && sub_listen == pub_listen {
@@ -1634,6 +1649,32 @@ SECURITY_KEY=AbCdEf0123456789xyz
         assert!(e.contains("SUB_LISTEN and PUB_LISTEN"), "{e}");
         let long = format!("SECURITY_KEY=k\nSUB_SOCK=/{}\n", "x".repeat(120));
         assert!(err_text(load_text(&long, &[])).contains("at most 107 bytes"));
+    }
+
+    /// Found by the `config` fuzz target: a long RUN_DIR made the default socket paths
+    /// (`RUN_DIR/sub.sock`, `RUN_DIR/pub.sock`) longer than `sun_path` allows, and the config
+    /// was accepted; binding would fail later without naming the key.
+    #[test]
+    fn long_run_dir_is_refused_for_default_sockets() {
+        let dir = format!("/{}", "d".repeat(99));
+        let text = format!("SECURITY_KEY=k\nRUN_DIR={dir}\n");
+        let e = err_text(load_text(&text, &[]));
+        assert!(e.starts_with("invalid RUN_DIR="), "{e}");
+        assert!(
+            e.contains("line 2") && e.contains("SUB_SOCK") && e.contains("107"),
+            "{e}"
+        );
+        // Explicit sockets make any RUN_DIR length fine; one default socket is still checked.
+        let both = format!("{text}SUB_SOCK=/run/s.sock\nPUB_SOCK=/run/p.sock\n");
+        assert!(load_text(&both, &[]).is_ok());
+        let one = format!("{text}SUB_SOCK=/run/s.sock\n");
+        assert!(err_text(load_text(&one, &[])).contains("PUB_SOCK"));
+        // At the limit exactly: 98 + "/sub.sock" (9) = 107 bytes.
+        let fits = format!("SECURITY_KEY=k\nRUN_DIR=/{}\n", "d".repeat(97));
+        assert_eq!(
+            load_text(&fits, &[]).unwrap().sub_sock.as_os_str().len(),
+            107
+        );
     }
 
     #[test]
