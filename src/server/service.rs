@@ -77,29 +77,11 @@ impl Server {
     /// or the turn is over.
     pub(super) fn serve(&mut self, id: ConnId) {
         let limits = self.input_limits();
-        let high = self.high_water();
         let mut steps = 0;
         loop {
             // 1. Act on what is buffered.
-            loop {
-                let Some(conn) = self.conns.get_mut(id) else {
-                    return;
-                };
-                if conn.outbox.footprint() > high {
-                    // Resumed by flush_conn once the client has read.
-                    conn.throttled = true;
-                    return;
-                }
-                let step = input::next_input(&mut conn.phase, &mut conn.rbuf, limits);
-                if matches!(step, Input::Wait) {
-                    break;
-                }
-                self.act(id, step);
-                steps += 1;
-                if steps >= STEPS_PER_TURN {
-                    self.mark_ready(id);
-                    return;
-                }
+            if !self.act_on_buffered(id, &mut steps) {
+                return;
             }
             // 2. Read more, unless the peer is gone or the buffer holds all the phase may.
             let Some(conn) = self.conns.get_mut(id) else {
@@ -129,7 +111,7 @@ impl Server {
             match state {
                 // Drained to WouldBlock: act on what came, then wait for the next edge.
                 ReadState::Open => {
-                    self.serve_buffered_then_stop(id, &mut steps);
+                    self.act_on_buffered(id, &mut steps);
                     return;
                 }
                 ReadState::Capped => {}
@@ -142,25 +124,30 @@ impl Server {
         }
     }
 
-    /// Step 1 of [`Server::serve`] once more without reading again: the socket was just
-    /// drained, so another read would only return `WouldBlock`.
-    fn serve_buffered_then_stop(&mut self, id: ConnId, steps: &mut usize) {
+    /// Acts on buffered input until it needs more bytes (`true`: go on reading) or serving
+    /// stops for now (`false`): the outbox is above its high-water mark (resumed by
+    /// flush_conn), the turn is over (the connection is back on the ready list), or the
+    /// connection closed.
+    fn act_on_buffered(&mut self, id: ConnId, steps: &mut usize) -> bool {
         let limits = self.input_limits();
         let high = self.high_water();
-        while let Some(conn) = self.conns.get_mut(id) {
+        loop {
+            let Some(conn) = self.conns.get_mut(id) else {
+                return false;
+            };
             if conn.outbox.footprint() > high {
                 conn.throttled = true;
-                return;
+                return false;
             }
             let step = input::next_input(&mut conn.phase, &mut conn.rbuf, limits);
             if matches!(step, Input::Wait) {
-                return;
+                return true;
             }
             self.act(id, step);
             *steps += 1;
             if *steps >= STEPS_PER_TURN {
                 self.mark_ready(id);
-                return;
+                return false;
             }
         }
     }
