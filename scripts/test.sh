@@ -66,6 +66,11 @@ PUSH_TEST_STORE=redis cargo test --no-fail-fast \
     --test lifecycle --test stats --test store_async --test v4 --test interop --test ops 2>&1 | tee -a "$log"
 redis_status=${PIPESTATUS[0]}
 [ "$status" -ne 0 ] || status=$redis_status
+# The fuzz targets over their seed corpora, fixed seed and bounded runs (docs/fuzzing.md).
+echo "== fuzz (deterministic)"
+scripts/fuzz.sh
+fuzz_status=$?
+[ "$status" -ne 0 ] || status=$fuzz_status
 set -e
 echo "== summary"
 grep -E '^(test result:|     Running )' "$log" || true
