@@ -599,7 +599,7 @@ fn sub_status(s: &Server, raw: &[u8], want: &[u16]) -> Response {
     r
 }
 
-/// Garbage request line → 400.
+/// Garbage request line → 400. RSS bound: +4 MiB.
 fn garbage_request_line(s: &Server) {
     sub_status(s, b"GARBAGE\r\n\r\n", &[400]);
     sub_status(
@@ -609,7 +609,7 @@ fn garbage_request_line(s: &Server) {
     );
 }
 
-/// NUL bytes in the request line and in a header value → 400.
+/// NUL bytes in the request line and in a header value → 400. RSS bound: +4 MiB.
 fn nul_bytes(s: &Server) {
     sub_status(
         s,
@@ -624,13 +624,13 @@ fn nul_bytes(s: &Server) {
     );
 }
 
-/// A 9000-byte header value (head over MAX_HEADER_SIZE) → 431.
+/// A 9000-byte header value (head over MAX_HEADER_SIZE) → 431. RSS bound: +4 MiB.
 fn huge_header_value(s: &Server) {
     let raw = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "v".repeat(9000));
     sub_status(s, raw.as_bytes(), &[431]);
 }
 
-/// obs-fold (a header continued on the next line) → 400, nothing published.
+/// obs-fold (a header continued on the next line) → 400, nothing published. RSS bound: +4 MiB.
 fn obs_fold(s: &Server) {
     refused_publish(
         s,
@@ -639,12 +639,12 @@ fn obs_fold(s: &Server) {
     );
 }
 
-/// A header line without a colon → 400.
+/// A header line without a colon → 400. RSS bound: +4 MiB.
 fn header_without_colon(s: &Server) {
     sub_status(s, b"GET / HTTP/1.1\r\nNoColonHere\r\n\r\n", &[400]);
 }
 
-/// Two different Content-Lengths → 400, nothing published.
+/// Two different Content-Lengths → 400, nothing published. RSS bound: +4 MiB.
 fn conflicting_content_length(s: &Server) {
     refused_publish(
         s,
@@ -653,7 +653,7 @@ fn conflicting_content_length(s: &Server) {
     );
 }
 
-/// A comma list `Content-Length: 7, 7` → 400, nothing published.
+/// A comma list `Content-Length: 7, 7` → 400, nothing published. RSS bound: +4 MiB.
 fn content_length_list(s: &Server) {
     refused_publish(
         s,
@@ -662,7 +662,7 @@ fn content_length_list(s: &Server) {
     );
 }
 
-/// `Content-Length: +7` → 400, nothing published (reproduction 7).
+/// `Content-Length: +7` → 400, nothing published (reproduction 7). RSS bound: +4 MiB.
 fn content_length_plus(s: &Server) {
     refused_publish(
         s,
@@ -671,7 +671,7 @@ fn content_length_plus(s: &Server) {
     );
 }
 
-/// `Content-Length: -1` → 400, nothing published (reproduction 7).
+/// `Content-Length: -1` → 400, nothing published (reproduction 7). RSS bound: +4 MiB.
 fn content_length_minus(s: &Server) {
     refused_publish(
         s,
@@ -680,7 +680,7 @@ fn content_length_minus(s: &Server) {
     );
 }
 
-/// `Content-Length: 7 7` → 400, nothing published (reproduction 7).
+/// `Content-Length: 7 7` → 400, nothing published (reproduction 7). RSS bound: +4 MiB.
 fn content_length_two_numbers(s: &Server) {
     refused_publish(
         s,
@@ -689,7 +689,7 @@ fn content_length_two_numbers(s: &Server) {
     );
 }
 
-/// `Content-Length: 0x7` → 400, nothing published (reproduction 7).
+/// `Content-Length: 0x7` → 400, nothing published (reproduction 7). RSS bound: +4 MiB.
 fn content_length_hex(s: &Server) {
     refused_publish(
         s,
@@ -698,7 +698,7 @@ fn content_length_hex(s: &Server) {
     );
 }
 
-/// `Content-Length:` (empty) → 400, nothing published (reproduction 7).
+/// `Content-Length:` (empty) → 400, nothing published (reproduction 7). RSS bound: +4 MiB.
 fn content_length_empty(s: &Server) {
     refused_publish(
         s,
@@ -707,7 +707,7 @@ fn content_length_empty(s: &Server) {
     );
 }
 
-/// Content-Length over usize (2^64) → 400 or 413, nothing published.
+/// Content-Length over usize (2^64) → 400 or 413, nothing published. RSS bound: +4 MiB.
 fn content_length_overflow(s: &Server) {
     let (ch, mut w) = watched(s);
     let raw = format!(
@@ -718,7 +718,7 @@ fn content_length_overflow(s: &Server) {
     assert_nothing_published(s, &mut w, &ch);
 }
 
-/// `Transfer-Encoding: chunked` → 400, nothing published.
+/// `Transfer-Encoding: chunked` → 400, nothing published. RSS bound: +4 MiB.
 fn transfer_encoding_chunked(s: &Server) {
     refused_publish(
         s,
@@ -727,7 +727,7 @@ fn transfer_encoding_chunked(s: &Server) {
     );
 }
 
-/// `Transfer-Encoding` together with `Content-Length` (smuggling) → 400, nothing published.
+/// `Transfer-Encoding` together with `Content-Length` (smuggling) → 400, nothing published. RSS bound: +4 MiB.
 fn transfer_encoding_with_length(s: &Server) {
     refused_publish(
         s,
@@ -736,7 +736,7 @@ fn transfer_encoding_with_length(s: &Server) {
     );
 }
 
-/// HTTP/0.9 request line (no version) → 400 or a clean close, never a hang.
+/// HTTP/0.9 request line (no version) → 400 or a clean close, never a hang. RSS bound: +4 MiB.
 fn http09(s: &Server) {
     let mut c = s.sub_conn();
     c.send(b"GET /\r\n\r\n");
@@ -748,14 +748,14 @@ fn http09(s: &Server) {
     );
 }
 
-/// Unknown HTTP versions (HTTP/1.2, HTTP/2.0, HTTP/9) → 400.
+/// Unknown HTTP versions (HTTP/1.2, HTTP/2.0, HTTP/9) → 400. RSS bound: +4 MiB.
 fn bad_versions(s: &Server) {
     for v in ["HTTP/1.2", "HTTP/2.0", "HTTP/9", "HTTX/1.1"] {
         sub_status(s, format!("GET / {v}\r\n\r\n").as_bytes(), &[400]);
     }
 }
 
-/// Absurd methods (unknown token, 4 KB method) → 404/405/400 on both sockets, nothing published.
+/// Absurd methods (unknown token, 4 KB method) → 404/405/400 on both sockets, nothing published. RSS bound: +4 MiB.
 fn absurd_methods(s: &Server) {
     sub_status(s, b"BREW /bitrix/sub/ HTTP/1.1\r\n\r\n", &[400, 404, 405]);
     let long = format!("{} / HTTP/1.1\r\n\r\n", "M".repeat(4000));
@@ -771,7 +771,7 @@ fn absurd_methods(s: &Server) {
     assert_nothing_published(s, &mut w, &ch);
 }
 
-/// LF-only line ends → 400 or 408 (HEADER_TIMEOUT), never served or held forever.
+/// LF-only line ends → 400 or 408 (HEADER_TIMEOUT), never served or held forever. RSS bound: +4 MiB.
 fn lf_only_head(s: &Server) {
     let mut c = s.sub_conn();
     c.set_timeout(Duration::from_secs(14));
@@ -784,7 +784,7 @@ fn lf_only_head(s: &Server) {
     );
 }
 
-/// Invalid percent-encoding in CHANNEL_ID (long poll) → 400 4010.
+/// Invalid percent-encoding in CHANNEL_ID (long poll) → 400 4010. RSS bound: +4 MiB.
 fn bad_percent_encoding(s: &Server) {
     for q in [
         "CHANNEL_ID=%zz%",
@@ -801,7 +801,7 @@ fn bad_percent_encoding(s: &Server) {
     }
 }
 
-/// A query of 8000 bytes (just under MAX_HEADER_SIZE) of junk → 400 4010.
+/// A query of 8000 bytes (just under MAX_HEADER_SIZE) of junk → 400 4010. RSS bound: +4 MiB.
 fn overlong_query(s: &Server) {
     let q = format!("CHANNEL_ID={}", "%41".repeat(2600));
     let r = sub_status(
@@ -812,7 +812,7 @@ fn overlong_query(s: &Server) {
     assert_eq!(r.body_str(), "4010: Wrong Channel Id.");
 }
 
-/// 2000 pipelined keep-alive OPTIONS on one connection, all read → 2000 × 200.
+/// 2000 pipelined keep-alive OPTIONS on one connection, all read → 2000 × 200. RSS bound: +8 MiB.
 fn keep_alive_abuse(s: &Server) {
     let mut c = s.sub_conn();
     let mut w = c.stream.try_clone().expect("clone");
@@ -829,7 +829,7 @@ fn keep_alive_abuse(s: &Server) {
     writer.join().expect("writer");
 }
 
-/// Requests after `Connection: close` on the same connection are not answered; the first is.
+/// Requests after `Connection: close` on the same connection are not answered; the first is. RSS bound: +4 MiB.
 fn pipelined_after_close(s: &Server) {
     let mut c = s.sub_conn();
     c.send(b"OPTIONS /bitrix/sub/ HTTP/1.1\r\nConnection: close\r\n\r\nOPTIONS /bitrix/sub/ HTTP/1.1\r\n\r\n");
@@ -842,7 +842,7 @@ fn pipelined_after_close(s: &Server) {
 }
 
 /// Half-close: a publish then shutdown(Write) is still answered 200 and delivered; a long poll
-/// that half-closes is dropped cleanly.
+/// that half-closes is dropped cleanly. RSS bound: +4 MiB.
 fn half_close(s: &Server) {
     let (ch, mut w) = watched(s);
     let mut c = s.pub_conn();
@@ -859,7 +859,7 @@ fn half_close(s: &Server) {
     assert!(lp.closed_within(WAIT), "a half-closed long poll is dropped");
 }
 
-/// 2000 connect-and-close on each socket (some with half a request) → nothing leaks (8 MiB).
+/// 2000 connect-and-close on each socket (some with half a request) → nothing leaks. RSS bound: +8 MiB.
 fn connect_close_storm(s: &Server) {
     for i in 0..2000 {
         for sock in [&s.sub, &s.pubs] {
@@ -874,7 +874,7 @@ fn connect_close_storm(s: &Server) {
 }
 
 /// 500 long polls opened and dropped before any answer, then 500 WebSockets dropped without
-/// a close frame → the server forgets them (online query shows none).
+/// a close frame → the server forgets them (online query shows none). RSS bound: +8 MiB.
 fn subscribe_and_vanish(s: &Server) {
     let count = |k: &str| s.server_stat()[0][k].as_u64().expect("count");
     let (ws0, lp0) = (count("websockets"), count("pollings"));
@@ -899,7 +899,7 @@ fn subscribe_and_vanish(s: &Server) {
     );
 }
 
-/// Body shorter than Content-Length then idle → 408 within HEADER_TIMEOUT=1, nothing published.
+/// Body shorter than Content-Length then idle → 408 within HEADER_TIMEOUT=1, nothing published. RSS bound: +4 MiB.
 fn short_body_then_idle(s: &Server) {
     let (ch, mut w) = watched(s);
     let mut c = s.pub_conn();
@@ -920,7 +920,7 @@ fn short_body_then_idle(s: &Server) {
     assert_nothing_published(s, &mut w, &ch);
 }
 
-/// Slowloris: a head one byte every 100 ms → 408/close within HEADER_TIMEOUT=1 (+2 s).
+/// Slowloris: a head one byte every 100 ms → 408/close within HEADER_TIMEOUT=1 (+2 s). RSS bound: +4 MiB.
 fn slowloris(s: &Server) {
     let mut c = s.sub_conn();
     let t0 = Instant::now();
@@ -949,7 +949,7 @@ fn slowloris(s: &Server) {
     );
 }
 
-/// An idle WebSocket handshake head never finished → closed within HEADER_TIMEOUT=1.
+/// An idle WebSocket handshake head never finished → closed within HEADER_TIMEOUT=1. RSS bound: +4 MiB.
 fn unfinished_upgrade(s: &Server) {
     let mut c = s.sub_conn();
     c.send(b"GET /bitrix/subws/?CHANNEL_ID=x HTTP/1.1\r\nUpgrade: websocket\r\n");
@@ -1029,7 +1029,7 @@ fn big_head_431(s: &Server, raw: Vec<u8>, what: &str) {
     assert_eq!(r.status, 431, "{what}");
 }
 
-/// 10 000 headers (~100 KB) in one write → 431 readable before EOF.
+/// 10 000 headers (~100 KB) in one write → 431 readable before EOF. RSS bound: +4 MiB.
 fn head_10k_headers(s: &Server) {
     let mut raw = b"GET /bitrix/sub/ HTTP/1.1\r\n".to_vec();
     for i in 0..10_000 {
@@ -1039,13 +1039,13 @@ fn head_10k_headers(s: &Server) {
     big_head_431(s, raw, "10k headers");
 }
 
-/// A 64 KiB URL → 431 readable before EOF.
+/// A 64 KiB URL → 431 readable before EOF. RSS bound: +4 MiB.
 fn head_64k_url(s: &Server) {
     let raw = format!("GET /bitrix/sub/?x={} HTTP/1.1\r\n\r\n", "a".repeat(65536));
     big_head_431(s, raw.into_bytes(), "64 KiB URL");
 }
 
-/// 10 000 signed channel ids in CHANNEL_ID (~750 KB) → 431 readable before EOF.
+/// 10 000 signed channel ids in CHANNEL_ID (~750 KB) → 431 readable before EOF. RSS bound: +8 MiB.
 fn head_10k_channel_ids(s: &Server) {
     let one = enc(&signed(&new_id()));
     let list = vec![one; 10_000].join("%2F");
@@ -1053,7 +1053,7 @@ fn head_10k_channel_ids(s: &Server) {
     big_head_431(s, raw.into_bytes(), "10k channel ids");
 }
 
-/// The same 64 KiB URL on pub.sock as a publish → 431, nothing published.
+/// The same 64 KiB URL on pub.sock as a publish → 431, nothing published. RSS bound: +4 MiB.
 fn head_64k_publish(s: &Server) {
     let (ch, mut w) = watched(s);
     let raw = format!(
@@ -1225,38 +1225,38 @@ fn violation(s: &Server, bytes: &[u8], codes: &[u16], what: &str) {
     ws.expect_close_in(codes, what);
 }
 
-/// An unmasked client frame → close 1002.
+/// An unmasked client frame → close 1002. RSS bound: +4 MiB.
 fn ws_unmasked(s: &Server) {
     violation(s, b"\x81\x05hello", &[1002], "unmasked text");
 }
 
-/// RSV bits set → close 1002.
+/// RSV bits set → close 1002. RSS bound: +4 MiB.
 fn ws_reserved_bits(s: &Server) {
     violation(s, &masked(0xC1, b"x"), &[1002], "RSV1");
     violation(s, &masked(0x91, b"x"), &[1002], "RSV3");
 }
 
-/// Reserved data opcode 0x3 → close 1002.
+/// Reserved data opcode 0x3 → close 1002. RSS bound: +4 MiB.
 fn ws_bad_data_opcode(s: &Server) {
     violation(s, &masked(0x83, b"x"), &[1002], "opcode 3");
 }
 
-/// Reserved control opcode 0xB → close 1002.
+/// Reserved control opcode 0xB → close 1002. RSS bound: +4 MiB.
 fn ws_bad_control_opcode(s: &Server) {
     violation(s, &masked(0x8B, b"x"), &[1002], "opcode 0xB");
 }
 
-/// A fragmented ping (FIN=0 control frame) → close 1002.
+/// A fragmented ping (FIN=0 control frame) → close 1002. RSS bound: +4 MiB.
 fn ws_fragmented_control(s: &Server) {
     violation(s, &masked(0x09, b"p"), &[1002], "fragmented ping");
 }
 
-/// A ping with a 126-byte payload (control over 125) → close 1002.
+/// A ping with a 126-byte payload (control over 125) → close 1002. RSS bound: +4 MiB.
 fn ws_oversize_control(s: &Server) {
     violation(s, &masked(0x89, &[0u8; 126]), &[1002], "126-byte ping");
 }
 
-/// A frame declaring 2^63 bytes → close 1009 (1002 accepted) without waiting for the body.
+/// A frame declaring 2^63 bytes → close 1009 (1002 accepted) without waiting for the body. RSS bound: +4 MiB.
 fn ws_len_2_63(s: &Server) {
     violation(
         s,
@@ -1272,7 +1272,7 @@ fn ws_len_2_63(s: &Server) {
     );
 }
 
-/// A frame declaring 10 MiB (only the header sent) → close 1009 before the body.
+/// A frame declaring 10 MiB (only the header sent) → close 1009 before the body. RSS bound: +4 MiB.
 fn ws_len_10mib(s: &Server) {
     violation(
         s,
@@ -1282,19 +1282,19 @@ fn ws_len_10mib(s: &Server) {
     );
 }
 
-/// A continuation frame without a started message → close 1002.
+/// A continuation frame without a started message → close 1002. RSS bound: +4 MiB.
 fn ws_orphan_continuation(s: &Server) {
     violation(s, &masked(0x80, b"x"), &[1002], "orphan continuation");
 }
 
-/// A new text frame while a fragmented message is open → close 1002.
+/// A new text frame while a fragmented message is open → close 1002. RSS bound: +4 MiB.
 fn ws_interleaved_data(s: &Server) {
     let mut b = masked(0x01, b"part");
     b.extend(masked(0x81, b"new"));
     violation(s, &b, &[1002], "text inside a fragmented message");
 }
 
-/// Fragments adding up to more than MAX_PAYLOAD → close 1009.
+/// Fragments adding up to more than MAX_PAYLOAD → close 1009. RSS bound: +8 MiB.
 fn ws_fragments_over_limit(s: &Server) {
     let (_ch, mut ws) = ws_pair(s);
     let part = vec![b'a'; 256 * 1024];
@@ -1313,7 +1313,7 @@ fn ws_fragments_over_limit(s: &Server) {
 }
 
 /// Close frames with invalid codes (999, 1005, 1006, 5000) and a 1-byte payload → the server
-/// ends the connection (close frame or EOF), nothing else.
+/// ends the connection (close frame or EOF), nothing else. RSS bound: +4 MiB.
 fn ws_invalid_close_codes(s: &Server) {
     for p in [
         close_payload(999, ""),
@@ -1336,7 +1336,7 @@ fn ws_invalid_close_codes(s: &Server) {
     }
 }
 
-/// 10 000 empty binary and text frames on a v3 socket → ignored, the socket keeps delivering.
+/// 10 000 empty binary and text frames on a v3 socket → ignored, the socket keeps delivering. RSS bound: +4 MiB.
 fn ws_empty_frames_flood(s: &Server) {
     let (ch, mut ws) = ws_pair(s);
     let mut b = Vec::new();
@@ -1349,7 +1349,7 @@ fn ws_empty_frames_flood(s: &Server) {
     assert_eq!(fast_frames(&d)[0].1, b"\"alive\"");
 }
 
-/// A ping flood (20 000 pings) by a client that reads: every ping gets its pong, in order.
+/// A ping flood (20 000 pings) by a client that reads: every ping gets its pong, in order. RSS bound: +8 MiB.
 fn ws_ping_flood_reading(s: &Server) {
     let (ch, mut ws) = ws_pair(s);
     let mut w = ws.s.try_clone().expect("clone");
@@ -1377,7 +1377,7 @@ fn ws_ping_flood_reading(s: &Server) {
     assert_eq!(fast_frames(&ws.data(WAIT))[0].1, b"\"after pings\"");
 }
 
-/// Frames written in the same write as the handshake (a ping) → 101, then the pong.
+/// Frames written in the same write as the handshake (a ping) → 101, then the pong. RSS bound: +4 MiB.
 fn ws_frames_with_handshake(s: &Server) {
     let ch = new_id();
     let mut ws = RawWs::connect_with(
@@ -1393,7 +1393,7 @@ fn ws_frames_with_handshake(s: &Server) {
     assert_eq!(fast_frames(&ws.data(WAIT))[0].1, b"\"early-ok\"");
 }
 
-/// A client that half-closes its WebSocket (FIN without close frame) → connection ended.
+/// A client that half-closes its WebSocket (FIN without close frame) → connection ended. RSS bound: +4 MiB.
 fn ws_half_close(s: &Server) {
     let (_ch, mut ws) = ws_pair(s);
     ws.s.shutdown(std::net::Shutdown::Write).expect("shutdown");
@@ -1403,7 +1403,7 @@ fn ws_half_close(s: &Server) {
     }
 }
 
-/// 1000 text frames to a v4 socket → ignored (W-7); binary delivery continues.
+/// 1000 text frames to a v4 socket → ignored (W-7); binary delivery continues. RSS bound: +4 MiB.
 fn ws_text_to_v4(s: &Server) {
     let ch = new_id();
     let mut ws = RawWs::connect(&s.sub, &format!("/bitrix/subws/?{}", v4q(&signed(&ch))));
@@ -1418,7 +1418,7 @@ fn ws_text_to_v4(s: &Server) {
 }
 
 /// A v4 client message fragmented and never finished (600 KiB first fragment) → the socket
-/// still receives, nothing is published; finishing it beyond MAX_PAYLOAD → 1009.
+/// still receives, nothing is published; finishing it beyond MAX_PAYLOAD → 1009. RSS bound: +8 MiB.
 fn ws_v4_unfinished_fragment(s: &Server) {
     let target = new_id();
     let mut watcher = s.ws(&v4q(&signed_pair(&new_id(), &target)));
@@ -1443,7 +1443,7 @@ fn ws_v4_unfinished_fragment(s: &Server) {
     watcher.assert_quiet(Duration::from_millis(200));
 }
 
-/// v4 client publish of garbage on a WebSocket → close 4013, nothing published.
+/// v4 client publish of garbage on a WebSocket → close 4013, nothing published. RSS bound: +4 MiB.
 fn ws_v4_garbage(s: &Server) {
     let mut ws = RawWs::connect(
         &s.sub,
@@ -1457,7 +1457,7 @@ fn ws_v4_garbage(s: &Server) {
     ws.expect_close_in(&[4013], "garbage v4 message");
 }
 
-/// v4 client publish of 101 messages on a WebSocket → close 4016, none published.
+/// v4 client publish of 101 messages on a WebSocket → close 4016, none published. RSS bound: +4 MiB.
 fn ws_v4_too_many_messages(s: &Server) {
     let target = new_id();
     let mut watcher = s.ws(&v4q(&signed_pair(&new_id(), &target)));
@@ -1475,7 +1475,7 @@ fn ws_v4_too_many_messages(s: &Server) {
     watcher.assert_quiet(Duration::from_millis(200));
 }
 
-/// v4 client publish to a 15-byte receiver id → closed with 4019 or 4021, nothing published.
+/// v4 client publish to a 15-byte receiver id → closed with 4019 or 4021, nothing published. RSS bound: +4 MiB.
 fn ws_v4_invalid_receiver(s: &Server) {
     let mut ws = RawWs::connect(
         &s.sub,
@@ -1614,7 +1614,7 @@ fn ws_no_pong_gets_close_frame() {
 // =============================================================================================
 // v3 protocol abuse
 
-/// Long poll with a signature made with another key → 400 4010.
+/// Long poll with a signature made with another key → 400 4010. RSS bound: +4 MiB.
 fn v3_bad_signature_lp(s: &Server) {
     let a = new_id();
     let item = format!("{a}.{}", sign_with("otherKey", &a));
@@ -1622,7 +1622,7 @@ fn v3_bad_signature_lp(s: &Server) {
     r.assert_error(400, "4010: Wrong Channel Id.");
 }
 
-/// Signatures of the wrong length, non-hex, or empty → 400 4010.
+/// Signatures of the wrong length, non-hex, or empty → 400 4010. RSS bound: +4 MiB.
 fn v3_malformed_signature(s: &Server) {
     let a = new_id();
     let sig = sign(&a);
@@ -1639,7 +1639,7 @@ fn v3_malformed_signature(s: &Server) {
     }
 }
 
-/// WebSocket with a bad signature → 101, then close 4010 (clients reload their config).
+/// WebSocket with a bad signature → 101, then close 4010 (clients reload their config). RSS bound: +4 MiB.
 fn v3_bad_signature_ws(s: &Server) {
     let a = new_id();
     let mut ws = RawWs::connect(
@@ -1653,7 +1653,7 @@ fn v3_bad_signature_ws(s: &Server) {
 }
 
 /// Malformed mids (letters, 27 digits, negative, 2^128) count as absent (L-9): the long poll is
-/// held and gets the next live message, no old backlog.
+/// held and gets the next live message, no old backlog. RSS bound: +4 MiB.
 fn v3_bad_mid(s: &Server) {
     for mid in [
         "abc",
@@ -1677,7 +1677,7 @@ fn v3_bad_mid(s: &Server) {
     }
 }
 
-/// 1000 signed ids in one long poll (~76 KB head) → a readable 431 (as reproduction 6).
+/// 1000 signed ids in one long poll (~76 KB head) → a readable 431 (as reproduction 6). RSS bound: +4 MiB.
 fn v3_1000_ids(s: &Server) {
     let list: Vec<String> = (0..1000).map(|_| enc(&signed(&new_id()))).collect();
     let raw = format!(
@@ -1688,7 +1688,7 @@ fn v3_1000_ids(s: &Server) {
     assert_eq!(r.status, 431);
 }
 
-/// 1000 empty ids (`CHANNEL_ID=////…`) and an empty CHANNEL_ID → 400 4010.
+/// 1000 empty ids (`CHANNEL_ID=////…`) and an empty CHANNEL_ID → 400 4010. RSS bound: +4 MiB.
 fn v3_empty_ids(s: &Server) {
     for q in [
         format!("CHANNEL_ID={}", "/".repeat(1000)),
@@ -1702,7 +1702,7 @@ fn v3_empty_ids(s: &Server) {
 }
 
 /// 100 valid ids on one WebSocket (many subscriptions per connection), × 20 connections →
-/// every connection gets every channel's message.
+/// every connection gets every channel's message. RSS bound: +8 MiB.
 fn v3_many_subscriptions(s: &Server) {
     let ids: Vec<String> = (0..90).map(|_| new_id()).collect();
     let q = format!(
@@ -1721,7 +1721,7 @@ fn v3_many_subscriptions(s: &Server) {
     }
 }
 
-/// Publish to 101 channels (over MAX_CHANNELS_PER_REQUEST) → 400 4018, nothing published.
+/// Publish to 101 channels (over MAX_CHANNELS_PER_REQUEST) → 400 4018, nothing published. RSS bound: +4 MiB.
 fn v3_publish_too_many_channels(s: &Server) {
     let (ch, mut w) = watched(s);
     let mut list: Vec<String> = (0..100).map(|_| new_id()).collect();
@@ -1734,7 +1734,7 @@ fn v3_publish_too_many_channels(s: &Server) {
     assert_nothing_published(s, &mut w, &ch);
 }
 
-/// Publish with invalid channel ids (31 hex, non-hex, 33 hex, signed item) → 400 4019.
+/// Publish with invalid channel ids (31 hex, non-hex, 33 hex, signed item) → 400 4019. RSS bound: +4 MiB.
 fn v3_publish_invalid_ids(s: &Server) {
     let (ch, mut w) = watched(s);
     for bad in [
@@ -1749,7 +1749,7 @@ fn v3_publish_invalid_ids(s: &Server) {
     assert_nothing_published(s, &mut w, &ch);
 }
 
-/// Publish with no channels or an empty body → 4017 / 4013, nothing published.
+/// Publish with no channels or an empty body → 4017 / 4013, nothing published. RSS bound: +4 MiB.
 fn v3_publish_empty(s: &Server) {
     let (ch, mut w) = watched(s);
     s.publish("", "\"x\"", None)
@@ -1759,7 +1759,7 @@ fn v3_publish_empty(s: &Server) {
     assert_nothing_published(s, &mut w, &ch);
 }
 
-/// The same channel 100 times in one publish → delivered once.
+/// The same channel 100 times in one publish → delivered once. RSS bound: +4 MiB.
 fn v3_publish_duplicates(s: &Server) {
     let (ch, mut w) = watched(s);
     let list = vec![ch.clone(); 100].join("/");
@@ -1769,7 +1769,7 @@ fn v3_publish_duplicates(s: &Server) {
     assert_eq!(texts, ["\"dup\"", "\"after\""]);
 }
 
-/// Online query for 101 ids → 400 4018.
+/// Online query for 101 ids → 400 4018. RSS bound: +4 MiB.
 fn v3_online_too_many(s: &Server) {
     let ids: Vec<String> = (0..101).map(|_| new_id()).collect();
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -1780,7 +1780,7 @@ fn v3_online_too_many(s: &Server) {
     );
 }
 
-/// Trusted routes on sub.sock (publish, server-stat, metrics) → 404, nothing published.
+/// Trusted routes on sub.sock (publish, server-stat, metrics) → 404, nothing published. RSS bound: +4 MiB.
 fn v3_trusted_routes_on_sub(s: &Server) {
     let (ch, mut w) = watched(s);
     let r = s.sub_request(&publish_request(&ch, b"\"sneak\"", None));
@@ -1834,7 +1834,7 @@ fn v4_watched(s: &Server) -> (String, Ws) {
     (ch, ws)
 }
 
-/// Garbage, hostile varints (length 2^63, an 11-byte varint), truncation, zero tags → 4013.
+/// Garbage, hostile varints (length 2^63, an 11-byte varint), truncation, zero tags → 4013. RSS bound: +4 MiB.
 fn v4_garbage(s: &Server) {
     let (ch, mut w) = watched(s);
     for body in [
@@ -1849,7 +1849,7 @@ fn v4_garbage(s: &Server) {
     assert_nothing_published(s, &mut w, &ch);
 }
 
-/// One message with 40 000 receivers (huge repeated field, ~800 KB) → 4018, nothing published.
+/// One message with 40 000 receivers (huge repeated field, ~800 KB) → 4018, nothing published. RSS bound: +16 MiB.
 fn v4_huge_receivers(s: &Server) {
     let (ch, mut w) = watched(s);
     let mut rcv: Vec<proto::Receiver> = vec![trusted(&ch)];
@@ -1864,7 +1864,7 @@ fn v4_huge_receivers(s: &Server) {
 }
 
 /// 50 000 empty requests in one batch → 4013; 20 000 one-byte messages → 4016; nothing
-/// published.
+/// published. RSS bound: +16 MiB.
 fn v4_huge_batches(s: &Server) {
     let (ch, mut w) = watched(s);
     pub_bin(s, &unhex("0a00").repeat(50_000)).assert_error(400, T4013);
@@ -1901,7 +1901,7 @@ fn v4_huge_batches(s: &Server) {
     assert_nothing_published(s, &mut w, &ch);
 }
 
-/// Invalid channel ids in a binary publish (15, 17, 0 bytes) → 4019, nothing published.
+/// Invalid channel ids in a binary publish (15, 17, 0 bytes) → 4019, nothing published. RSS bound: +4 MiB.
 fn v4_invalid_ids(s: &Server) {
     let (ch, mut w) = watched(s);
     for id in [vec![0xab; 15], vec![0xab; 17], Vec::new()] {
@@ -1916,7 +1916,7 @@ fn v4_invalid_ids(s: &Server) {
     assert_nothing_published(s, &mut w, &ch);
 }
 
-/// Binary publish body over MAX_PAYLOAD → 413, nothing published.
+/// Binary publish body over MAX_PAYLOAD → 413, nothing published. RSS bound: +8 MiB.
 fn v4_oversize_body(s: &Server) {
     let (ch, mut w) = watched(s);
     let body = one(vec![trusted(&ch)], &vec![b'q'; 1 << 20]);
@@ -1930,7 +1930,7 @@ fn v4_oversize_body(s: &Server) {
 }
 
 /// Client publish (REST) errors: garbage → 4013, no pair → 4012, private receiver → 4020,
-/// unsigned receiver → 4021, serverStats → 4014; nothing published.
+/// unsigned receiver → 4021, serverStats → 4014; nothing published. RSS bound: +8 MiB.
 fn v4_rest_errors(s: &Server) {
     let (target, mut w) = v4_watched_pub(s);
     let pair = format!("CHANNEL_ID={}", enc(&signed_pair(&new_id(), &new_id())));
@@ -1981,7 +1981,7 @@ fn v4_watched_pub(s: &Server) -> (String, Ws) {
     (target, ws)
 }
 
-/// Channel stats with 30 000 ids (~660 KB) → 4018.
+/// Channel stats with 30 000 ids (~660 KB) → 4018. RSS bound: +16 MiB.
 fn v4_huge_stats(s: &Server) {
     let ids: Vec<proto::Receiver> = (0..30_000).map(|_| trusted(&new_id())).collect();
     let body = batch(vec![request::Command::ChannelStats(
@@ -2014,7 +2014,7 @@ fn v4_protocol() {
 // =============================================================================================
 // resource exhaustion
 
-/// 3000 WebSockets on one channel: one publish reaches all. Bound 3000 × 8 KiB + 16 MiB.
+/// 3000 WebSockets on one channel: one publish reaches all. RSS bound: +3000 × 8 KiB + 16 MiB.
 fn many_websockets(s: &Server) {
     let ch = new_id();
     let mut socks: Vec<RawWs> = (0..3000)
@@ -2027,7 +2027,7 @@ fn many_websockets(s: &Server) {
     }
 }
 
-/// 2000 held long polls on one channel: one publish answers all. Bound 2000 × 8 KiB + 16 MiB.
+/// 2000 held long polls on one channel: one publish answers all. RSS bound: +2000 × 8 KiB + 16 MiB.
 fn many_long_polls(s: &Server) {
     let ch = new_id();
     let held = || s.server_stat()[0]["pollings"].as_u64().expect("pollings");
@@ -2048,7 +2048,7 @@ fn many_long_polls(s: &Server) {
 }
 
 /// 20 000 publishes to distinct channels on keep-alive connections (store and registry
-/// pressure). Bound 32 MiB.
+/// pressure). RSS bound: +32 MiB.
 fn many_channels(s: &Server) {
     let mut c = s.pub_conn();
     let mut w = c.stream.try_clone().expect("clone");
