@@ -1138,8 +1138,8 @@ fn never_read_404_flood(total: usize) {
     let sent = flood(&c, &chunk, total, Duration::from_secs(3));
     let max = max_rss_over(&s, Duration::from_secs(1));
     eprintln!(
-        "404 flood: {} MiB sent, RSS +{} KiB",
-        sent as u64 / MIB,
+        "404 flood: {} KiB sent, RSS +{} KiB",
+        sent as u64 / KIB,
         max.saturating_sub(base) / KIB
     );
     assert!(
@@ -1544,8 +1544,8 @@ fn ws_ping_flood_never_read() {
     let sent = flood(&ws.s, &chunk, 48 << 20, Duration::from_secs(3));
     let max = max_rss_over(&s, Duration::from_secs(1));
     eprintln!(
-        "ping flood: {} MiB sent, RSS +{} KiB",
-        sent as u64 / MIB,
+        "ping flood: {} KiB sent, RSS +{} KiB",
+        sent as u64 / KIB,
         max.saturating_sub(base) / KIB
     );
     assert!(
