@@ -266,9 +266,31 @@ pub fn load_with_default(
             }
         },
     };
+    from_text(
+        file.as_ref()
+            .map(|(p, bytes)| (p.as_path(), bytes.as_slice())),
+        env,
+    )
+}
+
+/// What [`load`] makes of a config file at `path` whose content is `bytes`, without reading
+/// any file: the pure text-to-[`Config`] step (the fuzz target `config` drives it).
+pub fn parse_text(
+    path: &Path,
+    bytes: &[u8],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    from_text(Some((path, bytes)), env)
+}
+
+/// The file's content (if there is a file) and the environment, validated into a [`Config`].
+fn from_text(
+    file: Option<(&Path, &[u8])>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
     let mut settings = Settings::default();
     let mut warnings = Vec::new();
-    if let Some((p, bytes)) = &file {
+    if let Some((p, bytes)) = file {
         parse_file(
             p,
             &String::from_utf8_lossy(bytes),
@@ -281,7 +303,7 @@ pub fn load_with_default(
     let zero_config = file.is_none() && ZERO_CONFIG_BLOCKERS.iter().all(|k| env(k).is_none());
     Builder {
         settings,
-        source: file.map(|(p, _)| p),
+        source: file.map(|(p, _)| p.to_path_buf()),
         origins: BTreeMap::new(),
         warnings,
     }
@@ -539,6 +561,21 @@ impl Builder {
         let pub_sock = self.parse("PUB_SOCK", run_dir.join("pub.sock"), socket_path)?;
         if sub_sock == pub_sock {
             return Err(self.conflict("SUB_SOCK and PUB_SOCK name the same file"));
+        }
+        // A set socket path was checked above; a default one under RUN_DIR is checked here.
+        for (key, sock) in [("SUB_SOCK", &sub_sock), ("PUB_SOCK", &pub_sock)] {
+            if sock.as_os_str().len() > MAX_SOCKET_PATH {
+                let origin = self
+                    .origins
+                    .get("RUN_DIR")
+                    .cloned()
+                    .unwrap_or(Origin::Default);
+                let why = format!(
+                    "the default {key} {} would be longer than the {MAX_SOCKET_PATH} bytes a Unix socket path may have; shorten RUN_DIR or set {key}",
+                    sock.display()
+                );
+                return Err(self.invalid("RUN_DIR", &run_dir.display().to_string(), &origin, &why));
+            }
         }
         let sub_listen = self.listen("SUB_LISTEN", zero_config, ZERO_CONFIG_SUB_LISTEN)?;
         let pub_listen = self.listen("PUB_LISTEN", zero_config, ZERO_CONFIG_PUB_LISTEN)?;
@@ -1466,6 +1503,30 @@ SECURITY_KEY=AbCdEf0123456789xyz
     }
 
     #[test]
+    fn parse_text_is_load_without_the_read() {
+        let dir = TempDir::new();
+        for text in [
+            "SECURITY_KEY=k\nMAX_PAYLOAD=2048\nUNKNOWN=1\n",
+            "SECURITY_KEY=k\nLONG_POLL_TIMEOUT=abc\n",
+            "export SECURITY_KEY='a b'\n",
+            "",
+        ] {
+            let path = dir.write("push-server-multi", text);
+            let none = dir.0.join("none");
+            let loaded = load_with_default(Some(&path), &none, &|_| None);
+            let parsed = parse_text(&path, text.as_bytes(), &|_| None);
+            match (loaded, parsed) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a.render(), b.render(), "{text:?}");
+                    assert_eq!(a.warnings, b.warnings, "{text:?}");
+                }
+                (Err(a), Err(b)) => assert_eq!(a, b, "{text:?}"),
+                (a, b) => panic!("{text:?}: load {a:?}, parse_text {b:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn invalid_values_name_key_and_place() {
         let e = err_text(load_text("SECURITY_KEY=k\n\nLONG_POLL_TIMEOUT=abc\n", &[]));
         assert!(
@@ -1588,6 +1649,32 @@ SECURITY_KEY=AbCdEf0123456789xyz
         assert!(e.contains("SUB_LISTEN and PUB_LISTEN"), "{e}");
         let long = format!("SECURITY_KEY=k\nSUB_SOCK=/{}\n", "x".repeat(120));
         assert!(err_text(load_text(&long, &[])).contains("at most 107 bytes"));
+    }
+
+    /// Found by the `config` fuzz target: a long RUN_DIR made the default socket paths
+    /// (`RUN_DIR/sub.sock`, `RUN_DIR/pub.sock`) longer than `sun_path` allows, and the config
+    /// was accepted; binding would fail later without naming the key.
+    #[test]
+    fn long_run_dir_is_refused_for_default_sockets() {
+        let dir = format!("/{}", "d".repeat(99));
+        let text = format!("SECURITY_KEY=k\nRUN_DIR={dir}\n");
+        let e = err_text(load_text(&text, &[]));
+        assert!(e.starts_with("invalid RUN_DIR="), "{e}");
+        assert!(
+            e.contains("line 2") && e.contains("SUB_SOCK") && e.contains("107"),
+            "{e}"
+        );
+        // Explicit sockets make any RUN_DIR length fine; one default socket is still checked.
+        let both = format!("{text}SUB_SOCK=/run/s.sock\nPUB_SOCK=/run/p.sock\n");
+        assert!(load_text(&both, &[]).is_ok());
+        let one = format!("{text}SUB_SOCK=/run/s.sock\n");
+        assert!(err_text(load_text(&one, &[])).contains("PUB_SOCK"));
+        // At the limit exactly: 98 + "/sub.sock" (9) = 107 bytes.
+        let fits = format!("SECURITY_KEY=k\nRUN_DIR=/{}\n", "d".repeat(97));
+        assert_eq!(
+            load_text(&fits, &[]).unwrap().sub_sock.as_os_str().len(),
+            107
+        );
     }
 
     #[test]

@@ -58,9 +58,32 @@ fn head_len(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
 }
 
+/// `Content-Length = 1*DIGIT` (RFC 9110 §8.6), with the optional whitespace (SP, HTAB) around a
+/// field value (§5.5). Anything else, a sign (`+5`, `-1`), inner spaces (`5 5`), an empty value,
+/// `0x5`, or a number beyond `usize`, is [`HttpError::Malformed`]: a length that another hop
+/// might read differently is where request smuggling hides.
+fn parse_content_length(value: &[u8]) -> Result<usize, HttpError> {
+    let is_ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = value.iter().position(|b| !is_ows(b)).unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|b| !is_ows(b))
+        .map_or(start, |i| i + 1);
+    let digits = &value[start..end];
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(HttpError::Malformed);
+    }
+    digits
+        .iter()
+        .try_fold(0usize, |n, &d| {
+            n.checked_mul(10)?.checked_add(usize::from(d - b'0'))
+        })
+        .ok_or(HttpError::Malformed)
+}
+
 /// Parses a complete head at the start of `buf`. `Ok(None)`: need more bytes.
 pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<(RequestHead, usize)>, HttpError> {
-    let Some(len) = head_len(&buf[..buf.len().min(max_head + 4)]) else {
+    let Some(len) = head_len(&buf[..buf.len().min(max_head.saturating_add(4))]) else {
         return if buf.len() > max_head {
             Err(HttpError::HeaderTooLarge)
         } else {
@@ -101,8 +124,7 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<(RequestHead, us
         let name = h.name;
         let value = h.value;
         if name.eq_ignore_ascii_case("content-length") {
-            let v = std::str::from_utf8(value).map_err(|_| HttpError::Malformed)?;
-            let n: usize = v.trim().parse().map_err(|_| HttpError::Malformed)?;
+            let n = parse_content_length(value)?;
             if content_length.is_some_and(|old| old != n) {
                 return Err(HttpError::Malformed);
             }
@@ -248,6 +270,69 @@ mod tests {
             .unwrap();
         assert_eq!(h.message_expiry, 0);
         assert_eq!(parse("garbage\r\n\r\n").unwrap_err(), HttpError::Malformed);
+    }
+
+    fn with_length(value: &str) -> Result<Option<(RequestHead, usize)>, HttpError> {
+        parse(&format!(
+            "POST / HTTP/1.1\r\nContent-Length:{value}\r\n\r\n"
+        ))
+    }
+
+    #[test]
+    fn content_length_is_digits_only() {
+        for bad in [
+            " +5",
+            " -1",
+            " 5 5",
+            "",
+            " ",
+            " 0x5",
+            " 5,5",
+            " 5;",
+            " 0.5",
+            " \u{663}",
+            " 18446744073709551616",
+            " 99999999999999999999999",
+        ] {
+            assert_eq!(
+                with_length(bad).unwrap_err(),
+                HttpError::Malformed,
+                "Content-Length:{bad:?}"
+            );
+        }
+        for (ok, n) in [
+            ("5", 5),
+            (" 5", 5),
+            ("\t5\t", 5),
+            ("  5  ", 5),
+            (" 0", 0),
+            (" 007", 7),
+            (" 18446744073709551615", usize::MAX),
+        ] {
+            let (h, _) = with_length(ok).unwrap().unwrap();
+            assert_eq!(h.content_length, n, "Content-Length:{ok:?}");
+        }
+        // A repeated header must agree after parsing, so `5` and `05` are the same length.
+        let (h, _) = parse("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 05\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.content_length, 5);
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: +5\r\n\r\n")
+                .unwrap_err(),
+            HttpError::Malformed
+        );
+    }
+
+    /// Found by the `http_head` fuzz target: `max_head + 4` overflowed for a limit of
+    /// `usize::MAX` ("no limit"), a panic instead of parsing.
+    #[test]
+    fn no_head_limit_does_not_overflow() {
+        assert!(parse_head(b"\xff\xff", usize::MAX).unwrap().is_none());
+        let (h, len) = parse_head(b"GET /x HTTP/1.1\r\n\r\n", usize::MAX)
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.path(), len), ("/x", 19));
     }
 
     #[test]

@@ -11,6 +11,11 @@ use tungstenite::Bytes;
 /// How many chunks one `writev` takes at most.
 const MAX_IOV: usize = 64;
 
+/// What a queued chunk costs in memory besides its bytes: the queue slot, the shared
+/// buffer's header and the allocator's rounding. Limits count it, so a flood of tiny chunks
+/// (pongs to a ping flood) is bounded like a few large ones.
+pub const CHUNK_OVERHEAD: usize = 96;
+
 #[derive(Default)]
 pub struct Outbox {
     chunks: VecDeque<Bytes>,
@@ -38,8 +43,15 @@ impl Outbox {
         self.chunks.push_back(chunk);
     }
 
+    /// Bytes still to write.
     pub fn queued(&self) -> usize {
         self.queued
+    }
+
+    /// The memory the queue holds, with [`CHUNK_OVERHEAD`] per chunk: what `OUTBOX_LIMIT`
+    /// and the high- and low-water marks are compared with.
+    pub fn footprint(&self) -> usize {
+        self.queued + self.chunks.len() * CHUNK_OVERHEAD
     }
 
     pub fn is_empty(&self) -> bool {

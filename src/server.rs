@@ -19,15 +19,13 @@ use signal_hook_mio::v1_0::Signals;
 use tungstenite::Bytes;
 
 use crate::config::{self, Config};
-use crate::conn::{Backlog, Conn, Phase, READ_CHUNK, ReadState};
-use crate::error::{HttpError, close};
-use crate::http::{self};
+use crate::conn::{Conn, Phase, READ_CHUNK};
+use crate::error::close;
 use crate::listener::{self, Bound};
 use crate::message::{Mid, MidGen, now_ms};
 use crate::metrics::Metrics;
 use crate::notify;
 use crate::registry::Registry;
-use crate::response::Persist;
 use crate::route::Role;
 use crate::signature::Signer;
 use crate::slab::{ConnId, Slab};
@@ -39,6 +37,7 @@ use crate::timers::Timers;
 use crate::websocket::{self, OP_PING};
 
 mod requests;
+mod service;
 mod store_io;
 mod v4;
 
@@ -57,9 +56,6 @@ pub(crate) const BACKLOG_CHUNK_BYTES: usize = 1 << 20;
 const CLOSE_LINGER: Duration = Duration::from_secs(5);
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
-/// Unparsed input a held long poll may accumulate (pipelined bytes) before it is cut; also
-/// what a Busy connection reads ahead before reading stops until the store answers.
-const HOLD_INPUT_CAP: usize = 64 * 1024;
 const WS_PING_PAYLOAD: &[u8] = b"ws ping";
 /// Store drain rounds per loop pass before sockets get their turn again.
 const MAX_DRAIN_ROUNDS: usize = 64;
@@ -94,6 +90,8 @@ pub struct Server {
     metrics: Metrics,
     process_id: String,
     dirty: Vec<ConnId>,
+    /// Connections with work to resume (docs/loop.md): served after the store's answers.
+    ready: Vec<ConnId>,
     scratch: Vec<u8>,
     publish_seq: u64,
     expired: Vec<(Instant, ConnId)>,
@@ -168,6 +166,7 @@ impl Server {
             metrics: Metrics::default(),
             process_id: format!("{hostname}-{}", std::process::id()),
             dirty: Vec::new(),
+            ready: Vec::new(),
             scratch: vec![0; READ_CHUNK],
             publish_seq: 0,
             expired: Vec::new(),
@@ -235,7 +234,7 @@ impl Server {
                             continue;
                         };
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.on_readable(id);
+                            self.serve(id);
                         }
                         if event.is_writable() {
                             self.flush_conn(id);
@@ -257,27 +256,31 @@ impl Server {
                 self.next_stats_put = now + STATS_PUT_EVERY;
             }
             // Jobs submitted in this pass may already have answers (the embedded store), and
-            // acting on an answer or flushing can submit more: a pipelined request behind an
-            // answered one, a keep-alive poll behind a finished one. Nothing else would wake
-            // the loop for those (the embedded store has no waker; a TCP peer reading its
-            // answer raises no event), so drain until quiet, within a bound.
+            // acting on an answer can make a connection ready: a pipelined request behind an
+            // answered one, a keep-alive poll behind a finished one, an outbox that drained.
+            // Nothing else would wake the loop for those (the embedded store has no waker; a
+            // TCP peer reading its answer raises no event), so go on until quiet, within a
+            // bound; past it the next poll does not sleep.
             let mut rounds = 0;
             self.drain_again = false;
             loop {
                 // Answers first, until quiet: the fan-outs of pipelined publishes pile up in
                 // the subscribers' outboxes and go out in one writev each below.
+                let mut busy = false;
                 while rounds < MAX_DRAIN_ROUNDS && self.drain_store() {
                     rounds += 1;
+                    busy = true;
                 }
+                busy |= self.serve_ready();
                 self.flush_dirty();
-                if rounds >= MAX_DRAIN_ROUNDS {
-                    self.drain_again = true;
-                    break;
-                }
-                if !self.drain_store() {
-                    break;
-                }
                 rounds += 1;
+                if rounds >= MAX_DRAIN_ROUNDS {
+                    self.drain_again = !self.ready.is_empty() || busy;
+                    break;
+                }
+                if !busy && self.ready.is_empty() {
+                    break;
+                }
             }
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.accept_paused_until = None;
@@ -398,272 +401,6 @@ impl Server {
         self.set_deadline(id, Some(at));
         // Bytes may already be waiting; edge-triggered readiness reports them anyway on
         // registration, so nothing else to do here.
-    }
-
-    // ---- reading ----
-
-    pub(super) fn on_readable(&mut self, id: ConnId) {
-        let request_cap = self.cfg.limits.max_header_size + self.cfg.limits.max_payload + 64;
-        loop {
-            let Some(conn) = self.conns.get_mut(id) else {
-                return;
-            };
-            // Read only what the current request needs plus a little read-ahead; the rest waits
-            // in the kernel (back-pressure). Reading a whole request buffer ahead would let a
-            // pipelining publisher park up to MAX_PAYLOAD of requests here while the store is
-            // slow, per connection. A WebSocket message may be MAX_PAYLOAD long.
-            let cap = match &conn.phase {
-                Phase::Request(Some(head)) => head.content_length + HOLD_INPUT_CAP,
-                Phase::WebSocket(_) => request_cap,
-                _ => HOLD_INPUT_CAP.max(self.cfg.limits.max_header_size),
-            };
-            let was_idle = matches!(conn.phase, Phase::Request(None)) && conn.rbuf.is_empty();
-            let state = conn.read_available(&mut self.scratch, cap);
-            if was_idle && !conn.rbuf.is_empty() {
-                // A keep-alive connection began a new request: the head timeout applies now.
-                let at = Instant::now() + self.cfg.timings.header_timeout;
-                self.set_deadline(id, Some(at));
-            }
-            let before = self.conns.get(id).map_or(0, |c| c.rbuf.len());
-            self.process_input(id);
-            match state {
-                ReadState::Open => return,
-                ReadState::Eof => return self.on_eof(id),
-                ReadState::Capped => {
-                    if self
-                        .conns
-                        .get(id)
-                        .is_some_and(|c| matches!(c.phase, Phase::Busy))
-                    {
-                        // Back-pressure on a pipelining client: reading resumes when the
-                        // store has answered (`answer_busy`).
-                        return;
-                    }
-                    let after = self.conns.get(id).map_or(0, |c| c.rbuf.len());
-                    if after >= before {
-                        // Guard against a pump that makes no progress: cost one connection.
-                        log::warn!("{id}: input buffer full without progress; closing");
-                        return self.close_now(id);
-                    }
-                }
-            }
-        }
-    }
-
-    fn on_eof(&mut self, id: ConnId) {
-        let Some(conn) = self.conns.get_mut(id) else {
-            return;
-        };
-        conn.peer_closed = true;
-        match conn.phase {
-            // An answer is still on its way to a half-closed client: let it drain.
-            Phase::Request(_) | Phase::Closing if !conn.outbox.is_empty() => {
-                conn.phase = Phase::Closing;
-            }
-            // A publish in the store completes whether or not the client waits (PHP may hang
-            // up early); the answer then finds the peer gone and closes.
-            Phase::Busy => {}
-            _ => {
-                log::trace!("{id}: peer closed");
-                self.close_now(id);
-            }
-        }
-    }
-
-    fn process_input(&mut self, id: ConnId) {
-        let max_head = self.cfg.limits.max_header_size;
-        let max_payload = self.cfg.limits.max_payload;
-        loop {
-            let Some(conn) = self.conns.get_mut(id) else {
-                return;
-            };
-            match &mut conn.phase {
-                Phase::Request(None) => {
-                    if conn.rbuf.is_empty() {
-                        return;
-                    }
-                    match http::parse_head(&conn.rbuf, max_head) {
-                        Ok(None) => return,
-                        Err(e) => {
-                            log::info!("{id}: bad request: {:?}", e);
-                            self.respond_error(id, e.into(), Persist::Close);
-                            return;
-                        }
-                        Ok(Some((head, len))) => {
-                            conn.consume_input(len);
-                            if head.content_length > max_payload {
-                                log::info!(
-                                    "{id}: body of {} bytes over MAX_PAYLOAD {max_payload}",
-                                    head.content_length
-                                );
-                                self.respond_error(
-                                    id,
-                                    HttpError::PayloadTooLarge.into(),
-                                    Persist::Close,
-                                );
-                                return;
-                            }
-                            conn.phase = Phase::Request(Some(Box::new(head)));
-                        }
-                    }
-                }
-                Phase::Request(Some(head)) => {
-                    let len = head.content_length;
-                    if conn.rbuf.len() < len {
-                        return;
-                    }
-                    let Phase::Request(Some(head)) =
-                        std::mem::replace(&mut conn.phase, Phase::Request(None))
-                    else {
-                        unreachable!("matched Request(Some) above");
-                    };
-                    let body = Bytes::copy_from_slice(&conn.rbuf[..len]);
-                    conn.consume_input(len);
-                    self.handle_request(id, *head, body);
-                }
-                Phase::WebSocket(_) => {
-                    self.process_ws_input(id);
-                    return;
-                }
-                // Pipelined requests wait in the buffer (bounded by the read cap) until the
-                // store answers.
-                Phase::Busy => return,
-                Phase::Hold(_) => {
-                    if conn.rbuf.len() > HOLD_INPUT_CAP {
-                        log::info!("{id}: input while a long poll is held; closing");
-                        self.close_now(id);
-                    }
-                    return;
-                }
-                Phase::Closing => {
-                    conn.rbuf = Vec::new();
-                    return;
-                }
-            }
-        }
-    }
-
-    // ---- timers ----
-
-    fn set_deadline(&mut self, id: ConnId, at: Option<Instant>) {
-        if let Some(conn) = self.conns.get_mut(id) {
-            conn.deadline = at;
-            if let Some(at) = at {
-                self.timers.schedule(at, id);
-            }
-        }
-    }
-
-    fn expire_timers(&mut self, now: Instant) {
-        let mut expired = std::mem::take(&mut self.expired);
-        self.timers.pop_expired(now, &mut expired);
-        for (at, id) in expired.drain(..) {
-            let Some(conn) = self.conns.get_mut(id) else {
-                continue;
-            };
-            if conn.deadline != Some(at) {
-                continue;
-            }
-            conn.deadline = None;
-            match &conn.phase {
-                Phase::Request(None) if conn.rbuf.is_empty() => {
-                    log::trace!("{id}: idle timeout");
-                    self.close_now(id);
-                }
-                Phase::Request(_) => {
-                    log::info!("{id}: request not complete within HEADER_TIMEOUT; closing");
-                    self.respond_error(id, HttpError::Timeout.into(), Persist::Close);
-                }
-                Phase::Hold(_) => self.finish_hold(id, false),
-                Phase::WebSocket(_) => self.ws_tick(id, now),
-                Phase::Busy => {
-                    log::warn!("{id}: no answer from the store in time; closing");
-                    self.close_now(id);
-                }
-                Phase::Closing => self.close_now(id),
-            }
-        }
-        self.expired = expired;
-    }
-
-    /// Ping time: terminate a peer that ignored the previous Ping or made no progress on its
-    /// queued output since the last tick; otherwise ping again.
-    fn ws_tick(&mut self, id: ConnId, now: Instant) {
-        let Some(conn) = self.conns.get_mut(id) else {
-            return;
-        };
-        let Phase::WebSocket(ws) = &mut conn.phase else {
-            return;
-        };
-        if ws.ping_outstanding {
-            log::debug!("{id}: no pong to the last ping; terminating");
-            self.close_now(id);
-            return;
-        }
-        if ws.stalled && !conn.outbox.is_empty() {
-            log::info!("{id}: slow consumer (no write progress); terminating");
-            self.close_now(id);
-            return;
-        }
-        ws.stalled = !conn.outbox.is_empty();
-        ws.ping_outstanding = true;
-        let ping = self.ping_frame.clone();
-        conn.outbox.push(ping);
-        self.mark_dirty(id);
-        let at = now + self.cfg.timings.ws_ping_interval;
-        self.set_deadline(id, Some(at));
-    }
-
-    // ---- writing ----
-
-    fn mark_dirty(&mut self, id: ConnId) {
-        if let Some(conn) = self.conns.get_mut(id)
-            && !conn.dirty
-        {
-            conn.dirty = true;
-            self.dirty.push(id);
-        }
-    }
-
-    fn flush_dirty(&mut self) {
-        while !self.dirty.is_empty() {
-            let batch = std::mem::take(&mut self.dirty);
-            for id in batch {
-                let Some(conn) = self.conns.get_mut(id) else {
-                    continue;
-                };
-                conn.dirty = false;
-                if matches!(&conn.phase, Phase::Hold(h) if !h.pending.is_empty() && h.backlog == Backlog::Done)
-                {
-                    self.finish_hold(id, false);
-                }
-                self.flush_conn(id);
-            }
-        }
-    }
-
-    fn flush_conn(&mut self, id: ConnId) {
-        let Some(conn) = self.conns.get_mut(id) else {
-            return;
-        };
-        match conn.flush() {
-            Ok(true) if matches!(conn.phase, Phase::Closing) => {
-                if conn.peer_closed {
-                    self.close_now(id);
-                } else if !conn.write_shut {
-                    // Half-close, then wait for the peer's FIN: closing with unread input
-                    // would send a reset that can destroy the answer in flight.
-                    conn.write_shut = true;
-                    conn.stream.shutdown_write();
-                }
-            }
-            Ok(true) => {}
-            Ok(false) => {}
-            Err(e) => {
-                log::debug!("{id}: write failed: {e}");
-                self.close_now(id);
-            }
-        }
     }
 
     // ---- closing ----

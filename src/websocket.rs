@@ -131,7 +131,9 @@ impl Reader {
             .filter(|&t| t <= max_message)
             .ok_or(Violation(1009))?;
         let len = len as usize;
-        if buf.len() < pos + 4 + len {
+        // Only without a real limit can the end overflow; such a frame cannot be buffered.
+        let end = (pos + 4).checked_add(len).ok_or(Violation(1009))?;
+        if buf.len() < end {
             return Ok(None);
         }
         let mask = [buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]];
@@ -237,5 +239,21 @@ mod tests {
         );
         let (ping, _) = r.parse(&masked(0x89, b"p"), 100).unwrap().unwrap();
         assert_eq!((ping.opcode, ping.payload), (OP_PING, b"p".to_vec()));
+    }
+
+    /// Found by the `ws_reader` fuzz target: without a message limit (`usize::MAX`) a 64-bit
+    /// length near `u64::MAX` passed the limit check and `pos + 4 + len` overflowed. A frame
+    /// that cannot fit in memory is too big (1009), whatever the limit.
+    #[test]
+    fn huge_length_without_limit_is_too_big() {
+        let mut r = Reader::default();
+        let mut f = vec![0x82, 0x80 | 127];
+        f.extend_from_slice(&u64::MAX.to_be_bytes());
+        f.extend_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(r.parse(&f, usize::MAX), Err(Violation(1009)));
+        // The largest length that fits is still just "need more".
+        let mut f = vec![0x82, 0x80 | 127];
+        f.extend_from_slice(&((usize::MAX - 14) as u64).to_be_bytes());
+        assert_eq!(r.parse(&f, usize::MAX), Ok(None));
     }
 }

@@ -22,12 +22,8 @@ use crate::store::{Job, Receiver};
 use crate::subscription::{self, Subscription};
 use crate::websocket::{self, OP_CLOSE, OP_PING, OP_PONG};
 
-use super::store_io::{BUSY_TIMEOUT, Waiter};
+use super::store_io::{BUSY_TIMEOUT, OnlineWait, Waiter};
 use super::{CLOSE_LINGER, Server};
-
-/// Live messages a WebSocket may park while its backlog is read before it counts as a slow
-/// consumer (the backlog itself comes in chunks of 200).
-const MAX_PARKED: usize = 10_000;
 
 impl Server {
     // ---- requests ----
@@ -238,7 +234,7 @@ impl Server {
             .filter(|&(_, &n)| n == 0)
             .map(|(&ch, _)| (ch, Kind::Private))
             .collect();
-        let waiter = Waiter::Online {
+        let wait = OnlineWait {
             conn: id,
             persist,
             channels,
@@ -246,22 +242,21 @@ impl Server {
         };
         // Answered through on_online in every case: everything local (no store job), the
         // store's answer, or, when the store cannot take the job, from local connections only.
-        let token = self.next_token();
-        self.waiting.insert(token, (Instant::now(), waiter));
         self.set_busy(id);
         if ask.is_empty() {
-            self.on_online(token, Ok(Vec::new()));
-        } else if self
-            .store
-            .submit(Job::Online {
-                token,
-                channels: ask,
-            })
-            .is_err()
-        {
-            let e = crate::store::StoreError("store queue full".to_owned());
-            self.on_online(token, Err(e));
+            return self.on_online(wait, Ok(Vec::new()));
         }
+        let token = self.next_token();
+        let job = Job::Online {
+            token,
+            channels: ask,
+        };
+        if self.store.submit(job).is_err() {
+            let e = crate::store::StoreError("store queue full".to_owned());
+            return self.on_online(wait, Err(e));
+        }
+        self.waiting
+            .insert(token, (Instant::now(), Waiter::Online(wait)));
     }
 
     // ---- publishing ----
@@ -292,20 +287,18 @@ impl Server {
                         delivered -= 1;
                     }
                     Phase::Hold(hold) => {
-                        hold.pending.push(Arc::clone(msg));
+                        // Bounded in bytes; what does not fit comes from the store on the
+                        // client's next poll.
+                        hold.pending.push(msg, limit);
                         if hold.backlog == Backlog::Done && !conn.dirty {
                             conn.dirty = true;
                             self.dirty.push(cid);
                         }
                     }
-                    Phase::WebSocket(ws)
-                        if matches!(ws.backlog, Backlog::Pending(_) | Backlog::Failed(_)) =>
-                    {
-                        // Sent after the backlog, so the client's mid never skips it (§4.4).
-                        ws.parked.push(Arc::clone(msg));
-                        if ws.parked.len() > MAX_PARKED {
-                            slow.push(cid);
-                        }
+                    Phase::WebSocket(ws) if ws.backlog.parks_live() => {
+                        // Sent after the backlog, so the client's mid never skips it (§4.4);
+                        // bounded in bytes, the rest is read from the store after the backlog.
+                        ws.parked.push(msg, limit);
                     }
                     Phase::WebSocket(ws) if matches!(ws.backlog, Backlog::Sent(last) if msg.mid <= last) =>
                     {
@@ -317,7 +310,7 @@ impl Server {
                         // Queued; flush_dirty writes it at the end of the pass, so all the
                         // messages that reach this subscriber in one pass go out in one writev.
                         conn.outbox.push(msg.ws_frame(ws.sub.binary).clone());
-                        if conn.outbox.queued() > limit {
+                        if conn.outbox.footprint() > limit {
                             slow.push(cid);
                         } else if !conn.dirty {
                             conn.dirty = true;
@@ -381,7 +374,7 @@ impl Server {
         };
         conn.phase = Phase::Hold(Box::new(Hold {
             sub,
-            pending: Vec::new(),
+            pending: Default::default(),
             backlog: Backlog::Done,
             keep_alive: persist == Persist::KeepAlive,
             client,
@@ -450,11 +443,11 @@ impl Server {
                 "{id}: long poll answered for {}",
                 hold.client.as_deref().unwrap_or("-")
             );
-            self.answer_messages(id, hold.pending, hold.sub.binary, persist);
+            self.answer_messages(id, hold.pending.messages, hold.sub.binary, persist);
         }
         // A keep-alive client may have pipelined its next request already.
         if persist == Persist::KeepAlive {
-            self.process_input(id);
+            self.mark_ready(id);
         }
     }
 
@@ -500,7 +493,7 @@ impl Server {
         conn.phase = Phase::WebSocket(Box::new(WsState {
             sub,
             backlog: Backlog::Done,
-            parked: Vec::new(),
+            parked: Default::default(),
             reader: websocket::Reader::default(),
             ping_outstanding: false,
             stalled: false,
@@ -538,68 +531,41 @@ impl Server {
 
     // ---- WebSocket input ----
 
-    pub(super) fn process_ws_input(&mut self, id: ConnId) {
-        let max = self.cfg.limits.max_payload;
-        loop {
-            let Some(conn) = self.conns.get_mut(id) else {
-                return;
-            };
-            let Conn {
-                phase,
-                rbuf,
-                outbox,
-                ..
-            } = conn;
-            let Phase::WebSocket(ws) = phase else {
-                return;
-            };
-            let frame = match ws.reader.parse(rbuf, max) {
-                Ok(None) => return,
-                Err(websocket::Violation(code)) => {
-                    log::info!("{id}: websocket protocol violation, closing with {code}");
-                    let reason = if code == close::TOO_BIG {
-                        "message too big"
-                    } else {
-                        "protocol error"
-                    };
-                    self.close_ws(id, code, reason);
-                    return;
-                }
-                Ok(Some((frame, used))) => {
-                    if used >= rbuf.len() {
-                        *rbuf = Vec::new();
-                    } else {
-                        rbuf.drain(..used);
-                    }
-                    frame
-                }
-            };
-            match frame.opcode {
-                OP_PING => {
-                    outbox.push(websocket::server_frame(OP_PONG, &frame.payload));
-                    self.mark_dirty(id);
-                }
-                OP_PONG => {
-                    ws.ping_outstanding = false;
-                    // Presence lives as long as the online TTL; a pong (every ping interval)
-                    // renews it, as the references do.
-                    let receivers = ws.sub.receivers.clone();
-                    self.touch(&receivers);
-                }
-                OP_CLOSE => {
-                    log::debug!("{id}: websocket closed by client");
-                    self.close_ws(id, close::NORMAL, "");
-                    return;
-                }
-                // v3 clients send nothing, and text is ignored on v4 too (W-7); a v4
-                // client's binary message is a client publish (§6.4).
-                _ if ws.sub.binary => {
-                    if let Some(message) = crate::v4::assemble_binary(&mut ws.partial, frame) {
-                        self.ws_client_message(id, message);
-                    }
-                }
-                _ => {}
+    /// Acts on one client frame of a WebSocket.
+    pub(super) fn on_ws_frame(&mut self, id: ConnId, frame: websocket::Frame) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        let Phase::WebSocket(ws) = &mut conn.phase else {
+            return;
+        };
+        match frame.opcode {
+            OP_PING => {
+                // Counts against the outbox like everything else: input stops being read while
+                // the client leaves its pongs unread.
+                conn.outbox
+                    .push(websocket::server_frame(OP_PONG, &frame.payload));
+                self.mark_dirty(id);
             }
+            OP_PONG => {
+                ws.ping_outstanding = false;
+                // Presence lives as long as the online TTL; a pong (every ping interval)
+                // renews it, as the references do.
+                let receivers = ws.sub.receivers.clone();
+                self.touch(&receivers);
+            }
+            OP_CLOSE => {
+                log::debug!("{id}: websocket closed by client");
+                self.close_ws(id, close::NORMAL, "");
+            }
+            // v3 clients send nothing, and text is ignored on v4 too (W-7); a v4
+            // client's binary message is a client publish (§6.4).
+            _ if ws.sub.binary => {
+                if let Some(message) = crate::v4::assemble_binary(&mut ws.partial, frame) {
+                    self.ws_client_message(id, message);
+                }
+            }
+            _ => {}
         }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::channel::ChannelId;
-use crate::conn::{Backlog, Phase};
+use crate::conn::{Backlog, Held, Phase};
 use crate::error::ApiError;
 use crate::message::{Message, Mid, now_ms};
 use crate::response::{self, Persist};
@@ -40,14 +40,8 @@ pub(super) enum Waiter {
     /// The next backlog chunk of a subscriber, read after `after`: the last id it was sent
     /// (or its `mid`).
     Backlog { conn: ConnId, after: Mid },
-    /// A legacy online query: `local[i]` is the local subscriber count of `channels[i]`; the
-    /// store was asked about the channels with none.
-    Online {
-        conn: ConnId,
-        persist: Persist,
-        channels: Vec<ChannelId>,
-        local: Vec<usize>,
-    },
+    /// A legacy online query.
+    Online(OnlineWait),
     /// `/server-stat/`: this instance's fresh entry, waiting for the others.
     Stats {
         conn: ConnId,
@@ -57,6 +51,38 @@ pub(super) enum Waiter {
     /// v4 channel or server stats (`super::v4`), waiting for presence or the other
     /// instances' stats.
     V4Stats(Box<super::v4::StatsPlan>),
+}
+
+/// A legacy online query: `local[i]` is the local subscriber count of `channels[i]`; the
+/// store is asked about the channels with none.
+pub(super) struct OnlineWait {
+    pub conn: ConnId,
+    pub persist: Persist,
+    pub channels: Vec<ChannelId>,
+    pub local: Vec<usize>,
+}
+
+/// A store answer without its token.
+#[derive(Debug)]
+enum Outcome {
+    Published(Result<Vec<Minted>, StoreError>),
+    Backlog(Result<BacklogChunk, StoreError>),
+    Online(Result<Vec<bool>, StoreError>),
+    Stats(Result<Vec<String>, StoreError>),
+}
+
+impl Outcome {
+    /// The answer a failing store gives to the job `waiter` waits for (a v4 stats plan fails
+    /// over to local data whichever job it waited for).
+    fn failure(waiter: &Waiter, why: &str) -> Outcome {
+        let e = StoreError(why.to_owned());
+        match waiter {
+            Waiter::Publish { .. } => Outcome::Published(Err(e)),
+            Waiter::Backlog { .. } => Outcome::Backlog(Err(e)),
+            Waiter::Online(_) => Outcome::Online(Err(e)),
+            Waiter::Stats { .. } | Waiter::V4Stats(_) => Outcome::Stats(Err(e)),
+        }
+    }
 }
 
 impl Server {
@@ -196,8 +222,9 @@ impl Server {
         self.flush_conn(id);
         if persist == Persist::KeepAlive {
             // Reading stopped while Busy once the buffer was full (a pipelining client); no
-            // new readiness edge comes for bytes already waiting in the socket, so read now.
-            self.on_readable(id);
+            // new readiness edge comes for bytes already waiting in the socket, so the loop
+            // serves it again (not from here: that would recurse once per pipelined request).
+            self.mark_ready(id);
         }
     }
 
@@ -275,63 +302,66 @@ impl Server {
         any
     }
 
-    /// Acts on one store answer.
+    /// Acts on one store answer. An answer to a job goes to what waits for its token, and
+    /// that waiter decides what the answer means: nothing is looked up twice.
     fn on_done(&mut self, d: Done) {
-        match d {
-            Done::Published { token, result } => self.on_published(token, result),
-            Done::Backlog { token, result } => self.on_backlog(token, result),
-            Done::Online { token, result } if self.is_v4_stats(token) => {
-                self.on_v4_online(token, result)
-            }
-            Done::Stats { token, result } if self.is_v4_stats(token) => {
-                self.on_v4_stats(token, result)
-            }
-            Done::Online { token, result } => self.on_online(token, result),
-            Done::Stats { token, result } => self.on_stats(token, result),
+        let (token, outcome) = match d {
+            Done::Published { token, result } => (token, Outcome::Published(result)),
+            Done::Backlog { token, result } => (token, Outcome::Backlog(result)),
+            Done::Online { token, result } => (token, Outcome::Online(result)),
+            Done::Stats { token, result } => (token, Outcome::Stats(result)),
             Done::Deliver(batch) => {
                 for (msg, receivers) in batch {
                     self.note_mid(msg.mid);
                     self.fan_out(&msg, &receivers);
                 }
+                return;
             }
-            Done::Up { latest } => self.on_store_up(latest),
-            Done::Down { reason } => self.on_store_down(reason),
+            Done::Up { latest } => return self.on_store_up(latest),
+            Done::Down { reason } => return self.on_store_down(reason),
+        };
+        match self.take_waiter(token) {
+            Some(waiter) => self.answer(token, waiter, outcome),
+            None => log::debug!("store answer for job {token}, which nobody waits for"),
+        }
+    }
+
+    fn answer(&mut self, token: Token, waiter: Waiter, outcome: Outcome) {
+        match (waiter, outcome) {
+            (Waiter::Publish { reply }, Outcome::Published(r)) => self.on_published(reply, r),
+            (Waiter::Backlog { conn, after }, Outcome::Backlog(r)) => {
+                self.on_backlog(token, conn, after, r)
+            }
+            (Waiter::Online(w), Outcome::Online(r)) => self.on_online(w, r),
+            (Waiter::Stats { conn, persist, own }, Outcome::Stats(r)) => {
+                self.on_stats(conn, persist, own, r)
+            }
+            (Waiter::V4Stats(plan), Outcome::Online(r)) => self.on_v4_online(plan, r),
+            (Waiter::V4Stats(plan), Outcome::Stats(r)) => self.on_v4_stats(*plan, r),
+            (waiter, outcome) => {
+                log::error!("store answer {outcome:?} does not fit job {token}; failing it");
+                let failed = Outcome::failure(&waiter, "mismatched store answer");
+                self.answer(token, waiter, failed);
+            }
         }
     }
 
     /// Fails the jobs unanswered for [`LOST_AFTER`] (called with the periodic sweep): each
     /// gets the error answer a failing store would have given.
     pub(super) fn expire_waiters(&mut self, now: Instant) {
-        let lost: Vec<Done> = self
+        let lost: Vec<Token> = self
             .waiting
             .iter()
             .filter(|(_, (since, _))| now.saturating_duration_since(*since) > LOST_AFTER)
-            .map(|(&token, (_, w))| {
-                let error = StoreError("no answer from the store".to_owned());
-                match w {
-                    Waiter::Publish { .. } => Done::Published {
-                        token,
-                        result: Err(error),
-                    },
-                    Waiter::Backlog { .. } => Done::Backlog {
-                        token,
-                        result: Err(error),
-                    },
-                    Waiter::Online { .. } => Done::Online {
-                        token,
-                        result: Err(error),
-                    },
-                    // A v4 plan fails over to local data whichever job it waited for.
-                    Waiter::Stats { .. } | Waiter::V4Stats(_) => Done::Stats {
-                        token,
-                        result: Err(error),
-                    },
-                }
-            })
+            .map(|(&token, _)| token)
             .collect();
-        for d in lost {
-            log::warn!("store job unanswered for {LOST_AFTER:?}; counted as failed: {d:?}");
-            self.on_done(d);
+        for token in lost {
+            let Some(waiter) = self.take_waiter(token) else {
+                continue;
+            };
+            log::warn!("store job {token} unanswered for {LOST_AFTER:?}; counted as failed");
+            let failed = Outcome::failure(&waiter, "no answer from the store");
+            self.answer(token, waiter, failed);
         }
     }
 
@@ -348,10 +378,11 @@ impl Server {
         }
     }
 
-    fn on_published(&mut self, token: Token, result: Result<Vec<Minted>, StoreError>) {
-        let Some(Waiter::Publish { reply }) = self.take_waiter(token) else {
-            return;
-        };
+    fn on_published(
+        &mut self,
+        reply: Option<(ConnId, Persist)>,
+        result: Result<Vec<Minted>, StoreError>,
+    ) {
         let reply = reply.filter(|(id, _)| {
             self.conns
                 .get(*id)
@@ -378,13 +409,18 @@ impl Server {
         }
     }
 
-    fn on_backlog(&mut self, token: Token, result: Result<BacklogChunk, StoreError>) {
-        let Some(Waiter::Backlog { conn: id, after }) = self.take_waiter(token) else {
-            return;
-        };
+    fn on_backlog(
+        &mut self,
+        token: Token,
+        id: ConnId,
+        after: Mid,
+        result: Result<BacklogChunk, StoreError>,
+    ) {
+        let low = self.low_water();
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
+        let queued = conn.outbox.footprint();
         match &mut conn.phase {
             Phase::Hold(hold) if hold.backlog == Backlog::Pending(token) => match result {
                 Ok(BacklogChunk { msgs, more: true }) => {
@@ -392,12 +428,17 @@ impl Server {
                     // in the same answer (already parked, or arriving before the end of the
                     // pass) would move the client's mid past the unread rest; the live ones
                     // are stored and come with the rest on the next poll.
-                    hold.pending = msgs;
+                    hold.pending = Held {
+                        messages: msgs,
+                        ..Held::default()
+                    };
                     hold.backlog = Backlog::Done;
                     self.finish_hold(id, false);
                 }
                 Ok(BacklogChunk { msgs, .. }) => {
-                    hold.pending.extend(msgs);
+                    // The live messages held meanwhile are newer than the `after` of the
+                    // read, or in it (deduplicated when answering).
+                    hold.pending.messages.extend(msgs);
                     hold.backlog = Backlog::Done;
                     if !hold.pending.is_empty() {
                         self.mark_dirty(id);
@@ -412,20 +453,34 @@ impl Server {
                 Ok(BacklogChunk { msgs, more }) => {
                     // Parked messages at or below the last id already sent went out with an
                     // earlier chunk (D8: only the buffered messages above it follow).
-                    ws.parked.retain(|m| m.mid > after);
-                    if more {
+                    ws.parked.messages.retain(|m| m.mid > after);
+                    let receivers = ws.sub.receivers.clone();
+                    let (batch, again) = if more {
                         // More to read: this chunk goes now, live ones stay parked.
-                        let receivers = ws.sub.receivers.clone();
-                        let last = msgs.last().map_or(after, |m| m.mid);
-                        self.send_ws_batch(id, msgs);
-                        self.request_backlog(id, receivers, last);
+                        (msgs, true)
                     } else {
+                        // The end of the backlog: the parked live messages follow it, unless
+                        // some did not fit; those are stored, newer than every one sent, and
+                        // come from one more read.
+                        let parked = ws.parked.take();
                         let mut batch = msgs;
-                        batch.append(&mut ws.parked);
-                        ws.parked = Vec::new();
-                        let last = batch.iter().map(|m| m.mid).max().unwrap_or(after);
-                        ws.backlog = Backlog::Sent(last);
-                        self.send_ws_batch(id, batch);
+                        batch.extend(parked.messages);
+                        (batch, parked.dropped)
+                    };
+                    let last = batch.iter().map(|m| m.mid).max().unwrap_or(after);
+                    // When more is to be read and the client has not taken what it was sent,
+                    // the next chunk waits for flush_conn, so replay never holds much more
+                    // than one chunk above the low-water mark per subscriber.
+                    let read_now = again && queued <= low;
+                    // (request_backlog turns Throttled into Pending with its token.)
+                    ws.backlog = if again {
+                        Backlog::Throttled(last)
+                    } else {
+                        Backlog::Sent(last)
+                    };
+                    self.send_ws_batch(id, batch);
+                    if read_now {
+                        self.request_backlog(id, receivers, last);
                     }
                 }
                 Err(e) => {
@@ -464,16 +519,13 @@ impl Server {
         self.mark_dirty(id);
     }
 
-    pub(super) fn on_online(&mut self, token: Token, result: Result<Vec<bool>, StoreError>) {
-        let Some(Waiter::Online {
+    pub(super) fn on_online(&mut self, wait: OnlineWait, result: Result<Vec<bool>, StoreError>) {
+        let OnlineWait {
             conn,
             persist,
             channels,
             local,
-        }) = self.take_waiter(token)
-        else {
-            return;
-        };
+        } = wait;
         let remote = result.unwrap_or_else(|e| {
             log::info!("online query answered from local connections only: {e}");
             Vec::new()
@@ -507,10 +559,13 @@ impl Server {
         }
     }
 
-    fn on_stats(&mut self, token: Token, result: Result<Vec<String>, StoreError>) {
-        let Some(Waiter::Stats { conn, persist, own }) = self.take_waiter(token) else {
-            return;
-        };
+    fn on_stats(
+        &mut self,
+        conn: ConnId,
+        persist: Persist,
+        own: String,
+        result: Result<Vec<String>, StoreError>,
+    ) {
         let others = result.unwrap_or_else(|e| {
             log::info!("server stats answered for this instance only: {e}");
             Vec::new()

@@ -20,7 +20,7 @@ use crate::publish;
 use crate::response::{self as http_response, Persist};
 use crate::slab::ConnId;
 use crate::stats;
-use crate::store::{Draft, Job, Receiver, StoreError, Token};
+use crate::store::{Draft, Job, Receiver, StoreError};
 use crate::subscription;
 use crate::v4::{self, Caller, Command, StatsQuery};
 use crate::websocket::{self, OP_BINARY};
@@ -295,14 +295,11 @@ impl Server {
         self.stats_finish(*plan);
     }
 
-    pub(super) fn is_v4_stats(&self, token: Token) -> bool {
-        matches!(self.waiting.get(&token), Some((_, Waiter::V4Stats(_))))
-    }
-
-    pub(super) fn on_v4_online(&mut self, token: Token, result: Result<Vec<bool>, StoreError>) {
-        let Some(Waiter::V4Stats(mut plan)) = self.take_waiter(token) else {
-            return;
-        };
+    pub(super) fn on_v4_online(
+        &mut self,
+        mut plan: Box<StatsPlan>,
+        result: Result<Vec<bool>, StoreError>,
+    ) {
         let online = result.unwrap_or_else(|e| {
             log::info!("channel stats answered from local connections only: {e}");
             Vec::new()
@@ -317,10 +314,11 @@ impl Server {
         self.stats_next(plan);
     }
 
-    pub(super) fn on_v4_stats(&mut self, token: Token, result: Result<Vec<String>, StoreError>) {
-        let Some(Waiter::V4Stats(mut plan)) = self.take_waiter(token) else {
-            return;
-        };
+    pub(super) fn on_v4_stats(
+        &mut self,
+        mut plan: StatsPlan,
+        result: Result<Vec<String>, StoreError>,
+    ) {
         let others = result.unwrap_or_else(|e| {
             log::info!("server stats answered for this instance only: {e}");
             Vec::new()
@@ -330,7 +328,7 @@ impl Server {
                 o.clone_from(&others);
             }
         }
-        self.stats_finish(*plan);
+        self.stats_finish(plan);
     }
 
     /// Sends the `ResponseBatch` (one `Response` per stats request, in order) if its

@@ -17,6 +17,8 @@ use crate::route::Role;
 use crate::subscription::Subscription;
 use crate::websocket;
 
+pub mod input;
+
 /// Bytes read per `read` call into the shared scratch buffer.
 pub const READ_CHUNK: usize = 16 * 1024;
 
@@ -49,12 +51,59 @@ pub enum Backlog {
     /// The backlog went out, up to this id. A live message at or below it was in it: it was
     /// stored before the read and its announcement (from a shared store) came after.
     Sent(crate::message::Mid),
+    /// More backlog is stored after this id, but the outbox is above its low-water mark: the
+    /// next chunk is read once the client has taken what it was sent (docs/loop.md).
+    Throttled(crate::message::Mid),
+}
+
+impl Backlog {
+    /// Live messages wait (parked) instead of going out, so the client's `mid` never moves
+    /// past backlog it has not seen.
+    pub fn parks_live(self) -> bool {
+        matches!(
+            self,
+            Backlog::Pending(_) | Backlog::Failed(_) | Backlog::Throttled(_)
+        )
+    }
+}
+
+/// Live messages held back for one subscriber, bounded in bytes. Messages beyond the bound
+/// are dropped here, not lost: they are stored, and they are newer than every message kept,
+/// so the subscriber gets them from the store by resuming after the last one it was sent
+/// (a long poll's next request; a WebSocket's next backlog read).
+#[derive(Default)]
+pub struct Held {
+    pub messages: Vec<Arc<Message>>,
+    pub bytes: usize,
+    /// A message did not fit; the subscriber must read the store after what it was sent.
+    pub dropped: bool,
+}
+
+impl Held {
+    /// Keeps `msg` unless that would pass `cap` bytes (the first message is always kept).
+    pub fn push(&mut self, msg: &Arc<Message>, cap: usize) {
+        let size = msg.body.len() + 64;
+        if self.dropped || (!self.messages.is_empty() && self.bytes + size > cap) {
+            self.dropped = true;
+            return;
+        }
+        self.bytes += size;
+        self.messages.push(Arc::clone(msg));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    pub fn take(&mut self) -> Held {
+        std::mem::take(self)
+    }
 }
 
 pub struct Hold {
     pub sub: Subscription,
     /// Messages for this poll: the backlog and live ones, answered together.
-    pub pending: Vec<Arc<Message>>,
+    pub pending: Held,
     pub backlog: Backlog,
     pub keep_alive: bool,
     pub client: Option<Box<str>>,
@@ -64,7 +113,7 @@ pub struct WsState {
     pub sub: Subscription,
     pub backlog: Backlog,
     /// Live messages that came while the backlog was being read; sent after it.
-    pub parked: Vec<Arc<Message>>,
+    pub parked: Held,
     pub reader: websocket::Reader,
     /// A Ping went out and no Pong came back yet.
     pub ping_outstanding: bool,
@@ -89,12 +138,38 @@ pub struct Conn {
     pub last_seq: u64,
     /// Queued in the server's flush list for this pass.
     pub dirty: bool,
+    /// Queued in the server's ready list: it has input or work to resume.
+    pub ready: bool,
+    /// Input handling stopped because the outbox passed its high-water mark; it resumes when
+    /// the outbox drains below the low-water mark.
+    pub throttled: bool,
     /// The write side was shut (in `Closing`).
     pub write_shut: bool,
     /// The peer's FIN (or a read error) was seen.
     pub peer_closed: bool,
     /// The request being answered is a HEAD: its answer goes out without the body.
     pub head_only: bool,
+}
+
+/// What an expired deadline asks the loop to do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Expired {
+    /// A keep-alive connection idled out: close.
+    Idle,
+    /// A request head or body did not complete in time: 408.
+    RequestTimeout,
+    /// A long poll's time is up: answer (304 when nothing came).
+    HoldTimeout,
+    /// Send a ping; the next tick checks for its pong.
+    Ping,
+    /// The peer did not answer the last ping: close with 1001.
+    MissedPong,
+    /// The peer took none of its queued output for a whole ping interval: close with 1008.
+    Stalled,
+    /// The store never answered the request: give the connection up.
+    StoreLost,
+    /// A closing connection's linger is over.
+    LingerOver,
 }
 
 /// Result of draining the socket.
@@ -120,6 +195,8 @@ impl Conn {
             deadline: None,
             last_seq: 0,
             dirty: false,
+            ready: false,
+            throttled: false,
             write_shut: false,
             peer_closed: false,
             head_only: false,
@@ -151,15 +228,6 @@ impl Conn {
         }
     }
 
-    /// Drops consumed input and frees the buffer once it is empty.
-    pub fn consume_input(&mut self, n: usize) {
-        if n >= self.rbuf.len() {
-            self.rbuf = Vec::new();
-        } else {
-            self.rbuf.drain(..n);
-        }
-    }
-
     /// Writes queued output. `Ok(true)` when the outbox is empty afterwards.
     pub fn flush(&mut self) -> io::Result<bool> {
         let (state, written) = self.outbox.flush_to(&mut self.stream)?;
@@ -169,6 +237,26 @@ impl Conn {
             ws.stalled = false;
         }
         Ok(state == Flush::Drained)
+    }
+
+    /// What the connection's deadline means in its phase. For a WebSocket this is the ping
+    /// tick: it records that a ping goes out now, unless the peer missed the last one or made
+    /// no progress on its queued output since the last tick.
+    pub fn on_deadline(&mut self) -> Expired {
+        match &mut self.phase {
+            Phase::Request(None) if self.rbuf.is_empty() => Expired::Idle,
+            Phase::Request(_) => Expired::RequestTimeout,
+            Phase::Hold(_) => Expired::HoldTimeout,
+            Phase::WebSocket(ws) if ws.ping_outstanding => Expired::MissedPong,
+            Phase::WebSocket(ws) if ws.stalled && !self.outbox.is_empty() => Expired::Stalled,
+            Phase::WebSocket(ws) => {
+                ws.stalled = !self.outbox.is_empty();
+                ws.ping_outstanding = true;
+                Expired::Ping
+            }
+            Phase::Busy => Expired::StoreLost,
+            Phase::Closing => Expired::LingerOver,
+        }
     }
 
     pub fn is_websocket(&self) -> bool {
