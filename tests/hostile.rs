@@ -2101,7 +2101,6 @@ fn resource_exhaustion() {
 /// Reproduction 4: 300 × 1 MB messages to one channel read by a text and a v4 WebSocket:
 /// push_store_bytes ≤ STORE_MAX_BYTES (64 MiB), RSS growth ≤ STORE_MAX_BYTES + 64 MiB.
 #[test]
-#[ignore = "issue 11 #4: the store does not count cached encodings yet (branch storemem)"]
 fn store_cap_holds_under_1mb_messages() {
     if !embedded_store() {
         return; // STORE_MAX_BYTES and push_store_bytes are the embedded store's
@@ -2181,7 +2180,6 @@ fn store_cap_holds_under_1mb_messages() {
 /// RSS growth ≤ 10 × OUTBOX_LIMIT + 32 MiB while they hang, back within baseline + 32 MiB
 /// 10 s after they close; a reading resumer gets all 1000 in order, each once.
 #[test]
-#[ignore = "issue 11 #5: replay chunks are not yet capped in bytes (branch storemem)"]
 fn backlog_resumers_bounded() {
     let s = server()
         .env("CHANNEL_HISTORY", "2000")
@@ -2282,7 +2280,6 @@ fn long_poll_backlog_during_large_publishes() {
 /// messages arrive, the publisher at most 64 messages (512 KiB) ahead of the reader: each
 /// once, in order, the reader never cut. Bound: stored bytes (~7 MiB) + 32 MiB.
 #[test]
-#[ignore = "issue 11 #9b: a 200-message replay chunk can push a reading client over OUTBOX_LIMIT"]
 fn ws_resume_during_live_publishes() {
     let s = Arc::new(server().start());
     round_trip(&s);
