@@ -52,8 +52,6 @@ const STATS_PUT_EVERY: Duration = Duration::from_secs(60);
 const BACKLOG_CHUNK: usize = 200;
 /// At most about this many body bytes per backlog chunk (always at least one message).
 pub(crate) const BACKLOG_CHUNK_BYTES: usize = 1 << 20;
-/// How long a closing connection may take to drain its last bytes and see the peer's FIN.
-const CLOSE_LINGER: Duration = Duration::from_secs(5);
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 const WS_PING_PAYLOAD: &[u8] = b"ws ping";
@@ -397,7 +395,7 @@ impl Server {
         }
         log::trace!("{id}: accepted on {role:?}");
         self.metrics.connections_accepted += 1;
-        let at = Instant::now() + self.cfg.timings.header_timeout;
+        let at = Conn::expect_request(&self.cfg.timings, Instant::now());
         self.set_deadline(id, Some(at));
         // Bytes may already be waiting; edge-triggered readiness reports them anyway on
         // registration, so nothing else to do here.
@@ -430,11 +428,8 @@ impl Server {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        conn.outbox.truncate_unstarted();
-        conn.outbox.push(websocket::close_frame(code, reason));
-        conn.phase = Phase::Closing;
-        conn.rbuf = Vec::new();
-        self.set_deadline(id, Some(Instant::now() + CLOSE_LINGER));
+        let at = conn.close_websocket(code, reason);
+        self.set_deadline(id, Some(at));
         self.mark_dirty(id);
     }
 

@@ -18,6 +18,7 @@ use crate::subscription::Subscription;
 use crate::websocket;
 
 pub mod input;
+mod transition;
 
 /// Bytes read per `read` call into the shared scratch buffer.
 pub const READ_CHUNK: usize = 16 * 1024;

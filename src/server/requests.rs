@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tungstenite::Bytes;
 
-use crate::conn::{Backlog, Conn, Hold, Phase, WsState};
+use crate::conn::{Backlog, Conn, Phase};
 use crate::error::{ApiError, HttpError, close};
 use crate::http::{Method, RequestHead};
 use crate::message::{Message, Sender, now_ms};
@@ -22,8 +22,8 @@ use crate::store::{Job, Receiver};
 use crate::subscription::{self, Subscription};
 use crate::websocket::{self, OP_CLOSE, OP_PING, OP_PONG};
 
-use super::store_io::{BUSY_TIMEOUT, OnlineWait, Waiter};
-use super::{CLOSE_LINGER, Server};
+use super::Server;
+use super::store_io::{OnlineWait, Waiter};
 
 impl Server {
     // ---- requests ----
@@ -109,27 +109,11 @@ impl Server {
     }
 
     /// Queues a complete response and moves the connection to its next phase.
-    pub(super) fn respond(&mut self, id: ConnId, mut bytes: Vec<u8>, persist: Persist) {
+    pub(super) fn respond(&mut self, id: ConnId, bytes: Vec<u8>, persist: Persist) {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        if std::mem::take(&mut conn.head_only)
-            && let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n")
-        {
-            // The head keeps its Content-Length, as for the GET (RFC 9110 §9.3.2).
-            bytes.truncate(end + 4);
-        }
-        conn.outbox.push(Bytes::from(bytes));
-        let at = match persist {
-            Persist::KeepAlive => {
-                conn.phase = Phase::Request(None);
-                Instant::now() + self.cfg.timings.keepalive_timeout
-            }
-            Persist::Close => {
-                conn.phase = Phase::Closing;
-                Instant::now() + CLOSE_LINGER
-            }
-        };
+        let at = conn.answer(bytes, persist, &self.cfg.timings);
         self.set_deadline(id, Some(at));
         self.mark_dirty(id);
     }
@@ -199,9 +183,9 @@ impl Server {
     /// The request waits for a store answer: no input is parsed meanwhile.
     pub(super) fn set_busy(&mut self, id: ConnId) {
         if let Some(conn) = self.conns.get_mut(id) {
-            conn.phase = Phase::Busy;
+            let at = conn.await_store();
+            self.set_deadline(id, Some(at));
         }
-        self.set_deadline(id, Some(Instant::now() + BUSY_TIMEOUT));
     }
 
     pub(super) fn online_query(&mut self, id: ConnId, head: &RequestHead, persist: Persist) {
@@ -362,7 +346,6 @@ impl Server {
         client: Option<Box<str>>,
     ) {
         self.enforce_conn_cap(&sub);
-        let now = Instant::now();
         self.touch(&sub.receivers);
         // Registered before the backlog is read (D8): a publish in between is parked in
         // `pending` and answered together with the backlog.
@@ -372,14 +355,7 @@ impl Server {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        conn.phase = Phase::Hold(Box::new(Hold {
-            sub,
-            pending: Default::default(),
-            backlog: Backlog::Done,
-            keep_alive: persist == Persist::KeepAlive,
-            client,
-        }));
-        let at = now + self.cfg.timings.long_poll_timeout;
+        let at = conn.hold(sub, persist, client, &self.cfg.timings);
         self.set_deadline(id, Some(at));
         if let Some((receivers, mid)) = resume {
             self.request_backlog(id, receivers, mid);
@@ -473,10 +449,8 @@ impl Server {
                     "{id}: websocket rejected from {}: {e}",
                     client.as_deref().unwrap_or("-")
                 );
-                conn.outbox
-                    .push(websocket::close_frame(e.ws_close_code(), &e.to_string()));
-                conn.phase = Phase::Closing;
-                self.set_deadline(id, Some(Instant::now() + CLOSE_LINGER));
+                let at = conn.refuse_websocket(e.ws_close_code(), &e.to_string());
+                self.set_deadline(id, Some(at));
                 self.mark_dirty(id);
                 return;
             }
@@ -490,17 +464,7 @@ impl Server {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        conn.phase = Phase::WebSocket(Box::new(WsState {
-            sub,
-            backlog: Backlog::Done,
-            parked: Default::default(),
-            reader: websocket::Reader::default(),
-            ping_outstanding: false,
-            stalled: false,
-            client,
-            partial: None,
-        }));
-        let at = Instant::now() + self.cfg.timings.ws_ping_interval;
+        let at = conn.open_websocket(sub, client, &self.cfg.timings);
         self.set_deadline(id, Some(at));
         self.mark_dirty(id);
         // Last: a refused read closes the socket, and its linger deadline must stand.

@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use crate::conn::input::{self, Input, InputLimits};
-use crate::conn::{Backlog, Expired, Phase, ReadState};
+use crate::conn::{Backlog, Conn, Expired, Phase, ReadState};
 use crate::error::{HttpError, close};
 use crate::response::Persist;
 use crate::slab::ConnId;
@@ -105,7 +105,7 @@ impl Server {
             let state = conn.read_available(&mut self.scratch, cap);
             if was_idle && !conn.rbuf.is_empty() {
                 // A keep-alive connection began a new request: the head timeout applies now.
-                let at = Instant::now() + self.cfg.timings.header_timeout;
+                let at = Conn::expect_request(&self.cfg.timings, Instant::now());
                 self.set_deadline(id, Some(at));
             }
             match state {
@@ -181,7 +181,7 @@ impl Server {
         match conn.phase {
             // An answer is still on its way to a half-closed client: let it drain.
             Phase::Request(_) | Phase::Closing if !conn.outbox.is_empty() => {
-                conn.phase = Phase::Closing;
+                conn.drain_then_close();
             }
             // A publish in the store completes whether or not the client waits (PHP may hang
             // up early); the answer then finds the peer gone and closes.
@@ -226,10 +226,8 @@ impl Server {
                 }
                 Expired::HoldTimeout => self.finish_hold(id, false),
                 Expired::Ping => {
-                    let ping = self.ping_frame.clone();
-                    conn.outbox.push(ping);
+                    let at = conn.ping(self.ping_frame.clone(), &self.cfg.timings, now);
                     self.mark_dirty(id);
-                    let at = now + self.cfg.timings.ws_ping_interval;
                     self.set_deadline(id, Some(at));
                 }
                 Expired::MissedPong => {

@@ -20,11 +20,6 @@ use crate::websocket;
 
 use super::{BACKLOG_CHUNK, BACKLOG_CHUNK_BYTES, Server};
 
-/// How long a request (publish, online query, stats) may wait for the store before its
-/// connection is given up. The stores answer long before (Redis commands time out well under
-/// PHP's 1 s); this only guards against a lost answer keeping a connection forever.
-pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// A job unanswered this long counts as failed, so that a lost answer neither leaks its
 /// waiter nor leaves a subscriber waiting for its backlog forever.
 const LOST_AFTER: Duration = Duration::from_secs(60);
