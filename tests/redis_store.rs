@@ -44,6 +44,15 @@ struct Inst {
     next_token: u64,
 }
 
+/// One `poll` wait. A signal (the test harness's, a child's exit) may cut it short with
+/// EINTR, which mio passes on; that is an early wake-up, not a failure.
+fn poll_once(poll: &mut Poll, events: &mut Events, timeout: Duration) {
+    match poll.poll(events, Some(timeout)) {
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => events.clear(),
+        r => r.unwrap(),
+    }
+}
+
 impl Inst {
     fn start(sock: &Path, prefix: &str) -> Inst {
         Inst::with_config(sock, prefix, store_cfg(sock))
@@ -86,7 +95,7 @@ impl Inst {
                 "timed out waiting for {what}; have {:?}",
                 self.got
             );
-            self.poll.poll(&mut self.events, Some(left)).unwrap();
+            poll_once(&mut self.poll, &mut self.events, left);
             self.store.drain(&mut self.got);
         }
     }
@@ -834,7 +843,7 @@ fn bench_single_message_publishes() {
                         .unwrap();
                     sent += 1;
                 }
-                a.poll.poll(&mut a.events, Some(WAIT)).unwrap();
+                poll_once(&mut a.poll, &mut a.events, WAIT);
                 a.store.drain(&mut a.got);
                 for d in a.got.drain(..) {
                     if let Done::Published { result, .. } = d {
@@ -1116,9 +1125,7 @@ fn a_burst_of_mixed_jobs_is_answered_once_each_in_order() {
     let mut published = Vec::new();
     let deadline = Instant::now() + WAIT;
     while answered.len() < tokens.len() && Instant::now() < deadline {
-        a.poll
-            .poll(&mut a.events, Some(Duration::from_millis(100)))
-            .unwrap();
+        poll_once(&mut a.poll, &mut a.events, Duration::from_millis(100));
         a.store.drain(&mut a.got);
         for d in a.got.drain(..) {
             match d {
