@@ -33,6 +33,7 @@ ensure_pkg redis-server        # tests/redis_store.rs, tests/redis_cluster.rs: a
 ensure_pkg nginx               # tests/nginx.rs: the shipped snippets in front of the server
 ensure_pkg node nodejs         # tests/interop.rs: the official JS pull client (node >= 20)
 ensure_pkg npm                 # ... and its npm packages (tests/interop/package-lock.json)
+ensure_pkg systemd-socket-activate systemd  # tests/restart.rs: restarts under socket activation
 
 # tests/interop: install the pinned npm packages when missing or older than the lockfile.
 interop=tests/interop
@@ -63,7 +64,7 @@ status=${PIPESTATUS[0]}
 echo "== cargo test, Redis store (PUSH_TEST_STORE=redis)"
 PUSH_TEST_STORE=redis cargo test --no-fail-fast \
     --test longpoll --test websocket --test publish --test frames --test limits \
-    --test lifecycle --test stats --test store_async --test v4 --test interop --test ops --test hostile 2>&1 | tee -a "$log"
+    --test lifecycle --test restart --test stats --test store_async --test v4 --test interop --test ops --test hostile 2>&1 | tee -a "$log"
 redis_status=${PIPESTATUS[0]}
 [ "$status" -ne 0 ] || status=$redis_status
 # The fuzz targets over their seed corpora, fixed seed and bounded runs (docs/fuzzing.md).

@@ -36,6 +36,9 @@ pub enum ApiError {
     /// 503: the message store cannot take the publish (Redis down or its queue full);
     /// nothing of the request was published.
     StoreUnavailable,
+    /// 503: shutdown has begun (docs/restart.md); nothing of the request was published and
+    /// the next process takes the retry.
+    ShuttingDown,
     /// HTTP-level failures (no Bitrix code).
     Http(HttpError),
 }
@@ -84,7 +87,7 @@ impl ApiError {
             ApiError::WrongSignature => 4026,
             ApiError::TooManyConnections => 4029,
             ApiError::WrongChannelStatsRequest => 4030,
-            ApiError::Http(_) | ApiError::StoreUnavailable => return None,
+            ApiError::Http(_) | ApiError::StoreUnavailable | ApiError::ShuttingDown => return None,
         })
     }
 
@@ -107,6 +110,7 @@ impl ApiError {
             ApiError::StoreUnavailable => {
                 "503: Message store unavailable; nothing was published. Retry later."
             }
+            ApiError::ShuttingDown => "503: Server shutting down; nothing was published. Retry.",
             ApiError::Http(HttpError::Malformed) => "Bad Request",
             ApiError::Http(HttpError::NotFound) => "Not Found",
             ApiError::Http(HttpError::Timeout) => "Request Timeout",
@@ -120,7 +124,7 @@ impl ApiError {
     pub fn status(self) -> u16 {
         match self {
             ApiError::TooManyConnections => 429,
-            ApiError::StoreUnavailable => 503,
+            ApiError::StoreUnavailable | ApiError::ShuttingDown => 503,
             ApiError::Http(h) => match h {
                 HttpError::Malformed => 400,
                 HttpError::NotFound => 404,
@@ -139,6 +143,7 @@ impl ApiError {
             ApiError::Http(HttpError::PayloadTooLarge) => close::TOO_BIG,
             ApiError::Http(_) => close::PROTOCOL,
             ApiError::StoreUnavailable => close::TRY_AGAIN,
+            ApiError::ShuttingDown => close::GOING_AWAY,
             other => other.code().unwrap_or(close::PROTOCOL),
         }
     }
@@ -188,6 +193,12 @@ mod tests {
         assert_eq!((big.status(), big.ws_close_code()), (413, 1009));
         assert_eq!(big.http_body(), "");
         assert_eq!(ApiError::from(HttpError::HeaderTooLarge).status(), 431);
+        let down = ApiError::ShuttingDown;
+        assert_eq!(
+            (down.status(), down.ws_close_code(), down.code()),
+            (503, 1001, None)
+        );
+        assert!(down.http_body().contains("nothing was published"));
         for (e, want) in [
             (
                 ApiError::PublicChannelRequired,

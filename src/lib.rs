@@ -9,6 +9,7 @@
 //! order): its v3 frame and its v4 protobuf form ([`v4`]) are each encoded once and the same
 //! bytes are queued to every subscriber, which gets them in one write at the end of the pass.
 
+pub mod activation;
 pub mod channel;
 pub mod config;
 pub mod conn;

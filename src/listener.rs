@@ -1,9 +1,10 @@
 //! Listening sockets: Unix socket files (mode and group set, stale files replaced only when
-//! nothing answers on them) and optional TCP, plus the accepted-stream type.
+//! nothing answers on them, or inherited from systemd and then left alone) and optional TCP,
+//! plus the accepted-stream type.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use mio::event::Source;
@@ -13,8 +14,16 @@ use mio::{Interest, Registry, Token};
 use crate::route::Role;
 
 pub enum Listener {
-    Unix(UnixListener, PathBuf),
+    Unix(UnixListener, SocketFile),
     Tcp(TcpListener),
+}
+
+/// Where a Unix listener lives, and whether its file is ours to remove.
+pub struct SocketFile {
+    path: PathBuf,
+    /// Device and inode of the file we bound. `None` for an inherited socket: its file is
+    /// the socket unit's, and must outlive us so connects queue while we restart.
+    ours: Option<(u64, u64)>,
 }
 
 pub struct Bound {
@@ -26,6 +35,13 @@ pub struct Bound {
 pub enum Stream {
     Unix(UnixStream),
     Tcp(TcpStream),
+}
+
+impl SocketFile {
+    /// Bound by this process (not inherited from the service manager).
+    pub fn is_ours(&self) -> bool {
+        self.ours.is_some()
+    }
 }
 
 impl Listener {
@@ -50,7 +66,10 @@ impl Listener {
     /// Where it listens, for logs and the startup banner.
     pub fn describe(&self) -> String {
         match self {
-            Listener::Unix(_, p) => format!("unix:{}", p.display()),
+            Listener::Unix(_, f) if f.ours.is_none() => {
+                format!("unix:{} (from systemd)", f.path.display())
+            }
+            Listener::Unix(_, f) => format!("unix:{}", f.path.display()),
             Listener::Tcp(l) => l
                 .local_addr()
                 .map_or_else(|_| "tcp:?".to_owned(), |a| a.to_string()),
@@ -67,9 +86,17 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        // Our socket file only: a later server may already own a new file at this path only
-        // after we stopped, so removing at drop (shutdown) is safe.
-        if let Listener::Unix(_, path) = self {
+        // Our socket file only, and only while it is still the one we bound: a socket unit
+        // started meanwhile may have put its own file at the path.
+        if let Listener::Unix(
+            _,
+            SocketFile {
+                path,
+                ours: Some(id),
+            },
+        ) = self
+            && std::fs::symlink_metadata(&*path).is_ok_and(|m| (m.dev(), m.ino()) == *id)
+        {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -104,7 +131,23 @@ pub fn bind_unix(path: &Path, mode: u32, group: Option<&str>) -> io::Result<List
             )
         })?;
     }
-    Ok(Listener::Unix(listener, path.to_owned()))
+    let meta = std::fs::symlink_metadata(path)?;
+    Ok(Listener::Unix(
+        listener,
+        SocketFile {
+            path: path.to_owned(),
+            ours: Some((meta.dev(), meta.ino())),
+        },
+    ))
+}
+
+/// A listener from socket activation: mode and group are the socket unit's
+/// (`SocketMode=`, `SocketGroup=`), and its file is never removed.
+pub fn inherited_unix(listener: std::os::unix::net::UnixListener, path: PathBuf) -> Listener {
+    Listener::Unix(
+        UnixListener::from_std(listener),
+        SocketFile { path, ours: None },
+    )
 }
 
 pub fn bind_tcp(addr: SocketAddr) -> io::Result<Listener> {
@@ -226,6 +269,22 @@ mod tests {
         assert_eq!(mode, 0o660);
         drop(again);
         assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_file_that_is_not_ours_is_left_at_drop() {
+        let dir = std::env::temp_dir().join(format!("ps-listener-own-{}", std::process::id()));
+        let path = dir.join("s.sock");
+        let ours = bind_unix(&path, 0o660, None).unwrap();
+        // Someone else (a socket unit started meanwhile) replaced the file.
+        std::fs::remove_file(&path).unwrap();
+        let theirs = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        drop(ours);
+        assert!(path.exists(), "the replacement must survive our shutdown");
+        theirs.set_nonblocking(true).unwrap();
+        drop(inherited_unix(theirs, path.clone()));
+        assert!(path.exists(), "an inherited socket file is never removed");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use push_server::activation::{self, Passed};
 use push_server::channel::ChannelId;
 use push_server::config;
 use push_server::route::Role;
@@ -54,7 +55,23 @@ fn parse_args() -> Result<Option<Args>, String> {
     Ok(Some(args))
 }
 
+/// Where systemd looks for unit files, most specific first.
+const UNIT_DIRS: [&str; 4] = [
+    "/etc/systemd/system",
+    "/run/systemd/system",
+    "/usr/lib/systemd/system",
+    "/lib/systemd/system",
+];
+
 fn main() -> ExitCode {
+    // First, while single-threaded: it edits the environment (docs/restart.md).
+    let passed = match Passed::from_env() {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "push-server: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let args = match parse_args() {
         Ok(Some(a)) => a,
         Ok(None) => {
@@ -76,7 +93,10 @@ fn main() -> ExitCode {
     };
     if args.check {
         let mut out = std::io::stdout();
-        for w in &cfg.warnings {
+        let dirs: Vec<&std::path::Path> = UNIT_DIRS.iter().map(std::path::Path::new).collect();
+        let units = activation::unit_socket_paths(&dirs);
+        let unit_warnings = activation::unit_mismatches(&units, &cfg.sub_sock, &cfg.pub_sock);
+        for w in cfg.warnings.iter().chain(&unit_warnings) {
             let _ = writeln!(std::io::stderr(), "warning: {w}");
         }
         let _ = write!(out, "{}", cfg.render());
@@ -94,7 +114,10 @@ fn main() -> ExitCode {
     let zero_config = cfg
         .zero_config
         .then(|| (cfg.security_key.clone(), cfg.algo));
-    let mut server = match Server::bind(cfg, args.config) {
+    if !passed.is_empty() {
+        log::info!("socket activation: taking the listening sockets systemd passed");
+    }
+    let mut server = match Server::bind(cfg, args.config, passed) {
         Ok(s) => s,
         Err(e) => {
             log::error!("cannot start: {e}");

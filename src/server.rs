@@ -18,10 +18,11 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use tungstenite::Bytes;
 
+use crate::activation::Passed;
 use crate::config::{self, Config};
-use crate::conn::{Conn, Phase, READ_CHUNK};
+use crate::conn::{Backlog, Conn, Phase, READ_CHUNK};
 use crate::error::close;
-use crate::listener::{self, Bound};
+use crate::listener::{self, Bound, Listener};
 use crate::message::{Mid, MidGen, now_ms};
 use crate::metrics::Metrics;
 use crate::notify;
@@ -54,6 +55,10 @@ const BACKLOG_CHUNK: usize = 200;
 pub(crate) const BACKLOG_CHUNK_BYTES: usize = 1 << 20;
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// At start, connects wait in the listen queue this long for the store to come up, rather
+/// than being accepted only to be answered 503 (a restart under socket activation: PHP's
+/// publishes are queued meanwhile, and it waits 1 s for an answer).
+const STORE_START_GRACE: Duration = Duration::from_millis(500);
 const WS_PING_PAYLOAD: &[u8] = b"ws ping";
 /// Store drain rounds per loop pass before sockets get their turn again.
 const MAX_DRAIN_ROUNDS: usize = 64;
@@ -95,29 +100,56 @@ pub struct Server {
     expired: Vec<(Instant, ConnId)>,
     next_sweep: Instant,
     accept_paused_until: Option<Instant>,
+    /// The pause above is the start's wait for the store ([`STORE_START_GRACE`]).
+    accept_waits_for_store: bool,
     shutdown_deadline: Option<Instant>,
+    /// The drain after SIGTERM (docs/restart.md), while it runs.
+    drain: Option<Drain>,
+    /// The newest id answered 200 here, and the newest delivered to local subscribers: a
+    /// drain waits until the second has reached the first (a shared store announces this
+    /// instance's own publishes back through pub/sub, after the answer).
+    answered_mid: Mid,
+    delivered_mid: Mid,
     last_pressure_warning: Option<Instant>,
     /// When a full store queue was last warned about (rate-limited, see `queue_full`).
     last_queue_warning: Option<Instant>,
     ping_frame: Bytes,
 }
 
+/// The drain's progress (see [`Server::drain_step`]).
+struct Drain {
+    began: Instant,
+    /// Every publish answered 200 has been delivered to the local subscribers.
+    settled: bool,
+}
+
 impl Server {
     /// Binds every listener and prepares the store; nothing is served until [`Server::run`].
-    pub fn bind(cfg: Config, config_path: Option<PathBuf>) -> io::Result<Server> {
+    /// Sockets `passed` by systemd take the place of `SUB_SOCK`/`PUB_SOCK` (docs/restart.md).
+    pub fn bind(cfg: Config, config_path: Option<PathBuf>, passed: Passed) -> io::Result<Server> {
         let poll = Poll::new()?;
         let mode = cfg.sock_mode;
         let group = cfg.sock_group.as_deref();
-        let mut listeners = vec![
-            Bound {
-                listener: listener::bind_unix(&cfg.sub_sock, mode, group)?,
-                role: Role::Sub,
-            },
-            Bound {
-                listener: listener::bind_unix(&cfg.pub_sock, mode, group)?,
-                role: Role::Pub,
-            },
-        ];
+        let mut inherited = passed.assign(&cfg.sub_sock, &cfg.pub_sock)?;
+        let mut listeners = Vec::new();
+        for (role, path) in [(Role::Sub, &cfg.sub_sock), (Role::Pub, &cfg.pub_sock)] {
+            let listener = match inherited.iter().position(|s| s.role == role) {
+                Some(i) => {
+                    let s = inherited.swap_remove(i);
+                    if s.path != *path {
+                        log::warn!(
+                            "systemd passed {} for {role:?}, the configuration names {}; \
+                             serving the passed socket",
+                            s.path.display(),
+                            path.display()
+                        );
+                    }
+                    listener::inherited_unix(s.listener, s.path)
+                }
+                None => listener::bind_unix(path, mode, group)?,
+            };
+            listeners.push(Bound { listener, role });
+        }
         if let Some(addr) = cfg.sub_listen {
             listeners.push(Bound {
                 listener: listener::bind_tcp(addr)?,
@@ -169,8 +201,12 @@ impl Server {
             publish_seq: 0,
             expired: Vec::new(),
             next_sweep: Instant::now() + SWEEP_EVERY,
-            accept_paused_until: None,
+            accept_paused_until: Some(Instant::now() + STORE_START_GRACE),
+            accept_waits_for_store: true,
             shutdown_deadline: None,
+            drain: None,
+            answered_mid: Mid::new(0, 0),
+            delivered_mid: Mid::new(0, 0),
             last_pressure_warning: None,
             last_queue_warning: None,
             ping_frame: websocket::server_frame(OP_PING, WS_PING_PAYLOAD),
@@ -281,19 +317,23 @@ impl Server {
                 }
             }
             if self.accept_paused_until.is_some_and(|t| t <= now) {
-                self.accept_paused_until = None;
-                for i in 0..self.listeners.len() {
-                    self.accept_all(i);
-                }
+                self.resume_accepting();
             }
             if let Some(deadline) = self.shutdown_deadline {
+                self.drain_step();
+                self.flush_dirty();
+                let took = self
+                    .drain
+                    .as_ref()
+                    .map_or(0, |d| d.began.elapsed().as_millis());
                 if self.all_answered() {
-                    log::info!("shutdown complete");
+                    log::info!("shutdown complete in {took} ms");
                     return Ok(());
                 }
                 if now >= deadline {
                     log::warn!(
-                        "shutdown timeout: closing {} connections that did not finish",
+                        "shutdown timeout after {took} ms: closing {} connections that did not \
+                         finish; what they missed stays stored for their resume",
                         self.conns.len()
                     );
                     return Ok(());
@@ -337,7 +377,8 @@ impl Server {
     // ---- accepting ----
 
     fn accept_all(&mut self, index: usize) {
-        if self.shutdown_deadline.is_some() {
+        // While paused, connects wait in the listen queue; the resume takes them all.
+        if self.shutdown_deadline.is_some() || self.accept_paused_until.is_some() {
             return;
         }
         loop {
@@ -362,6 +403,14 @@ impl Server {
                     return;
                 }
             }
+        }
+    }
+
+    fn resume_accepting(&mut self) {
+        self.accept_paused_until = None;
+        self.accept_waits_for_store = false;
+        for i in 0..self.listeners.len() {
+            self.accept_all(i);
         }
     }
 
@@ -433,6 +482,17 @@ impl Server {
         self.mark_dirty(id);
     }
 
+    /// Sends a close frame after everything queued for the connection, then lingers.
+    fn end_ws(&mut self, id: ConnId, code: u16, reason: &str) {
+        self.leave_subscription(id);
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        let at = conn.refuse_websocket(code, reason);
+        self.set_deadline(id, Some(at));
+        self.mark_dirty(id);
+    }
+
     fn close_now(&mut self, id: ConnId) {
         self.leave_subscription(id);
         if let Some(mut conn) = self.conns.remove(id) {
@@ -452,22 +512,86 @@ impl Server {
         }
     }
 
+    /// SIGTERM/SIGINT: stop accepting, refuse new publishes, and drain (docs/restart.md).
     fn begin_shutdown(&mut self) {
         if self.shutdown_deadline.is_some() {
             return;
         }
         notify::notify_or_log("STOPPING=1");
-        log::info!("shutting down: {} connections to close", self.conns.len());
-        // Dropping the listeners stops accepting and removes our socket files.
+        // What clients sent before the stop is served as usual: a request already in a
+        // socket buffer (PHP wrote it before we saw the signal) is not refused. Connects
+        // still queued on a socket of our own would be reset with it, so they are taken too;
+        // on an inherited socket they wait for the next process instead.
+        for i in 0..self.listeners.len() {
+            if matches!(&self.listeners[i].listener, Listener::Unix(_, f) if !f.is_ours()) {
+                continue;
+            }
+            self.accept_paused_until = None;
+            self.accept_all(i);
+        }
+        for id in self.conns.ids() {
+            if self
+                .conns
+                .get(id)
+                .is_some_and(|c| matches!(c.phase, Phase::Request(_)))
+            {
+                self.serve(id);
+            }
+        }
+        log::info!("shutting down: {} connections to drain", self.conns.len());
+        // Dropping the listeners stops accepting and removes the socket files we made. An
+        // inherited socket stays open in the service manager, with its file: connects queue
+        // there for the next process.
         self.listeners.clear();
-        self.shutdown_deadline = Some(Instant::now() + self.cfg.timings.shutdown_timeout);
+        let now = Instant::now();
+        self.shutdown_deadline = Some(now + self.cfg.timings.shutdown_timeout);
+        self.drain = Some(Drain {
+            began: now,
+            settled: false,
+        });
+    }
+
+    /// One step of the drain, every pass until it is done. First every publish answered 200
+    /// must have been delivered here (none in flight, the delivered id caught up with the
+    /// answered one). Then each subscriber is released once it has nothing more coming: a
+    /// held poll is answered, a WebSocket closed 1001 behind every frame queued for it; an
+    /// idle keep-alive connection is closed.
+    fn drain_step(&mut self) {
+        let Some(drain) = &mut self.drain else {
+            return;
+        };
+        if !drain.settled {
+            let in_flight = self
+                .waiting
+                .values()
+                .any(|(_, w)| matches!(w, store_io::Waiter::Publish { .. }));
+            // With the store down nothing more will be announced; what was answered is
+            // stored and replayed to the subscribers when they resume.
+            let caught_up = self.delivered_mid >= self.answered_mid || self.store_down.is_some();
+            if in_flight || !caught_up {
+                return;
+            }
+            drain.settled = true;
+            log::debug!(
+                "shutdown: every answered publish delivered after {} ms",
+                drain.began.elapsed().as_millis()
+            );
+        }
         for id in self.conns.ids() {
             let Some(conn) = self.conns.get(id) else {
                 continue;
             };
-            match conn.phase {
+            match &conn.phase {
                 Phase::Hold(_) => self.finish_hold(id, true),
-                Phase::WebSocket(_) => self.close_ws(id, close::GOING_AWAY, "server shutdown"),
+                // A backlog still being read or throttled goes on; the deadline bounds it.
+                Phase::WebSocket(ws)
+                    if matches!(
+                        ws.backlog,
+                        Backlog::Done | Backlog::Sent(_) | Backlog::Failed(_)
+                    ) && ws.parked.is_empty() =>
+                {
+                    self.end_ws(id, close::GOING_AWAY, "server shutdown")
+                }
                 Phase::Request(None) if conn.rbuf.is_empty() && conn.outbox.is_empty() => {
                     self.close_now(id)
                 }

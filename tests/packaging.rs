@@ -95,6 +95,8 @@ fn shipped_files() -> BTreeSet<String> {
     }
     for f in [
         "systemd/push-server.service",
+        "systemd/push-server.socket",
+        "systemd/push-server-pub.socket",
         "systemd/push-server.tmpfiles",
         "systemd/push-server-multi.example",
         "README.md",
@@ -139,6 +141,8 @@ fn package_metadata_lists_every_shipped_file() {
     for must in [
         "/usr/bin/push-server",
         "/usr/lib/systemd/system/push-server.service",
+        "/usr/lib/systemd/system/push-server.socket",
+        "/usr/lib/systemd/system/push-server-pub.socket",
         "/usr/lib/tmpfiles.d/push-server.conf",
         "/etc/sysconfig/push-server-multi",
     ] {
@@ -201,6 +205,34 @@ fn run_dir_and_socket_paths_agree_everywhere() {
     ] {
         assert!(unit.lines().any(|l| l == line), "unit lacks `{line}`");
     }
+    // The socket units hold the same paths, each named for its role.
+    for (unit, path, name) in [
+        (
+            "systemd/push-server.socket",
+            "/tmp/push-server/sub.sock",
+            "sub",
+        ),
+        (
+            "systemd/push-server-pub.socket",
+            "/tmp/push-server/pub.sock",
+            "pub",
+        ),
+    ] {
+        let text = read(unit);
+        for line in [
+            format!("ListenStream={path}"),
+            format!("FileDescriptorName={name}"),
+            "Service=push-server.service".to_owned(),
+            "SocketGroup=bitrix".to_owned(),
+            "SocketMode=0660".to_owned(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{unit} lacks `{line}`");
+        }
+    }
+    assert!(
+        unit.lines()
+            .any(|l| l == "Also=push-server.socket push-server-pub.socket")
+    );
     let vm = read("nginx/push-server-bitrixvm-upstreams.conf");
     assert!(vm.contains("upstream nodejs_sub") && vm.contains("server 127.0.0.1:8010;"));
     assert!(vm.contains("upstream nodejs_pub") && vm.contains("server 127.0.0.1:9010;"));
@@ -259,9 +291,15 @@ fn systemd_analyze_verify_accepts_the_unit() {
         .replace("/usr/bin/push-server", env!("CARGO_BIN_EXE_push-server"));
     let path = dir.join("push-server.service");
     std::fs::write(&path, unit).unwrap();
+    let mut units = vec![path];
+    for socket in ["push-server.socket", "push-server-pub.socket"] {
+        let p = dir.join(socket);
+        std::fs::write(&p, read(&format!("systemd/{socket}"))).unwrap();
+        units.push(p);
+    }
     let out = Command::new("systemd-analyze")
         .arg("verify")
-        .arg(&path)
+        .args(&units)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -273,7 +311,7 @@ fn systemd_analyze_verify_accepts_the_unit() {
         return;
     }
     assert!(
-        out.status.success() && !stderr.contains("push-server.service:"),
+        out.status.success() && !stderr.contains("push-server"),
         "systemd-analyze verify:\n{stderr}"
     );
 }

@@ -139,9 +139,8 @@ impl Server {
             }
             return;
         }
-        if let Some(reason) = &self.store_down {
-            log::debug!("publish refused: store down ({reason})");
-            self.refuse_publish(reply);
+        if let Some(why) = self.publish_refusal() {
+            self.refuse_publish(reply, why);
             return;
         }
         let waiter = Waiter::Publish { reply };
@@ -150,8 +149,23 @@ impl Server {
                 self.set_busy(id);
             }
         } else {
-            self.refuse_publish(reply);
+            self.refuse_publish(reply, ApiError::StoreUnavailable);
         }
+    }
+
+    /// Why a publish would be refused before it reaches the store, if it would: the store
+    /// is down, or shutdown began (docs/restart.md: what is answered 200 must still reach
+    /// every subscriber before they are closed, so nothing new is taken).
+    pub(super) fn publish_refusal(&self) -> Option<ApiError> {
+        if self.shutdown_deadline.is_some() {
+            log::debug!("publish refused: shutting down");
+            return Some(ApiError::ShuttingDown);
+        }
+        if let Some(reason) = &self.store_down {
+            log::debug!("publish refused: store down ({reason})");
+            return Some(ApiError::StoreUnavailable);
+        }
+        None
     }
 
     /// One publish for `receivers` with the creation time of now.
@@ -172,10 +186,10 @@ impl Server {
         }
     }
 
-    fn refuse_publish(&mut self, reply: Option<(ConnId, Persist)>) {
+    fn refuse_publish(&mut self, reply: Option<(ConnId, Persist)>, why: ApiError) {
         self.metrics.count_publish_error("503");
         if let Some((id, persist)) = reply {
-            self.respond_error(id, ApiError::StoreUnavailable, persist);
+            self.respond_error(id, why, persist);
         }
     }
 
@@ -308,6 +322,7 @@ impl Server {
             Done::Deliver(batch) => {
                 for (msg, receivers) in batch {
                     self.note_mid(msg.mid);
+                    self.delivered_mid = self.delivered_mid.max(msg.mid);
                     self.fan_out(&msg, &receivers);
                 }
                 return;
@@ -391,6 +406,7 @@ impl Server {
                 // Delivered from the store's Done::Deliver, in the order it minted the ids.
                 for msg in &msgs {
                     self.note_mid(msg.mid);
+                    self.answered_mid = self.answered_mid.max(msg.mid);
                     self.stats
                         .count_message(msg.kind.as_deref(), msg.created_ms);
                     self.metrics.messages_published += 1;
@@ -592,6 +608,9 @@ impl Server {
             );
         }
         self.retry_failed_backlogs();
+        if self.accept_waits_for_store {
+            self.resume_accepting();
+        }
         if !self.store.shared() {
             return;
         }

@@ -209,9 +209,9 @@ impl Server {
             return;
         }
         if !drafts.is_empty() {
-            if self.store_down.is_some() {
+            if let Some(why) = self.publish_refusal() {
                 self.metrics.count_publish_error("503");
-                self.respond_error(id, ApiError::StoreUnavailable, persist);
+                self.respond_error(id, why, persist);
                 return;
             }
             self.publish_batch(None, drafts);
