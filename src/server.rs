@@ -116,6 +116,10 @@ pub struct Server {
     ping_frame: Bytes,
 }
 
+/// How long a drain leaves connections without a request open: one accepted just before the
+/// stop gets its request in and answered (docs/restart.md).
+const IDLE_GRACE: Duration = Duration::from_millis(200);
+
 /// The drain's progress (see [`Server::drain_step`]).
 struct Drain {
     began: Instant,
@@ -363,6 +367,7 @@ impl Server {
             Some(self.next_stats_put),
             self.accept_paused_until,
             self.shutdown_deadline,
+            self.drain.as_ref().map(|d| d.began + IDLE_GRACE),
         ]
         .into_iter()
         .flatten()
@@ -577,6 +582,7 @@ impl Server {
                 drain.began.elapsed().as_millis()
             );
         }
+        let idle_over = drain.began.elapsed() >= IDLE_GRACE;
         for id in self.conns.ids() {
             let Some(conn) = self.conns.get(id) else {
                 continue;
@@ -592,7 +598,11 @@ impl Server {
                 {
                     self.end_ws(id, close::GOING_AWAY, "server shutdown")
                 }
-                Phase::Request(None) if conn.rbuf.is_empty() && conn.outbox.is_empty() => {
+                // Idle, or accepted just before the stop with its request still on the way
+                // (PHP connects, then writes): after a short grace, so the latter is served.
+                Phase::Request(None)
+                    if conn.rbuf.is_empty() && conn.outbox.is_empty() && idle_over =>
+                {
                     self.close_now(id)
                 }
                 _ => {}

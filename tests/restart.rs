@@ -406,21 +406,31 @@ fn socket_activated_restart_refuses_no_connect() {
     publisher.join().expect("publisher");
     let outcomes = outcomes.lock().unwrap();
     // A connect accepted just before the signal whose request arrives just after it gets
-    // the drain's 503 (PHP retries it). The one publish in flight in a process killed with
-    // -9 may go unanswered: that process took the connection with it. Anything else fails.
+    // the drain's 503 (PHP retries it). A publish in flight in a process killed with -9 may
+    // go unanswered: that process took the connection with it (the kill takes effect a
+    // moment after it is sent, so a connect made just after may go too). Anything else fails.
     let killed_at = stops.iter().find(|(sig, _)| *sig == "KILL").map(|s| s.1);
-    let in_flight_at_kill =
-        killed_at.and_then(|at| outcomes.iter().rposition(|(sent, _)| *sent < at));
+    let at_kill = |sent: Instant| {
+        killed_at.is_some_and(|at| {
+            sent + Duration::from_secs(1) > at && sent < at + Duration::from_millis(200)
+        })
+    };
     let failed: Vec<&(Instant, Outcome)> = outcomes
         .iter()
-        .enumerate()
-        .filter(|(i, (_, o))| {
+        .filter(|(sent, o)| {
             let fine = matches!(o, Outcome::Answered(200 | 503, _))
-                || (Some(*i) == in_flight_at_kill && matches!(o, Outcome::NoAnswer(_)));
+                || (at_kill(*sent) && matches!(o, Outcome::NoAnswer(_)));
             !fine
         })
-        .map(|(_, o)| o)
         .collect();
+    let lost_in_kill = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::NoAnswer(_)))
+        .count();
+    assert!(
+        lost_in_kill <= 2,
+        "{lost_in_kill} publishes lost with the killed process"
+    );
     assert!(
         failed.is_empty(),
         "{} of {} publishes refused or unanswered: {:?}",
@@ -437,15 +447,13 @@ fn socket_activated_restart_refuses_no_connect() {
         "{drain_503} publishes answered 503 in two drains"
     );
     for (sig, at) in stops {
+        // (Past one the killed process may have taken with it, checked above.)
         let first = outcomes
             .iter()
-            .find(|(sent, _)| *sent >= at)
-            .expect("a publish after the stop");
+            .find(|(sent, o)| *sent >= at && matches!(o, Outcome::Answered(..)))
+            .expect("a publish answered after the stop");
         let Outcome::Answered(_, took) = first.1 else {
-            panic!(
-                "kill -{sig}: the first publish after the stop: {:?}",
-                first.1
-            )
+            unreachable!("found as answered")
         };
         let answered_after_stop = (first.0 + took).duration_since(at);
         assert!(
