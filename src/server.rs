@@ -438,11 +438,8 @@ impl Server {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        if let Err(e) = registry.register(
-            &mut conn.stream,
-            id.token(),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
+        // Readable only; writability is asked for while a write is blocked (Conn::flush).
+        if let Err(e) = registry.register(&mut conn.stream, id.token(), Interest::READABLE) {
             log::warn!("{id}: cannot register: {e}");
             self.conns.remove(id);
             return;

@@ -449,3 +449,25 @@ fn conn_cap_answers_pending_long_poll_with_429() {
     s.publish_ok(&p, "\"newest-stays\"", None);
     assert_eq!(ws.frames(1, WAIT)[0].text, "\"newest-stays\"");
 }
+
+/// Write interest is taken only while a write is blocked (docs/loop.md): a subscriber that
+/// let far more than a socket buffer pile up, then reads, gets all of it with no further
+/// publish to wake the server. Only the socket's writability can resume the flush.
+#[test]
+fn a_blocked_subscriber_resumes_when_it_reads() {
+    let s = Server::start();
+    let ch = new_id();
+    let mut ws = s.ws(&cid(&ch));
+    s.wait_online(&ch);
+    let pad = "p".repeat(4000);
+    let n = 300; // about 1.2 MB, several socket buffers; under OUTBOX_LIMIT
+    for i in 0..n {
+        s.publish_ok(&enc(&ch), &format!("{{\"i\":{i},\"pad\":\"{pad}\"}}"), None);
+    }
+    let got = ws.frames(n, Duration::from_secs(10));
+    let order: Vec<u64> = got
+        .iter()
+        .filter_map(|f| serde_json::from_str::<serde_json::Value>(&f.text).ok()?["i"].as_u64())
+        .collect();
+    assert_eq!(order, (0..n as u64).collect::<Vec<_>>());
+}

@@ -73,6 +73,8 @@ const USAGE: &str = "usage: push-bench <idle|fanout|latency|churn> [options]
   --size BYTES            pad message bodies to this size (default: minimal)
   --threads 1|2           subscriber threads (default 1)
   --inflight N            handshakes in flight at most (default 256)
+  --gap-ms N              fanout: publish one message every N ms (paced, as portals do)
+                          instead of a pipelined burst
   --pub-conns N           fanout, latency, churn: publisher keep-alive connections
                           (default 1, at most 256); each request goes to the one with the
                           fewest unanswered requests, each stays pipelined and in order.
@@ -124,6 +126,8 @@ struct Args {
     inflight: usize,
     timeout: f64,
     pub_conns: usize,
+    /// fanout: milliseconds between publishes (paced); `None` publishes a burst.
+    gap_ms: Option<u64>,
 }
 
 fn parse_args(argv: &[String]) -> Result<Args, String> {
@@ -162,6 +166,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
         inflight: 256,
         timeout: 120.0,
         pub_conns: 1,
+        gap_ms: None,
     };
     let mut pidfile = None;
     while let Some(flag) = it.next() {
@@ -200,6 +205,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
             "--inflight" => a.inflight = num(flag, v)?,
             "--timeout" => a.timeout = num(flag, v)?,
             "--pub-conns" => a.pub_conns = num(flag, v)?,
+            "--gap-ms" => a.gap_ms = Some(num(flag, v)?),
             _ => return Err(format!("unknown option {flag:?}")),
         }
     }
@@ -233,6 +239,12 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
     }
     if !(a.rate > 0.0 && a.pub_rate > 0.0 && a.duration > 0.0 && a.timeout > 0.0) {
         return Err("--rate, --pub-rate, --duration and --timeout must be positive".into());
+    }
+    if a.gap_ms.is_some() && scenario != Scenario::Fanout {
+        return Err("--gap-ms is for the fanout scenario".into());
+    }
+    if a.gap_ms == Some(0) {
+        return Err("--gap-ms must be at least 1 (leave it out for a burst)".into());
     }
     if scenario == Scenario::Fanout && a.messages == 0 {
         return Err("--messages must be at least 1".into());
@@ -689,6 +701,7 @@ fn fanout(run: &mut Run) -> Outcome {
     let open_s = run.wait_open(n)?;
     let want = n * msgs;
     let cpu0 = run.cpu()?;
+    let switches0 = run.a.pid.and_then(|p| procfs::voluntary_switches(p).ok());
     let host0 = procfs::HostSample::take(run.a.pid);
     let rss0 = run.rss()?;
     let id = run.ids[0].clone();
@@ -696,12 +709,15 @@ fn fanout(run: &mut Run) -> Outcome {
     let publ = run.a.publ.clone();
     let pub_conns = run.a.pub_conns;
     let target = run.a.target;
+    let gap_ms = run.a.gap_ms;
     let stop = AtomicBool::new(false);
     let mut cpu1 = None;
+    let mut switches1 = None;
     let (pub_out, waited) = std::thread::scope(|s| {
         let p = s.spawn(|| {
+            // Paced (`--gap-ms`): one publish at a time, as PHP sends them; else a burst.
             let sched = publisher::Schedule {
-                rate: None,
+                rate: gap_ms.map(|g| 1000.0 / g as f64),
                 count: Some(msgs),
                 duration: None,
             };
@@ -721,6 +737,7 @@ fn fanout(run: &mut Run) -> Outcome {
             let d = r.shared.delivered.load(Ordering::Relaxed);
             if d >= want {
                 cpu1 = r.cpu().ok().flatten();
+                switches1 = r.a.pid.and_then(|p| procfs::voluntary_switches(p).ok());
                 return true;
             }
             if d != last.0 {
@@ -754,6 +771,7 @@ fn fanout(run: &mut Run) -> Outcome {
     };
     let mut m = run.base();
     m.insert("messages".into(), json!(msgs));
+    m.insert("gap_ms".into(), json!(gap_ms));
     m.insert("size".into(), json!(size));
     m.insert("published_ok".into(), json!(po.ok));
     m.insert("publish_errors".into(), json!(po.failed));
@@ -776,6 +794,10 @@ fn fanout(run: &mut Run) -> Outcome {
     m.insert(
         "deliveries_per_cpu_sec".into(),
         json!(cpu_us.and_then(|c| (c > 0.0).then(|| round1(rep.delivered as f64 * 1e6 / c)))),
+    );
+    m.insert(
+        "server_voluntary_switches".into(),
+        json!(switches0.zip(switches1).map(|(a, b)| b.saturating_sub(a))),
     );
     m.insert("others_cpu_pct".into(), json!(others_pct(&host0, &host1)));
     m.insert("rss_before_kb".into(), json!(rss0));

@@ -150,6 +150,9 @@ pub struct Conn {
     pub peer_closed: bool,
     /// The request being answered is a HEAD: its answer goes out without the body.
     pub head_only: bool,
+    /// `WRITABLE` is in the socket's epoll interest: only while a write is blocked
+    /// (docs/loop.md, "Write interest").
+    pub write_interest: bool,
 }
 
 /// What an expired deadline asks the loop to do.
@@ -201,6 +204,7 @@ impl Conn {
             write_shut: false,
             peer_closed: false,
             head_only: false,
+            write_interest: false,
         }
     }
 
@@ -230,14 +234,28 @@ impl Conn {
     }
 
     /// Writes queued output. `Ok(true)` when the outbox is empty afterwards.
-    pub fn flush(&mut self) -> io::Result<bool> {
+    pub fn flush(&mut self, registry: &mio::Registry, token: mio::Token) -> io::Result<bool> {
         let (state, written) = self.outbox.flush_to(&mut self.stream)?;
         if written > 0
             && let Phase::WebSocket(ws) = &mut self.phase
         {
             ws.stalled = false;
         }
-        Ok(state == Flush::Drained)
+        // Ask for writability only while blocked. Registered for it always, every read by
+        // the peer would post a new edge and wake the loop for nothing (one wake-up per
+        // delivery or two under paced fan-out). Adding the interest re-checks readiness, so
+        // space that opened since the `WouldBlock` is reported at once.
+        let blocked = state == Flush::Blocked;
+        if blocked != self.write_interest {
+            let interest = if blocked {
+                mio::Interest::READABLE | mio::Interest::WRITABLE
+            } else {
+                mio::Interest::READABLE
+            };
+            registry.reregister(&mut self.stream, token, interest)?;
+            self.write_interest = blocked;
+        }
+        Ok(!blocked)
     }
 
     /// What the connection's deadline means in its phase. For a WebSocket this is the ping

@@ -14,6 +14,17 @@ pub fn rss_kb(pid: u32) -> Result<u64, String> {
 }
 
 /// utime + stime of `pid` in clock ticks (fields 14 and 15 of `/proc/<pid>/stat`).
+/// Voluntary context switches of the main thread (the event loop) so far (`/proc/PID/status`): how
+/// often the server slept and was woken, the cost that batching wake-ups saves.
+pub fn voluntary_switches(pid: u32) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("{path}: no voluntary_ctxt_switches"))
+}
+
 pub fn cpu_ticks(pid: u32) -> Result<u64, String> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
