@@ -213,6 +213,9 @@ impl ServerBuilder {
         let mut env: Vec<(String, String)> =
             vec![("RUN_DIR".into(), dir.path.display().to_string())];
         if !self.zero_config {
+            // Per test, like the sockets (docs/persistence.md: the default is
+            // /var/lib/push-server); a test that restarts on one STATE_DIR sets its own.
+            env.push(("STATE_DIR".into(), dir.join("state").display().to_string()));
             env.push(("SUB_SOCK".into(), sub.display().to_string()));
             env.push(("PUB_SOCK".into(), pubs.display().to_string()));
             env.push(("LOG_LEVEL".into(), "debug".into()));
