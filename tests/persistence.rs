@@ -338,3 +338,57 @@ fn the_state_file_moves_from_its_old_default_place() {
     let moved = std::fs::read_to_string(state.join("push-server.state")).expect("new file");
     assert_eq!(moved.trim(), (epoch + 1).to_string());
 }
+
+/// A journal write that fails (here: the file size limit, as a full disk would) answers the
+/// publish 503 and stores nothing; what was answered 200 is all there after a restart.
+#[test]
+fn a_failed_journal_write_answers_503_and_publishes_nothing() {
+    let state = TestDir::new();
+    let ch = new_id();
+    let mut s1 = Server::builder()
+        .env("STATE_DIR", state.path.display().to_string())
+        .shell_prefix("trap '' XFSZ; ulimit -f 64")
+        .start();
+    let mut ws = s1.ws(&cid(&ch));
+    let body = format!("\"{}\"", "z".repeat(2000));
+    let mut ok = 0;
+    let refused = loop {
+        let r = s1.publish(&ch, &body, None);
+        if r.status != 200 {
+            break r;
+        }
+        ok += 1;
+        assert!(ok < 1000, "the file size limit never hit");
+    };
+    assert_eq!(refused.status, 503, "{}", refused.body_str());
+    assert!(ok > 3, "{ok}");
+    assert!(
+        s1.stderr_text().contains("journal write of"),
+        "{}",
+        s1.stderr_text()
+    );
+    // Neither delivered nor stored.
+    assert_eq!(ws.frames(ok, WAIT).len(), ok);
+    ws.expect_silence(Duration::from_millis(300));
+    assert_eq!(backlog(&s1, &ch, OLD_MID).len(), ok);
+    s1.signal("KILL");
+    s1.wait_exit(WAIT).expect("killed");
+    drop(s1);
+    let s2 = start(&state.path, &[]);
+    assert_eq!(backlog(&s2, &ch, OLD_MID).len(), ok, "{}", s2.stderr_text());
+}
+
+#[test]
+fn fsync_always_keeps_everything_too() {
+    let state = TestDir::new();
+    let ch = new_id();
+    let mut s1 = start(&state.path, &[("STORE_FSYNC", "always")]);
+    let before = publish_some(&s1, &ch, 20);
+    s1.signal("KILL");
+    s1.wait_exit(WAIT).expect("killed");
+    drop(s1);
+    let s2 = start(&state.path, &[("STORE_FSYNC", "no")]);
+    let got = backlog(&s2, &ch, OLD_MID);
+    let mids = |v: &[Frame]| v.iter().map(|f| f.mid.clone()).collect::<Vec<_>>();
+    assert_eq!(mids(&got), mids(&before));
+}
