@@ -66,6 +66,8 @@ const NEW_KEYS: &[&str] = &[
     "CHANNEL_HISTORY",
     "STORE_MAX_BYTES",
     "STATE_FILE",
+    "STATE_DIR",
+    "STORE_FSYNC",
 ];
 
 /// Legacy keys that shipped files carry but that mean nothing here. Accepted silently in the
@@ -188,6 +190,35 @@ pub struct StoreConfig {
     pub channel_history: usize,
     pub max_bytes: usize,
     pub state_file: PathBuf,
+    /// Where the embedded store keeps its journal and, by default, the state file
+    /// (docs/persistence.md).
+    pub state_dir: PathBuf,
+    /// The state file's location before STATE_DIR existed (`$RUN_DIR/push-server.state`),
+    /// read once for migration when STATE_FILE is at its default place (docs/persistence.md).
+    pub legacy_state_file: Option<PathBuf>,
+    pub fsync: Fsync,
+}
+
+/// `STORE_FSYNC`: when the embedded store's journal is flushed to the disk
+/// (docs/persistence.md); like Redis's `appendfsync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// Before the publish is answered.
+    Always,
+    /// In the background, at most once a second.
+    EverySec,
+    /// Left to the OS.
+    No,
+}
+
+impl Fsync {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fsync::Always => "always",
+            Fsync::EverySec => "everysec",
+            Fsync::No => "no",
+        }
+    }
 }
 
 /// Why the configuration was refused; the message names the key and where it came from.
@@ -610,7 +641,7 @@ impl Builder {
         let ip_list = self.parse("IP_LIST", vec!["127.0.0.1".to_string()], ip_list)?;
         let limits = self.limits()?;
         let timings = self.timings()?;
-        let store = self.store(&run_dir, &limits)?;
+        let store = self.store(&run_dir, zero_config, &limits)?;
         Ok(Config {
             source: self.source,
             zero_config,
@@ -755,8 +786,26 @@ impl Builder {
         })
     }
 
-    fn store(&mut self, run_dir: &Path, limits: &Limits) -> Result<StoreConfig, ConfigError> {
-        let store = StoreConfig {
+    fn store(
+        &mut self,
+        run_dir: &Path,
+        zero_config: bool,
+        limits: &Limits,
+    ) -> Result<StoreConfig, ConfigError> {
+        // docs/persistence.md: /var/lib/push-server (the unit's StateDirectory=), or under
+        // RUN_DIR in the zero-config mode, which must work without root.
+        let state_dir = if zero_config && !self.settings.values.contains_key("STATE_DIR") {
+            self.origins.insert("STATE_DIR", Origin::ZeroConfig);
+            run_dir.join("state")
+        } else {
+            self.parse(
+                "STATE_DIR",
+                PathBuf::from("/var/lib/push-server"),
+                absolute_path,
+            )?
+        };
+        let legacy = run_dir.join("push-server.state");
+        let mut store = StoreConfig {
             message_ttl: self.count("MESSAGE_TTL", 86_400, 1, MAX_SECONDS)?,
             expiry0_grace: self.count("EXPIRY0_GRACE", 60, 0, 86_400)?,
             online_ttl: self.count("ONLINE_TTL", 130, 1, 86_400)?,
@@ -764,10 +813,24 @@ impl Builder {
             max_bytes: self.count("STORE_MAX_BYTES", 256 << 20, 1, usize::MAX as u64)?,
             state_file: self.parse(
                 "STATE_FILE",
-                run_dir.join("push-server.state"),
+                state_dir.join("push-server.state"),
                 absolute_path,
             )?,
+            legacy_state_file: None,
+            state_dir,
+            fsync: self.parse("STORE_FSYNC", Fsync::EverySec, |v| {
+                match v.to_ascii_lowercase().as_str() {
+                    "always" => Ok(Fsync::Always),
+                    "everysec" => Ok(Fsync::EverySec),
+                    "no" => Ok(Fsync::No),
+                    _ => Err("expected always, everysec or no".into()),
+                }
+            })?,
         };
+        // Only a state file at its default place has an older default to migrate from.
+        if store.state_file == store.state_dir.join("push-server.state") {
+            store.legacy_state_file = Some(legacy);
+        }
         if store.max_bytes < limits.max_payload {
             self.warnings.push(format!(
                 "STORE_MAX_BYTES={} is below MAX_PAYLOAD={}: the largest messages cannot be stored",
@@ -1139,6 +1202,8 @@ impl Config {
             ("CHANNEL_HISTORY", s.channel_history.to_string()),
             ("STORE_MAX_BYTES", s.max_bytes.to_string()),
             ("STATE_FILE", s.state_file.display().to_string()),
+            ("STATE_DIR", s.state_dir.display().to_string()),
+            ("STORE_FSYNC", s.fsync.name().into()),
         ];
         let mut out = match &self.source {
             Some(p) => format!("# config file: {}\n", p.display()),
@@ -1333,7 +1398,10 @@ SECURITY_KEY=AbCdEf0123456789xyz
                 online_ttl: 130,
                 channel_history: 1000,
                 max_bytes: 268_435_456,
-                state_file: PathBuf::from("/tmp/push-server/push-server.state"),
+                state_file: PathBuf::from("/var/lib/push-server/push-server.state"),
+                state_dir: PathBuf::from("/var/lib/push-server"),
+                legacy_state_file: Some(PathBuf::from("/tmp/push-server/push-server.state")),
+                fsync: Fsync::EverySec,
             }
         );
     }
@@ -1466,6 +1534,12 @@ SECURITY_KEY=AbCdEf0123456789xyz
         assert_eq!(c.sub_listen, Some("127.0.0.1:8010".parse().expect("addr")));
         assert_eq!(c.pub_listen, Some("127.0.0.1:9010".parse().expect("addr")));
         assert_eq!(c.sub_sock, Path::new("/tmp/x/sub.sock"));
+        assert_eq!(c.store.state_dir, Path::new("/tmp/x/state"));
+        assert_eq!(c.origins["STATE_DIR"], Origin::ZeroConfig);
+        assert_eq!(
+            c.store.state_file,
+            Path::new("/tmp/x/state/push-server.state")
+        );
 
         let c = load_env(&[("SUB_LISTEN", ""), ("PUB_LISTEN", "127.0.0.1:9999")]).expect("loads");
         assert!(c.zero_config);
@@ -1580,6 +1654,8 @@ SECURITY_KEY=AbCdEf0123456789xyz
             ("LONG_POLL_TIMEOUT", "0.0000000001"),
             ("SEND_TIMEOUT", "604801"),
             ("STATE_FILE", "state"),
+            ("STATE_DIR", "var/lib"),
+            ("STORE_FSYNC", "sometimes"),
         ];
         for (key, value) in cases {
             let r = load_text("SECURITY_KEY=k\n", &[(key, value)]);

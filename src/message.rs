@@ -164,7 +164,13 @@ impl MidGen {
     /// garbage is warned about and treated as none), picks `max(now_unix, last + 1)`, and
     /// writes it back atomically before any id of the new epoch can be handed out.
     pub fn start(state_path: &Path, now_unix: u64) -> io::Result<MidGen> {
-        let last = read_last_epoch(state_path)?;
+        MidGen::start_above(state_path, now_unix, 0)
+    }
+
+    /// [`MidGen::start`] with an epoch also above `floor` (the newest epoch of the ids the
+    /// embedded store restored, docs/persistence.md), in case the state file is older.
+    pub fn start_above(state_path: &Path, now_unix: u64, floor: u64) -> io::Result<MidGen> {
+        let last = read_last_epoch(state_path)?.max((floor > 0).then_some(floor));
         let epoch = match last {
             Some(last) => now_unix.max(last.saturating_add(1)),
             None => now_unix,
@@ -203,6 +209,22 @@ impl MidGen {
 
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+}
+
+/// Moves the state file from its location before STATE_DIR (`old`) to `new` when `new` does
+/// not exist yet: read once, written to the new place (docs/persistence.md). The old file
+/// is left as it is. `Ok(Some(epoch))` when it migrated one.
+pub fn migrate_state_file(old: &Path, new: &Path) -> io::Result<Option<u64>> {
+    if old == new || new.exists() {
+        return Ok(None);
+    }
+    match read_last_epoch(old)? {
+        Some(epoch) => {
+            write_epoch_atomically(new, epoch)?;
+            Ok(Some(epoch))
+        }
+        None => Ok(None),
     }
 }
 

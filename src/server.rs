@@ -23,7 +23,7 @@ use crate::config::{self, Config};
 use crate::conn::{Backlog, Conn, Phase, READ_CHUNK};
 use crate::error::close;
 use crate::listener::{self, Bound, Listener};
-use crate::message::{Mid, MidGen, now_ms};
+use crate::message::{Mid, now_ms};
 use crate::metrics::Metrics;
 use crate::notify;
 use crate::registry::Registry;
@@ -228,25 +228,57 @@ impl Server {
     /// The Redis store when `REDIS_SOCK`/`REDIS_URL` is set (it wakes the loop through
     /// [`STORE_WAKE_TOKEN`] and reports up or down by itself), else the embedded one.
     fn open_store(cfg: &Config, poll: &Poll) -> io::Result<Box<dyn Store>> {
-        if let Some(opts) = RedisOptions::from_config(cfg) {
+        let redis = RedisOptions::from_config(cfg);
+        Self::prepare_state_dir(cfg, redis.is_none())?;
+        if let Some(opts) = redis {
             let waker = Arc::new(Waker::new(poll.registry(), STORE_WAKE_TOKEN)?);
             let store = RedisStore::start(opts, waker)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.0))?;
             log::info!("redis store (docs/redis.md), instance {}", store.uid());
             return Ok(Box::new(store));
         }
-        let now_unix = now_ms() / 1000;
-        let mids = MidGen::start(&cfg.store.state_file, now_unix).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "cannot persist the message id epoch in {}: {e}",
-                    cfg.store.state_file.display()
+        let waker = Arc::new(Waker::new(poll.registry(), STORE_WAKE_TOKEN)?);
+        let store = Embedded::open(cfg.store.clone(), now_ms() / 1000, Some(waker))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        log::info!(
+            "embedded store (docs/persistence.md) in {}; message id epoch {}",
+            cfg.store.state_dir.display(),
+            store.epoch()
+        );
+        Ok(Box::new(store))
+    }
+
+    /// Makes STATE_DIR (when this store uses it) and checks that it can be written, then
+    /// migrates the state file from its old default place (docs/persistence.md). Errors are
+    /// one line naming the path and the OS error.
+    fn prepare_state_dir(cfg: &Config, embedded: bool) -> io::Result<()> {
+        let s = &cfg.store;
+        let dir = &s.state_dir;
+        if embedded || s.state_file.starts_with(dir) {
+            let fail = |what: &str, e: io::Error| {
+                io::Error::new(e.kind(), format!("STATE_DIR {} {what}: {e}", dir.display()))
+            };
+            std::fs::create_dir_all(dir).map_err(|e| fail("cannot be created", e))?;
+            let probe = dir.join(".write-test");
+            std::fs::write(&probe, b"").map_err(|e| fail("is not writable", e))?;
+            let _ = std::fs::remove_file(&probe);
+        }
+        if let Some(old) = &s.legacy_state_file {
+            match crate::message::migrate_state_file(old, &s.state_file) {
+                Ok(Some(epoch)) => log::info!(
+                    "state file migrated: epoch {epoch} from {} to {}",
+                    old.display(),
+                    s.state_file.display()
                 ),
-            )
-        })?;
-        log::info!("embedded store; message id epoch {}", mids.epoch());
-        Ok(Box::new(Embedded::new(cfg.store.clone(), mids)))
+                Ok(None) => {}
+                Err(e) => log::warn!(
+                    "cannot migrate the state file {} to {}: {e}",
+                    old.display(),
+                    s.state_file.display()
+                ),
+            }
+        }
+        Ok(())
     }
 
     /// Runs until SIGTERM/SIGINT and a drained shutdown.

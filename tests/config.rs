@@ -56,6 +56,34 @@ fn check_config_good_file_prints_masked_config() {
         !Path::new(&run_dir).join("sub.sock").exists(),
         "--check-config must not bind anything"
     );
+    // docs/persistence.md: the defaults of STATE_DIR, STATE_FILE and STORE_FSYNC.
+    for line in [
+        "STATE_DIR=/var/lib/push-server  # default",
+        "STATE_FILE=/var/lib/push-server/push-server.state  # default",
+        "STORE_FSYNC=everysec  # default",
+    ] {
+        assert!(out.stdout.contains(line), "{line} in {}", out.stdout);
+    }
+}
+
+#[test]
+fn check_config_state_dir_in_zero_config_and_bad_fsync() {
+    let dir = TestDir::new();
+    let run_dir = dir.join("run").display().to_string();
+    let out = run(&["--check-config"], &[("RUN_DIR", &run_dir)]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout
+            .contains(&format!("STATE_DIR={run_dir}/state  # zero-config default")),
+        "{}",
+        out.stdout
+    );
+    let out = run(
+        &["--check-config"],
+        &[("SECURITY_KEY", "k"), ("STORE_FSYNC", "sometimes")],
+    );
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("STORE_FSYNC"), "{}", out.stderr);
 }
 
 #[test]

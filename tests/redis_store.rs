@@ -32,6 +32,9 @@ fn store_cfg(sock: &Path) -> StoreConfig {
         channel_history: 100,
         max_bytes: 1 << 20,
         state_file: sock.with_file_name(format!("mid-epoch-{n}")),
+        state_dir: sock.with_file_name(format!("state-{n}")),
+        legacy_state_file: None,
+        fsync: push_server::config::Fsync::No,
     }
 }
 

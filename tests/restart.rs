@@ -232,6 +232,7 @@ impl Activated {
         let redis = (std::env::var("PUSH_TEST_STORE").as_deref() == Ok("redis")).then(Redis::start);
         let mut env = vec![
             format!("RUN_DIR={}", dir.path.display()),
+            format!("STATE_DIR={}", dir.join("state").display()),
             format!("SUB_SOCK={}", sub.display()),
             format!("PUB_SOCK={}", pubs.display()),
             format!("SECURITY_KEY={KEY}"),

@@ -23,20 +23,27 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{BacklogChunk, Done, Job, Minted, Receiver, Store, StoreError, StoreStats};
+use log::{info, warn};
+use mio::Waker;
+
+use super::journal::{self, Acks, Entry, Journal};
+use super::{BacklogChunk, Done, Job, Minted, Receiver, Store, StoreError, StoreStats, Token};
 use crate::channel::ChannelId;
 use crate::config::StoreConfig;
-use crate::message::{Message, Mid, MidGen};
+use crate::message::{Message, Mid, MidGen, now_ms};
 
 /// Bookkeeping charged per stored message besides its body, its encodings, the `Message`
 /// struct and its `kind`: the `Arc` counts, the allocations behind the shared `Bytes` (one per
-/// encoding buffer), the map and expiry-queue entries, and allocator rounding.
-const OVERHEAD: usize = 192;
-/// Charged per receiver: its id in the channel's history deque (16 bytes, with slack).
-const PER_RECEIVER: usize = 32;
+/// encoding buffer), the map and expiry-queue entries, the receiver list's allocation (kept
+/// for the journal's snapshots, docs/persistence.md), and allocator rounding.
+const OVERHEAD: usize = 208;
+/// Charged per receiver: its id in the channel's history deque (16 bytes) and in the
+/// message's receiver list (17 bytes), with slack.
+const PER_RECEIVER: usize = 48;
 
 /// What [`MemoryStore::save`] charges for `msg` stored for `receivers` receivers.
 fn charge(msg: &Message, receivers: usize) -> usize {
@@ -50,6 +57,8 @@ fn charge(msg: &Message, receivers: usize) -> usize {
 
 struct Stored {
     msg: Arc<Message>,
+    /// Who it was published to: what a journal snapshot writes (docs/persistence.md).
+    receivers: Arc<[Receiver]>,
     expires: Instant,
     /// What this message adds to `bytes` (see [`charge`]).
     charged: usize,
@@ -111,20 +120,31 @@ impl MemoryStore {
 }
 
 impl MemoryStore {
-    pub fn save<'a>(
-        &mut self,
-        msg: &Arc<Message>,
-        receivers: impl IntoIterator<Item = &'a ChannelId>,
-        now: Instant,
-    ) {
-        let ttl = if msg.expiry == 0 {
+    /// How long `msg` is kept, in seconds: `min(expiry, message_ttl)`, or the grace window
+    /// for expiry 0 (PROTOCOL.md §8.4).
+    pub fn ttl(&self, msg: &Message) -> u32 {
+        if msg.expiry == 0 {
             self.cfg.expiry0_grace
         } else {
             msg.expiry.min(self.cfg.message_ttl)
-        };
-        let mut count = 0;
-        for ch in receivers {
-            count += 1;
+        }
+    }
+
+    pub fn save(&mut self, msg: &Arc<Message>, receivers: &Arc<[Receiver]>, now: Instant) {
+        let ttl = self.ttl(msg);
+        let expires = (ttl > 0).then(|| now + Duration::from_secs(u64::from(ttl)));
+        self.save_until(msg, receivers, expires);
+    }
+
+    /// Stores `msg` until `expires` (`None`: not kept, only counted in the histories), under
+    /// the history and byte caps. Ids must come in ascending order.
+    pub fn save_until(
+        &mut self,
+        msg: &Arc<Message>,
+        receivers: &Arc<[Receiver]>,
+        expires: Option<Instant>,
+    ) {
+        for (ch, _) in receivers.iter() {
             let h = self.channels.entry(*ch).or_default();
             h.ids.push_back(msg.mid);
             if h.ids.len() > self.cfg.channel_history {
@@ -132,16 +152,16 @@ impl MemoryStore {
                 self.evicted += 1;
             }
         }
-        if ttl == 0 {
+        let Some(expires) = expires else {
             return;
-        }
-        let expires = now + Duration::from_secs(u64::from(ttl));
-        let charged = charge(msg, count);
+        };
+        let charged = charge(msg, receivers.len());
         self.bytes += charged;
         self.messages.insert(
             msg.mid,
             Stored {
                 msg: Arc::clone(msg),
+                receivers: Arc::clone(receivers),
                 expires,
                 charged,
             },
@@ -221,6 +241,23 @@ impl MemoryStore {
         self.online.retain(|_, until| *until > now);
     }
 
+    /// Every stored message with its receivers, ascending by id: what a compacted journal
+    /// holds (docs/persistence.md).
+    pub fn snapshot(&self) -> Vec<Entry> {
+        self.messages
+            .values()
+            .map(|s| Entry {
+                msg: Arc::clone(&s.msg),
+                receivers: Arc::clone(&s.receivers),
+            })
+            .collect()
+    }
+
+    /// The newest stored id.
+    pub fn newest(&self) -> Option<Mid> {
+        self.messages.keys().next_back().copied()
+    }
+
     pub fn stats(&self) -> StoreStats {
         StoreStats {
             messages: self.messages.len(),
@@ -232,21 +269,222 @@ impl MemoryStore {
     }
 }
 
-/// The embedded store behind the [`Store`] interface: mints ids with a [`MidGen`] and answers
-/// every job at once; the answers wait in `done` until the loop drains them in the same pass.
+/// The embedded store behind the [`Store`] interface: mints ids with a [`MidGen`], and
+/// answers every job at once, except publishes when it has a journal (docs/persistence.md):
+/// those are answered once the journal thread reports their records written, and only then
+/// stored in memory and delivered. The answers wait in `done` until the loop drains them.
 pub struct Embedded {
     mem: MemoryStore,
     mids: MidGen,
     done: Vec<Done>,
+    journal: Option<Journal>,
+    /// Publishes handed to the journal and not answered yet, in `seq` order.
+    pending: VecDeque<Pending>,
+    next_seq: u64,
+    acks: Acks,
+    /// Held while the store runs: one process per STATE_DIR.
+    _lock: Option<File>,
 }
 
+/// A publish waiting for its journal write.
+struct Pending {
+    seq: u64,
+    token: Token,
+    msgs: Vec<(Arc<Message>, Arc<[Receiver]>)>,
+}
+
+/// Publish jobs that may wait for the journal at once; more are refused (503), as a full
+/// queue to Redis is.
+const MAX_PENDING: usize = 4096;
+
 impl Embedded {
+    /// An embedded store without a journal (tests).
     pub fn new(cfg: StoreConfig, mids: MidGen) -> Embedded {
+        Embedded::with(MemoryStore::new(cfg), mids, None, None)
+    }
+
+    fn with(
+        mem: MemoryStore,
+        mids: MidGen,
+        journal: Option<Journal>,
+        lock: Option<File>,
+    ) -> Embedded {
         let latest = mids.last().unwrap_or_else(|| Mid::new(mids.epoch(), 0));
         Embedded {
-            mem: MemoryStore::new(cfg),
+            mem,
             mids,
             done: vec![Done::Up { latest }],
+            journal,
+            pending: VecDeque::new(),
+            next_seq: 0,
+            acks: Acks::default(),
+            _lock: lock,
+        }
+    }
+
+    /// Opens the store persisted in `cfg.state_dir` (docs/persistence.md): restores the
+    /// journal under the TTL and caps, mints ids above every restored one, rewrites the
+    /// journal compacted, and starts the journal thread (which wakes the loop with `waker`).
+    /// An error, one line, refuses the start.
+    pub fn open(
+        cfg: StoreConfig,
+        now_unix: u64,
+        waker: Option<Arc<Waker>>,
+    ) -> Result<Embedded, String> {
+        let dir = &cfg.state_dir;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| format!("STATE_DIR {} is not writable: {e}", dir.display()))?;
+        lock.try_lock().map_err(|e| {
+            format!(
+                "STATE_DIR {} is in use by another push-server ({}: {e})",
+                dir.display(),
+                lock_path.display()
+            )
+        })?;
+        let path = dir.join(journal::FILE_NAME);
+        let started = Instant::now();
+        let (now, now_ms) = (Instant::now(), now_ms());
+        let mut mem = MemoryStore::new(cfg.clone());
+        let (mut last, mut expired, mut disordered, mut max_epoch) = (None, 0u64, 0u64, 0);
+        let scanned = journal::read_file(&path, |e| {
+            let mid = e.msg.mid;
+            max_epoch = max_epoch.max(mid.epoch());
+            if last.is_some_and(|l| mid <= l) {
+                disordered += 1;
+                return;
+            }
+            last = Some(mid);
+            // The TTL counts from the creation time, so the time spent down counts too.
+            let ttl_ms = u64::from(mem.ttl(&e.msg)) * 1000;
+            let until = e.msg.created_ms.saturating_add(ttl_ms);
+            if ttl_ms == 0 || until <= now_ms {
+                expired += 1;
+                return;
+            }
+            let left = Duration::from_millis((until - now_ms).min(ttl_ms));
+            mem.save_until(&e.msg, &e.receivers, Some(now + left));
+        })
+        .map_err(|e| format!("journal {}: {e}", path.display()))?;
+        if let Some((at, n, why)) = &scanned.cut {
+            warn!(
+                "journal {}: {why} at offset {at}; cut there, dropping the last {n} bytes (kept {} records)",
+                path.display(),
+                scanned.records
+            );
+        }
+        if disordered > 0 {
+            warn!(
+                "journal {}: {disordered} records out of id order skipped",
+                path.display()
+            );
+        }
+        let mids = MidGen::start_above(&cfg.state_file, now_unix, max_epoch).map_err(|e| {
+            format!(
+                "cannot persist the message id epoch in {}: {e}",
+                cfg.state_file.display()
+            )
+        })?;
+        let snapshot = mem.snapshot();
+        let (file, len) = journal::rewrite(&path, &snapshot).map_err(|e| {
+            format!(
+                "cannot write the journal {} in STATE_DIR: {e}",
+                path.display()
+            )
+        })?;
+        let stats = mem.stats();
+        info!(
+            "journal {}: restored {} messages of {} records ({expired} expired, {} over the caps) in {} ms; compacted to {len} bytes; STORE_FSYNC={}",
+            path.display(),
+            stats.messages,
+            scanned.records,
+            stats.evicted,
+            started.elapsed().as_millis(),
+            cfg.fsync.name()
+        );
+        let journal = Journal::start(path, file, len, cfg.fsync, cfg.max_bytes, waker)
+            .map_err(|e| format!("cannot start the journal thread: {e}"))?;
+        Ok(Embedded::with(mem, mids, Some(journal), Some(lock)))
+    }
+
+    /// The epoch of the ids this store mints.
+    pub fn epoch(&self) -> u64 {
+        self.mids.epoch()
+    }
+
+    /// Stores `msgs` in memory, answers the publisher and announces them.
+    fn publish_now(&mut self, token: Token, msgs: Vec<(Arc<Message>, Arc<[Receiver]>)>) {
+        let now = Instant::now();
+        for (m, r) in &msgs {
+            self.mem.save(m, r, now);
+        }
+        let minted = msgs
+            .iter()
+            .map(|(m, _)| Minted {
+                mid: m.mid,
+                kind: m.kind.clone(),
+                created_ms: m.created_ms,
+            })
+            .collect();
+        // The answer first, then the delivery: the publisher is answered before the
+        // fan-out, as with Redis.
+        self.done.push(Done::Published {
+            token,
+            result: Ok(minted),
+        });
+        self.done.push(Done::Deliver(
+            msgs.into_iter().map(|(m, r)| (m, r.to_vec())).collect(),
+        ));
+    }
+
+    /// Acts on what the journal thread reported: answers the publishes it wrote (or refuses
+    /// those it could not), and asks for a compaction when the file outgrew its bound.
+    fn collect_journal(&mut self) {
+        let Some(j) = &self.journal else {
+            return;
+        };
+        j.take(&mut self.acks);
+        let results = std::mem::take(&mut self.acks.results);
+        for (seq, result) in results {
+            let Some(p) = self.pending.pop_front() else {
+                break;
+            };
+            debug_assert_eq!(p.seq, seq, "journal answers come in order");
+            match result {
+                Ok(()) => self.publish_now(p.token, p.msgs),
+                Err(e) => self.done.push(Done::Published {
+                    token: p.token,
+                    result: Err(StoreError(e)),
+                }),
+            }
+        }
+        // docs/persistence.md: compact once the file grew by half the cap since the last
+        // compaction (and is over half the cap), so that it stays under 2 × STORE_MAX_BYTES.
+        let half = self.mem.cfg.max_bytes as u64 / 2;
+        let a = &self.acks;
+        if !a.compacting && a.len > a.compacted_len.max(half) + half {
+            let mut snapshot: Vec<(u64, Entry)> =
+                self.mem.snapshot().into_iter().map(|e| (0, e)).collect();
+            for p in &self.pending {
+                snapshot.extend(p.msgs.iter().map(|(m, r)| {
+                    (
+                        p.seq,
+                        Entry {
+                            msg: Arc::clone(m),
+                            receivers: Arc::clone(r),
+                        },
+                    )
+                }));
+            }
+            if let Some(j) = &self.journal
+                && j.compact(snapshot)
+            {
+                self.acks.compacting = true;
+            }
         }
     }
 }
@@ -254,9 +492,13 @@ impl Embedded {
 impl Store for Embedded {
     fn submit(&mut self, job: Job) -> Result<(), Job> {
         let now = Instant::now();
+        if matches!(job, Job::Publish { .. }) && self.pending.len() >= MAX_PENDING {
+            return Err(job);
+        }
         let done = match job {
             Job::Publish { token, drafts } => {
-                let deliver: Vec<(Arc<Message>, Vec<Receiver>)> = drafts
+                let mut bytes = Vec::new();
+                let msgs: Vec<(Arc<Message>, Arc<[Receiver]>)> = drafts
                     .into_iter()
                     .map(|d| {
                         let msg = Arc::new(Message::new(
@@ -267,25 +509,29 @@ impl Store for Embedded {
                             d.body,
                             d.kind,
                         ));
-                        self.mem.save(&msg, d.receivers.iter().map(|r| &r.0), now);
-                        (msg, d.receivers)
+                        let receivers: Arc<[Receiver]> = d.receivers.into();
+                        if self.journal.is_some() {
+                            journal::encode(&msg, &receivers, &mut bytes);
+                        }
+                        (msg, receivers)
                     })
                     .collect();
-                let minted = deliver
-                    .iter()
-                    .map(|(m, _)| Minted {
-                        mid: m.mid,
-                        kind: m.kind.clone(),
-                        created_ms: m.created_ms,
-                    })
-                    .collect();
-                // The answer first, then the delivery: the publisher is answered before the
-                // fan-out, as with Redis.
-                self.done.push(Done::Published {
+                let Some(j) = &self.journal else {
+                    self.publish_now(token, msgs);
+                    return Ok(());
+                };
+                // docs/persistence.md: written to the OS before the answer; the answer comes
+                // from `drain` once the journal thread reports the write.
+                self.next_seq += 1;
+                let seq = self.next_seq;
+                if j.append(seq, bytes) {
+                    self.pending.push_back(Pending { seq, token, msgs });
+                    return Ok(());
+                }
+                Done::Published {
                     token,
-                    result: Ok(minted),
-                });
-                Done::Deliver(deliver)
+                    result: Err(StoreError("the journal thread stopped".into())),
+                }
             }
             Job::Backlog {
                 token,
@@ -323,6 +569,7 @@ impl Store for Embedded {
     }
 
     fn drain(&mut self, out: &mut Vec<Done>) {
+        self.collect_journal();
         out.append(&mut self.done);
     }
 
@@ -339,6 +586,9 @@ impl Store for Embedded {
     }
 
     fn set_config(&mut self, cfg: StoreConfig) {
+        if let Some(j) = &self.journal {
+            j.set_max_bytes(cfg.max_bytes);
+        }
         self.mem.set_config(cfg);
     }
 
@@ -361,6 +611,9 @@ mod tests {
             channel_history: 3,
             max_bytes: 10_000,
             state_file: "/nonexistent".into(),
+            state_dir: "/nonexistent".into(),
+            legacy_state_file: None,
+            fsync: crate::config::Fsync::No,
         }
     }
 
@@ -375,6 +628,12 @@ mod tests {
         ))
     }
 
+    fn rx(ids: &[ChannelId]) -> Arc<[Receiver]> {
+        ids.iter()
+            .map(|&id| (id, crate::registry::Kind::Private))
+            .collect()
+    }
+
     fn mids(chunk: &BacklogChunk) -> Vec<u64> {
         chunk.msgs.iter().map(|m| m.mid.counter()).collect()
     }
@@ -384,9 +643,9 @@ mod tests {
         let mut s = MemoryStore::new(cfg());
         let now = Instant::now();
         let (a, b) = (ChannelId([1; 16]), ChannelId([2; 16]));
-        s.save(&msg(1, 100), &[a], now);
-        s.save(&msg(2, 100), &[a, b], now);
-        s.save(&msg(3, 100), &[b], now);
+        s.save(&msg(1, 100), &rx(&[a]), now);
+        s.save(&msg(2, 100), &rx(&[a, b]), now);
+        s.save(&msg(3, 100), &rx(&[b]), now);
         let got = s
             .backlog(&[a, b], Mid::new(1795479773, 1), 200, usize::MAX, now)
             .unwrap();
@@ -399,8 +658,8 @@ mod tests {
         let mut s = MemoryStore::new(cfg());
         let now = Instant::now();
         let a = ChannelId([1; 16]);
-        s.save(&msg(1, 0), &[a], now);
-        s.save(&msg(2, 120), &[a], now);
+        s.save(&msg(1, 0), &rx(&[a]), now);
+        s.save(&msg(2, 120), &rx(&[a]), now);
         let zero = Mid::new(0, 0);
         let read = |s: &mut MemoryStore, at| s.backlog(&[a], zero, 200, usize::MAX, at).unwrap();
         assert_eq!(read(&mut s, now).msgs.len(), 2);
@@ -416,14 +675,14 @@ mod tests {
         let now = Instant::now();
         let a = ChannelId([1; 16]);
         for i in 1..=10 {
-            s.save(&msg(i, 100), &[a], now);
+            s.save(&msg(i, 100), &rx(&[a]), now);
         }
         let got = s
             .backlog(&[a], Mid::new(0, 0), 200, usize::MAX, now)
             .unwrap();
         assert_eq!(got.msgs.len(), 3, "per-channel history cap");
         for i in 0..1000u64 {
-            s.save(&msg(100 + i, 100), &[ChannelId([i as u8; 16])], now);
+            s.save(&msg(100 + i, 100), &rx(&[ChannelId([i as u8; 16])]), now);
         }
         assert!(s.stats().bytes <= 10_000);
     }
@@ -459,7 +718,7 @@ mod tests {
         let mut all = Vec::new();
         for i in 1..=40 {
             let m = big(i, 300_000 + i as usize);
-            s.save(&m, &[a], now);
+            s.save(&m, &rx(&[a]), now);
             all.push(m);
         }
         let kept = s
@@ -500,7 +759,7 @@ mod tests {
         });
         let now = Instant::now();
         for i in 1..=6 {
-            s.save(&big(i, 200_000), &[ChannelId([i as u8; 16])], now);
+            s.save(&big(i, 200_000), &rx(&[ChannelId([i as u8; 16])]), now);
         }
         assert_eq!(s.stats().messages, 6);
         s.set_config(StoreConfig {
@@ -523,12 +782,12 @@ mod tests {
         for i in 1..=10 {
             s.save(
                 &big(i, 1000 * i as usize),
-                &[if i % 2 == 0 { a } else { b }],
+                &rx(&[if i % 2 == 0 { a } else { b }]),
                 now,
             );
         }
         // An expired message is neither returned nor counted as "more".
-        s.save(&msg(11, 0), &[a], now);
+        s.save(&msg(11, 0), &rx(&[a]), now);
         let later = now + Duration::from_secs(61);
         let zero = Mid::new(0, 0);
         let read = |s: &mut MemoryStore, after, limit, max| {

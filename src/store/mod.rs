@@ -8,6 +8,7 @@
 //! loop through a `mio::Waker` when answers are ready. Both go through the same code in the
 //! server, so the memory store also exercises every "answer arrives later" path.
 
+pub mod journal;
 pub mod memory;
 pub mod redis;
 

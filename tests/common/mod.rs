@@ -156,9 +156,17 @@ pub struct ServerBuilder {
     unset: Vec<String>,
     args: Vec<String>,
     zero_config: bool,
+    shell: Option<String>,
 }
 
 impl ServerBuilder {
+    /// Starts the server through `/bin/sh -c '<script>; exec push-server'`, e.g. to set a
+    /// resource limit first.
+    pub fn shell_prefix(mut self, script: &str) -> Self {
+        self.shell = Some(script.to_string());
+        self
+    }
+
     /// Sets (or overrides) one environment variable of the server.
     pub fn env(mut self, key: &str, value: impl AsRef<str>) -> Self {
         self.env.retain(|(k, _)| k != key);
@@ -213,6 +221,9 @@ impl ServerBuilder {
         let mut env: Vec<(String, String)> =
             vec![("RUN_DIR".into(), dir.path.display().to_string())];
         if !self.zero_config {
+            // Per test, like the sockets (docs/persistence.md: the default is
+            // /var/lib/push-server); a test that restarts on one STATE_DIR sets its own.
+            env.push(("STATE_DIR".into(), dir.join("state").display().to_string()));
             env.push(("SUB_SOCK".into(), sub.display().to_string()));
             env.push(("PUB_SOCK".into(), pubs.display().to_string()));
             env.push(("LOG_LEVEL".into(), "debug".into()));
@@ -234,7 +245,17 @@ impl ServerBuilder {
             socket_from(&env, "SUB_SOCK", sub),
             socket_from(&env, "PUB_SOCK", pubs),
         );
-        let mut child = Command::new(BIN)
+        let mut cmd = match &self.shell {
+            Some(script) => {
+                let mut c = Command::new("/bin/sh");
+                c.arg("-c")
+                    .arg(format!("{script}; exec \"$0\" \"$@\""))
+                    .arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = cmd
             .env_clear()
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .args(&self.args)
@@ -315,6 +336,7 @@ impl Server {
             unset: Vec::new(),
             args: Vec::new(),
             zero_config: false,
+            shell: None,
         }
     }
 

@@ -142,6 +142,7 @@ impl PushServer {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_push-server"));
         cmd.env_clear()
             .env("RUN_DIR", &run)
+            .env("STATE_DIR", dir.join("state"))
             .env("SUB_SOCK", &sub_sock)
             .env("PUB_SOCK", &pub_sock)
             .env("SECURITY_KEY", &key)
