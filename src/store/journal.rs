@@ -527,7 +527,7 @@ impl Journal {
         self.send(Cmd::Append { seq, bytes })
     }
 
-    /// Queues a compaction from `snapshot` (see [`Cmd::Compact`]).
+    /// Queues a compaction from `snapshot` (a `Cmd::Compact` for the journal thread).
     pub fn compact(&self, snapshot: Vec<(u64, Entry)>) -> bool {
         lock(&self.shared.acks).compacting = true;
         self.send(Cmd::Compact(snapshot))
