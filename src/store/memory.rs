@@ -228,6 +228,7 @@ impl MemoryStore {
             bytes: self.bytes,
             evicted: self.evicted,
             rejected_jobs: 0,
+            ..StoreStats::default()
         }
     }
 }

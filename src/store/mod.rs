@@ -151,6 +151,11 @@ pub struct StoreStats {
     pub evicted: u64,
     /// Jobs refused because the queue to the store was full.
     pub rejected_jobs: u64,
+    /// Publishes refused because they reached Redis after their deadline (docs/redis.md,
+    /// "Publish deadline"); answered 503, nothing published.
+    pub late_publishes: u64,
+    /// Publishes whose `WAIT` for `REDIS_WAIT_REPLICAS` replicas timed out (answered 200).
+    pub wait_timeouts: u64,
 }
 
 pub trait Store {

@@ -137,6 +137,8 @@ struct Shared {
     /// can be reported up again.
     verify: AtomicBool,
     rejected: AtomicU64,
+    /// Publishes the script refused because they reached Redis after their deadline.
+    late: AtomicU64,
     /// The newest id this instance has seen minted (its own or another instance's); the
     /// publish script starts a new epoch when Redis holds less.
     last_seen: Mutex<Mid>,
@@ -351,6 +353,7 @@ impl RedisStore {
             stop: AtomicBool::new(false),
             verify: AtomicBool::new(false),
             rejected: AtomicU64::new(0),
+            late: AtomicU64::new(0),
             last_seen: Mutex::new(Mid::new(saved_epoch, 0)),
             saved_epoch: Mutex::new(saved_epoch),
         });
@@ -423,6 +426,7 @@ impl Store for RedisStore {
     fn stats(&self) -> StoreStats {
         StoreStats {
             rejected_jobs: self.shared.rejected.load(Ordering::Relaxed),
+            late_publishes: self.shared.late.load(Ordering::Relaxed),
             ..StoreStats::default()
         }
     }

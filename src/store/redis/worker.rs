@@ -27,6 +27,15 @@ const IDLE_PING: Duration = Duration::from_millis(500);
 const CHANNEL_TTL: u32 = 86_400;
 /// `stats` entries older than this are another instance's leftovers (OPERATIONS.md §5.1).
 const STATS_STALE_MS: u64 = 70_000;
+/// A publish script that starts this long after its round was written refuses to publish
+/// (docs/redis.md, "Publish deadline"). The worker gives a round up (and answers its publishes
+/// 503) no sooner than [`IO_TIMEOUT`] after writing it, so a publish answered 503 can never
+/// run later; the margin covers the script's own run and the reply's way back.
+pub(super) const PUBLISH_DEADLINE: Duration = Duration::from_millis(300);
+const _: () = assert!(PUBLISH_DEADLINE.as_millis() + 150 <= IO_TIMEOUT.as_millis());
+/// Redis `TIME` is read again when the last reading is older than this, so that a step of
+/// Redis's clock shifts the deadlines for at most this long.
+const CLOCK_RESYNC: Duration = Duration::from_secs(1);
 
 /// How a pipeline failed.
 enum Exchange {
@@ -43,6 +52,16 @@ impl Exchange {
             Exchange::NotSent(r) | Exchange::Lost(r) => r,
         }
     }
+}
+
+/// Redis `TIME` against this worker's monotonic clock, for the publish deadline.
+#[derive(Clone, Copy)]
+struct Clock {
+    /// Redis µs minus local µs (since [`Worker::base`]), from a `TIME` reply. Taken as if
+    /// Redis had answered at the moment its reply was read, the latest it can have: the
+    /// offset is then at most the true one, and deadlines come early, never late.
+    offset_us: i128,
+    synced: Instant,
 }
 
 /// Script hashes, known after `SCRIPT LOAD`.
@@ -93,6 +112,10 @@ struct Worker {
     retry_at: Instant,
     /// The `stats` field this instance writes (the `processUniqueId` of its JSON).
     stats_field: Option<String>,
+    /// Local µs count from here (monotonic).
+    base: Instant,
+    /// Redis's clock, per connection (a reconnect may reach another server).
+    clock: Option<Clock>,
 }
 
 pub(super) fn run(shared: Arc<Shared>, info: ConnectionInfo, jobs: ChanReceiver<Job>) {
@@ -103,6 +126,8 @@ pub(super) fn run(shared: Arc<Shared>, info: ConnectionInfo, jobs: ChanReceiver<
         backoff: Backoff::new(),
         retry_at: Instant::now(),
         stats_field: None,
+        base: Instant::now(),
+        clock: None,
     };
     loop {
         if w.conn.is_none() {
@@ -168,6 +193,7 @@ impl Worker {
     }
 
     fn connect_inner(&mut self) -> redis::RedisResult<(Connection, Scripts, Mid)> {
+        self.clock = None;
         let client = redis::Client::open(self.info.clone())?;
         let mut conn = client.get_connection_with_timeout(IO_TIMEOUT)?;
         conn.set_read_timeout(Some(IO_TIMEOUT))?;
@@ -177,8 +203,8 @@ impl Worker {
         Ok((conn, scripts, latest))
     }
 
-    /// What [`Done::Up`] reports, from the id keys as they are now.
-    fn read_latest(&self, conn: &mut Connection) -> redis::RedisResult<Mid> {
+    /// What [`Done::Up`] reports, from the id keys as they are now (and Redis's clock).
+    fn read_latest(&mut self, conn: &mut Connection) -> redis::RedisResult<Mid> {
         let keys = &self.shared.keys;
         // Read as raw values: a foreign value (or a key of another type) must not keep the
         // store from coming up; the publish script starts a new epoch over it.
@@ -190,6 +216,7 @@ impl Worker {
             .arg(keys.counter())
             .cmd("TIME")
             .query(conn)?;
+        self.set_clock(time);
         let latest = latest_id(
             id_key(&start, EPOCH_LIMIT),
             id_key(&counter, COUNTER_LIMIT),
@@ -224,18 +251,85 @@ impl Worker {
         self.shared.set_cmd(Err(reason));
     }
 
+    /// Records a `TIME` reply (seconds, µs) read just now.
+    fn set_clock(&mut self, (secs, micros): (u64, u64)) {
+        let now = Instant::now();
+        let redis_us = i128::from(secs) * 1_000_000 + i128::from(micros);
+        self.clock = Some(Clock {
+            offset_us: redis_us - now.duration_since(self.base).as_micros() as i128,
+            synced: now,
+        });
+    }
+
+    /// The idle check, which also reads Redis's clock.
     fn ping(&mut self) {
-        let Some((conn, _)) = self.conn.as_mut() else {
-            return;
-        };
-        if let Err(e) = redis::cmd("PING").query::<String>(conn) {
-            self.lose(e.to_string());
+        if let Err(e) = self.sync_clock() {
+            self.lose(e);
         }
+    }
+
+    fn sync_clock(&mut self) -> Result<(), String> {
+        let Some((conn, _)) = self.conn.as_mut() else {
+            return Err("not connected".into());
+        };
+        let time = redis::cmd("TIME")
+            .query::<(u64, u64)>(conn)
+            .map_err(|e| e.to_string())?;
+        self.set_clock(time);
+        Ok(())
+    }
+
+    /// The publish deadline for a round written from now on, in Redis µs (reads `TIME`
+    /// again first when the last reading is stale).
+    fn deadline(&mut self) -> Result<i128, String> {
+        if self
+            .clock
+            .is_none_or(|c| c.synced.elapsed() >= CLOCK_RESYNC)
+        {
+            self.sync_clock()?;
+        }
+        let clock = self.clock.ok_or("no Redis clock")?;
+        let local = Instant::now().duration_since(self.base) + PUBLISH_DEADLINE;
+        Ok(clock.offset_us + local.as_micros() as i128)
+    }
+
+    /// Rebuilds the publish commands of a round for a new deadline (a resend: after a
+    /// reconnect, which may have reached another server, or a script reload).
+    fn restamp(&mut self, pending: &[Pending], cmds: &mut [redis::Cmd]) -> Result<(), String> {
+        let deadline = self.deadline()?;
+        let cfg = self.shared.cfg();
+        let last = self.shared.last_seen();
+        let Some((_, scripts)) = self.conn.as_ref() else {
+            return Err("not connected".into());
+        };
+        for (p, c) in pending.iter().zip(cmds.iter_mut()) {
+            if let Pending::Publish { drafts, .. } = p {
+                *c = publish_cmd(
+                    &scripts.publish,
+                    self.shared.keys.prefix(),
+                    &self.shared.uid,
+                    (last, deadline),
+                    &cfg,
+                    drafts,
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Runs one round of jobs as one pipeline (plus a retry for scripts Redis forgot).
     fn round(&mut self, jobs: Vec<Job>) {
         let cfg = self.shared.cfg();
+        // Taken before the commands are built: earlier than the write, so never late.
+        let deadline = match self.deadline() {
+            Ok(d) => d,
+            Err(reason) => {
+                self.lose(reason);
+                let err = self.shared.unavailable();
+                let done = jobs.into_iter().filter_map(|j| failed(j, &err)).collect();
+                return self.shared.send_all(done);
+            }
+        };
         let Some((_, scripts)) = self.conn.as_ref() else {
             return;
         };
@@ -256,7 +350,7 @@ impl Worker {
                         &scripts.publish,
                         keys.prefix(),
                         &self.shared.uid,
-                        last,
+                        (last, deadline),
                         &cfg,
                         &drafts,
                     ));
@@ -341,17 +435,20 @@ impl Worker {
         }
         let replies = match self.exchange(&cmds) {
             Ok(r) => r,
-            Err(Exchange::NotSent(_)) => {
+            Err((_, Exchange::NotSent(_))) => {
                 // Nothing reached Redis (a connection that died while idle): one immediate
-                // reconnect, then the same commands again.
+                // reconnect, then the same commands again, with a deadline on the new clock.
                 self.conn = None;
                 self.connect();
+                if let Err(reason) = self.restamp(&pending, &mut cmds) {
+                    return self.fail_round(pending, Vec::new(), done, reason);
+                }
                 match self.exchange(&cmds) {
                     Ok(r) => r,
-                    Err(e) => return self.fail_round(pending, done, e.reason()),
+                    Err((got, e)) => return self.fail_round(pending, got, done, e.reason()),
                 }
             }
-            Err(e) => return self.fail_round(pending, done, e.reason()),
+            Err((got, e)) => return self.fail_round(pending, got, done, e.reason()),
         };
         let mut retry = (Vec::new(), Vec::new());
         for ((p, c), reply) in pending.into_iter().zip(cmds).zip(replies) {
@@ -366,18 +463,19 @@ impl Worker {
             // Redis lost its script cache (SCRIPT FLUSH, a failover): load the scripts (same
             // hashes) and send the same commands again. Every EVALSHA of the round failed
             // alike, so the ids keep the order of the jobs.
-            let (pending, cmds) = retry;
-            match self
+            let (pending, mut cmds) = retry;
+            let sent = self
                 .load_scripts()
-                .map_err(Exchange::Lost)
-                .and_then(|()| self.exchange(&cmds))
-            {
+                .and_then(|()| self.restamp(&pending, &mut cmds))
+                .map_err(|e| (Vec::new(), Exchange::Lost(e)))
+                .and_then(|()| self.exchange(&cmds));
+            match sent {
                 Ok(replies) => {
                     for (p, reply) in pending.into_iter().zip(replies) {
                         done.extend(self.answer(p, Ok(reply)));
                     }
                 }
-                Err(e) => return self.fail_round(pending, done, e.reason()),
+                Err((got, e)) => return self.fail_round(pending, got, done, e.reason()),
             }
         }
         self.shared.send_all(done);
@@ -393,10 +491,12 @@ impl Worker {
 
     /// Sends `cmds` as one pipeline and reads their replies, stopping at the first I/O error
     /// (one timeout is enough to give the connection up; waiting for every remaining reply
-    /// would multiply it).
-    fn exchange(&mut self, cmds: &[redis::Cmd]) -> Result<Vec<Value>, Exchange> {
+    /// would multiply it). On error, the replies read before it come along: those commands
+    /// ran, and their jobs are answered from them (a publish that got its reply is
+    /// published, whatever happens to the rest of the round).
+    fn exchange(&mut self, cmds: &[redis::Cmd]) -> Result<Vec<Value>, (Vec<Value>, Exchange)> {
         let Some((conn, _)) = self.conn.as_mut() else {
-            return Err(Exchange::NotSent(self.shared.unavailable().0));
+            return Err((Vec::new(), Exchange::NotSent(self.shared.unavailable().0)));
         };
         let mut packed = Vec::new();
         for c in cmds {
@@ -406,29 +506,44 @@ impl Worker {
             // Only a connection found dead took nothing (an idle connection Redis closed). A
             // write that timed out may have delivered whole commands before the stall, which
             // Redis still runs: sending them again would publish them twice.
-            if e.is_connection_dropped() && !e.is_timeout() {
+            let e = if e.is_connection_dropped() && !e.is_timeout() {
                 Exchange::NotSent(e.to_string())
             } else {
                 Exchange::Lost(e.to_string())
-            }
+            };
+            (Vec::new(), e)
         })?;
         let mut replies = Vec::with_capacity(cmds.len());
         for _ in cmds {
-            replies.push(
-                conn.recv_response()
-                    .map_err(|e| Exchange::Lost(e.to_string()))?,
-            );
+            match conn.recv_response() {
+                Ok(r) => replies.push(r),
+                Err(e) => return Err((replies, Exchange::Lost(e.to_string()))),
+            }
         }
         Ok(replies)
     }
 
-    /// The connection broke mid-round: every job of the round fails (a publish may have run
-    /// in Redis all the same; the publisher is told it failed), then reconnect.
-    fn fail_round(&mut self, pending: Vec<Pending>, mut done: Vec<Done>, reason: String) {
+    /// The connection broke mid-round: the jobs whose replies came (`got`, in order) are
+    /// answered from them, every other job of the round fails, then reconnect. A failed
+    /// publish did not run and will not: its script refuses past its deadline, which came
+    /// before this (see [`PUBLISH_DEADLINE`]).
+    fn fail_round(
+        &mut self,
+        pending: Vec<Pending>,
+        got: Vec<Value>,
+        mut done: Vec<Done>,
+        reason: String,
+    ) {
         self.lose(reason);
         let err = self.shared.unavailable();
+        let mut got = got.into_iter();
         for p in pending {
-            done.extend(self.answer(p, Err(err.clone())));
+            let reply = match got.next() {
+                // A NOSCRIPT reply is a command that did not run.
+                Some(r) if !is_noscript(&r) => Ok(r),
+                _ => Err(err.clone()),
+            };
+            done.extend(self.answer(p, reply));
         }
         self.shared.send_all(done);
     }
@@ -468,6 +583,14 @@ impl Worker {
         let (epoch, first) = match &reply {
             Value::Array(v) => match v.as_slice() {
                 [Value::Int(e), Value::Int(c)] if *e > 0 && *c > 0 => (*e as u64, *c as u64),
+                [Value::Int(0), Value::Int(late)] => {
+                    self.shared.late.fetch_add(1, Ordering::Relaxed);
+                    return Err(StoreError(format!(
+                        "Redis reached the publish {} ms after its deadline (frozen or \
+                         overloaded); nothing was published",
+                        late / 1000
+                    )));
+                }
                 _ => return Err(unexpected(&reply)),
             },
             _ => return Err(unexpected(&reply)),
@@ -620,11 +743,12 @@ fn ttl(d: &Draft, cfg: &crate::config::StoreConfig) -> u32 {
     }
 }
 
+/// `deadline`: Redis µs after which the script refuses (see [`PUBLISH_DEADLINE`]).
 fn publish_cmd(
     sha: &str,
     prefix: &[u8],
     uid: &str,
-    last: Mid,
+    (last, deadline): (Mid, i128),
     cfg: &crate::config::StoreConfig,
     drafts: &[Draft],
 ) -> redis::Cmd {
@@ -637,7 +761,8 @@ fn publish_cmd(
         .arg(last.counter())
         .arg(drafts.len())
         .arg(CHANNEL_TTL.max(cfg.message_ttl))
-        .arg(cfg.channel_history);
+        .arg(cfg.channel_history)
+        .arg(deadline.to_string());
     for d in drafts {
         c.arg(ttl(d, cfg))
             .arg(encode_rest(d))
