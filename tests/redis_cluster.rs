@@ -341,3 +341,121 @@ fn concurrent_publishes_on_two_instances_arrive_in_id_order_everywhere() {
         );
     }
 }
+
+/// After a Redis restart the instances subscribe again at different moments. Messages
+/// published through the first one back in that window must still reach the WebSocket
+/// subscribers of the other, which stay connected and so never resume by `mid`: the instance
+/// catches them up from the store (docs/redis.md, "Catch-up after a pub/sub gap"). Instance B
+/// comes back 1.5 s after A (a test-only delay); a publisher hammers A throughout. Every
+/// acknowledged message reaches every subscriber on both instances once, in id order.
+#[test]
+fn no_message_is_lost_in_the_resubscribe_gap_after_a_redis_restart() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut redis = Redis::start();
+    let a = Server::builder().redis(&redis).start();
+    let b = Server::builder()
+        .redis(&redis)
+        .env("PUSH_TEST_RESUBSCRIBE_DELAY_MS", "1500")
+        .start();
+    wait_subscribed(&redis, 2);
+    let chs: Vec<String> = (0..6).map(|_| new_id()).collect();
+    let mut subs: Vec<(usize, &str, Ws)> = Vec::new();
+    for (k, ch) in chs.iter().enumerate() {
+        subs.push((k, "A", a.ws(&cid(ch))));
+        subs.push((k, "B", b.ws(&cid(ch))));
+    }
+    for ch in &chs {
+        a.wait_online(ch);
+        b.wait_online(ch);
+    }
+    let stop = AtomicBool::new(false);
+    // (channel, body, acknowledged, when)
+    let log: Mutex<Vec<(usize, String, bool, Instant)>> = Mutex::new(Vec::new());
+    let acked = |log: &Mutex<Vec<(usize, String, bool, Instant)>>| {
+        log.lock().unwrap().iter().filter(|e| e.2).count()
+    };
+    let (restarted, b_back) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let k = i % chs.len();
+                let body = format!("{{\"i\":{i}}}");
+                let status = a.publish(&chs[k], &body, Some(86400)).status;
+                log.lock()
+                    .unwrap()
+                    .push((k, body, status == 200, Instant::now()));
+                if status != 200 {
+                    // Refused while Redis is away: the publisher goes on (pacing only).
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                i += 1;
+            }
+        });
+        assert!(wait_until(WAIT, || acked(&log) >= 100), "publishing works");
+        redis.shutdown_saving();
+        redis.restart();
+        let restarted = Instant::now();
+        assert!(
+            wait_until(Duration::from_secs(20), || pattern_subscribers(&redis) == 2),
+            "both instances subscribe again"
+        );
+        let b_back = Instant::now();
+        let n = acked(&log);
+        assert!(
+            wait_until(WAIT, || acked(&log) >= n + 100),
+            "publishing goes on"
+        );
+        stop.store(true, Ordering::Relaxed);
+        (restarted, b_back)
+    });
+    let log = log.into_inner().unwrap();
+    let in_gap = log
+        .iter()
+        .filter(|e| e.2 && e.3 > restarted && e.3 < b_back)
+        .count();
+    assert!(
+        in_gap >= 10,
+        "only {in_gap} publishes acknowledged while B was not subscribed"
+    );
+    let refused: std::collections::HashSet<&str> =
+        log.iter().filter(|e| !e.2).map(|e| e.1.as_str()).collect();
+    for (k, inst, ws) in subs.iter_mut() {
+        let want: Vec<&str> = log
+            .iter()
+            .filter(|e| e.0 == *k && e.2)
+            .map(|e| e.1.as_str())
+            .collect();
+        let last = want.last().expect("messages for every channel");
+        let got = ws.frames_until(last, Duration::from_secs(15));
+        ws.expect_silence(Duration::from_millis(300));
+        let bad = got.windows(2).find(|p| p[0].mid >= p[1].mid);
+        assert!(
+            bad.is_none(),
+            "{inst} channel {k}: id {} before {}",
+            bad.map_or("", |p| p[0].mid.as_str()),
+            bad.map_or("", |p| p[1].mid.as_str())
+        );
+        // A refused publish is never delivered (the publish deadline); none may be missing.
+        let texts: Vec<&str> = got.iter().map(|f| f.text.as_str()).collect();
+        let extra: Vec<&&str> = texts.iter().filter(|t| refused.contains(**t)).collect();
+        assert!(
+            extra.is_empty(),
+            "{inst} channel {k}: refused ones delivered: {extra:?}"
+        );
+        let lost = want.iter().filter(|w| !texts.contains(w)).count();
+        assert_eq!(
+            (lost, texts.len()),
+            (0, want.len()),
+            "{inst} channel {k}: {lost} lost; got {} for {} acknowledged\n{}",
+            texts.len(),
+            want.len(),
+            b.stderr_text()
+        );
+    }
+    eprintln!(
+        "{} acknowledged, {} refused, {in_gap} in B's gap",
+        log.iter().filter(|e| e.2).count(),
+        refused.len()
+    );
+}

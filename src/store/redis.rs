@@ -302,6 +302,10 @@ fn failed(job: Job, err: &StoreError) -> Option<Done> {
             token,
             result: Err(err.clone()),
         },
+        Job::CatchUp { token, .. } => Done::CatchUp {
+            token,
+            result: Err(err.clone()),
+        },
         Job::Touch { .. } | Job::PutStats { .. } => return None,
     })
 }

@@ -11,12 +11,14 @@ use serde_json::Value as Json;
 
 use super::codec::{decode_stored, encode_receivers, encode_rest, receiver_specs};
 use super::{Backoff, IO_TIMEOUT, Shared, failed};
+use crate::channel::ChannelId;
 use crate::message::{Mid, now_ms};
 use crate::registry::Kind;
-use crate::store::{BacklogChunk, Done, Draft, Job, Minted, Receiver, StoreError};
+use crate::store::{BacklogChunk, CatchUpChunk, Done, Draft, Job, Minted, Receiver, StoreError};
 
 const PUBLISH_LUA: &str = include_str!("publish.lua");
 const BACKLOG_LUA: &str = include_str!("backlog.lua");
+const CATCHUP_LUA: &str = include_str!("catchup.lua");
 
 /// At most this many jobs go into one pipeline, so one round stays well inside the timeouts.
 const MAX_ROUND: usize = 500;
@@ -68,20 +70,28 @@ struct Clock {
 struct Scripts {
     publish: String,
     backlog: String,
+    catchup: String,
 }
 
 impl Scripts {
-    /// `SCRIPT LOAD`s both scripts in one round trip; Redis answers with their SHA1s.
+    /// `SCRIPT LOAD`s the scripts in one round trip; Redis answers with their SHA1s.
     fn load(conn: &mut Connection) -> redis::RedisResult<Scripts> {
-        let (publish, backlog): (String, String) = redis::pipe()
+        let (publish, backlog, catchup): (String, String, String) = redis::pipe()
             .cmd("SCRIPT")
             .arg("LOAD")
             .arg(PUBLISH_LUA)
             .cmd("SCRIPT")
             .arg("LOAD")
             .arg(BACKLOG_LUA)
+            .cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(CATCHUP_LUA)
             .query(conn)?;
-        Ok(Scripts { publish, backlog })
+        Ok(Scripts {
+            publish,
+            backlog,
+            catchup,
+        })
     }
 }
 
@@ -92,6 +102,9 @@ enum Pending {
         drafts: Vec<Draft>,
     },
     Backlog {
+        token: u64,
+    },
+    CatchUp {
         token: u64,
     },
     Online {
@@ -379,6 +392,29 @@ impl Worker {
                     ));
                     pending.push(Pending::Backlog { token });
                 }
+                Job::CatchUp {
+                    token,
+                    receivers,
+                    after,
+                    limit,
+                    max_bytes,
+                } => {
+                    if receivers.is_empty() {
+                        done.push(Done::CatchUp {
+                            token,
+                            result: Ok(CatchUpChunk::default()),
+                        });
+                        continue;
+                    }
+                    cmds.push(backlog_cmd(
+                        &scripts.catchup,
+                        keys.prefix(),
+                        after,
+                        (limit, max_bytes),
+                        &receivers,
+                    ));
+                    pending.push(Pending::CatchUp { token });
+                }
                 Job::Touch { channels } => touched.extend(channels),
 
                 Job::Online { token, channels } => {
@@ -564,6 +600,10 @@ impl Worker {
                 token,
                 result: reply.and_then(backlog_from),
             },
+            Pending::CatchUp { token } => Done::CatchUp {
+                token,
+                result: reply.and_then(catchup_from),
+            },
             Pending::Online { token } => Done::Online {
                 token,
                 result: reply.and_then(|r| match r {
@@ -682,6 +722,36 @@ fn backlog_from(reply: Value) -> Result<BacklogChunk, StoreError> {
                 _ => None,
             })
             .collect(),
+        more: *more != 0,
+    })
+}
+
+/// The catch-up script's reply: `more`, then pairs of a stored value and its receivers'
+/// 16-byte ids.
+fn catchup_from(reply: Value) -> Result<CatchUpChunk, StoreError> {
+    let Value::Array(values) = &reply else {
+        return Err(unexpected(&reply));
+    };
+    let Some((Value::Int(more), values)) = values.split_first() else {
+        return Err(unexpected(&reply));
+    };
+    let mut msgs = Vec::with_capacity(values.len() / 2);
+    for pair in values.chunks(2) {
+        let [Value::BulkString(v), Value::BulkString(ids)] = pair else {
+            return Err(unexpected(&reply));
+        };
+        let Some(m) = decode_stored(v) else {
+            continue;
+        };
+        let receivers = ids
+            .chunks_exact(16)
+            .filter_map(|c| <[u8; 16]>::try_from(c).ok())
+            .map(|id| (ChannelId(id), Kind::Private))
+            .collect();
+        msgs.push((m, receivers));
+    }
+    Ok(CatchUpChunk {
+        msgs,
         more: *more != 0,
     })
 }
