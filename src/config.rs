@@ -46,6 +46,10 @@ const NEW_KEYS: &[&str] = &[
     "SOCK_MODE",
     "REDIS_URL",
     "REDIS_PREFIX",
+    "REDIS_SENTINELS",
+    "REDIS_MASTER_NAME",
+    "REDIS_SENTINEL_PASSWORD",
+    "REDIS_WAIT_REPLICAS",
     "LOG_LEVEL",
     "MAX_PAYLOAD",
     "MAX_CONN_PER_CHANNEL",
@@ -94,7 +98,8 @@ const IGNORED_KEYS: &[&str] = &[
 
 /// Any of these in the environment means an operator configured the server on purpose, so a
 /// made-up key would only hide a mistake.
-const ZERO_CONFIG_BLOCKERS: &[&str] = &["SECURITY_KEY", "REDIS_SOCK", "REDIS_URL"];
+const ZERO_CONFIG_BLOCKERS: &[&str] =
+    &["SECURITY_KEY", "REDIS_SOCK", "REDIS_URL", "REDIS_SENTINELS"];
 
 const ZERO_CONFIG_SUB_LISTEN: &str = "127.0.0.1:8010";
 const ZERO_CONFIG_PUB_LISTEN: &str = "127.0.0.1:9010";
@@ -135,6 +140,15 @@ pub struct Config {
     pub redis_sock: Option<PathBuf>,
     pub redis_url: Option<String>,
     pub redis_prefix: String,
+    /// `REDIS_SENTINELS`: `host:port` of each Sentinel; the master is found through them
+    /// (docs/redis.md, "Sentinel").
+    pub redis_sentinels: Vec<String>,
+    /// `REDIS_MASTER_NAME`: the name the Sentinels monitor the master under.
+    pub redis_master_name: String,
+    /// `REDIS_SENTINEL_PASSWORD`: sent with `AUTH` to every Sentinel, when set.
+    pub redis_sentinel_password: Option<String>,
+    /// `REDIS_WAIT_REPLICAS`: a publish waits (`WAIT`) for this many replicas (docs/redis.md).
+    pub redis_wait_replicas: u32,
     pub paths: Paths,
     pub log_level: LevelFilter,
     pub ip_list: Vec<String>,
@@ -227,6 +241,13 @@ impl fmt::Debug for Config {
             .field("redis_sock", &self.redis_sock)
             .field("redis_url", &self.redis_url.as_deref().map(mask_url))
             .field("redis_prefix", &self.redis_prefix)
+            .field("redis_sentinels", &self.redis_sentinels)
+            .field("redis_master_name", &self.redis_master_name)
+            .field(
+                "redis_sentinel_password",
+                &self.redis_sentinel_password.as_ref().map(|_| "***"),
+            )
+            .field("redis_wait_replicas", &self.redis_wait_replicas)
             .field("paths", &self.paths)
             .field("log_level", &self.log_level)
             .field("ip_list", &self.ip_list)
@@ -600,6 +621,43 @@ impl Builder {
             return Err(self.conflict("REDIS_SOCK and REDIS_URL are both set; keep one"));
         }
         let redis_prefix = self.parse("REDIS_PREFIX", String::new(), redis_prefix)?;
+        let redis_sentinels = self.parse("REDIS_SENTINELS", Vec::new(), sentinel_list)?;
+        let redis_master_name =
+            self.parse("REDIS_MASTER_NAME", String::new(), self::redis_prefix)?;
+        let redis_sentinel_password = self
+            .take("REDIS_SENTINEL_PASSWORD")
+            .map(|(v, _)| v)
+            .filter(|v| !v.is_empty());
+        let redis_wait_replicas = self.count("REDIS_WAIT_REPLICAS", 0, 0, 64)?;
+        if !redis_sentinels.is_empty() {
+            if redis_sock.is_some() || redis_url.is_some() {
+                return Err(self.conflict(
+                    "REDIS_SENTINELS is set together with REDIS_SOCK or REDIS_URL; keep one",
+                ));
+            }
+            if redis_master_name.is_empty() {
+                return Err(self.conflict("REDIS_SENTINELS is set but REDIS_MASTER_NAME is not"));
+            }
+        } else {
+            for (key, set) in [
+                ("REDIS_MASTER_NAME", !redis_master_name.is_empty()),
+                ("REDIS_SENTINEL_PASSWORD", redis_sentinel_password.is_some()),
+            ] {
+                if set {
+                    self.warnings
+                        .push(format!("{key} is set but REDIS_SENTINELS is not: ignored"));
+                }
+            }
+        }
+        if redis_wait_replicas > 0
+            && redis_sock.is_none()
+            && redis_url.is_none()
+            && redis_sentinels.is_empty()
+        {
+            self.warnings.push(
+                "REDIS_WAIT_REPLICAS is set but no Redis store is configured: ignored".into(),
+            );
+        }
         let paths = Paths {
             sub: self.parse("SUBPATH", "/bitrix/sub/".into(), url_path)?,
             subws: self.parse("SUBWSPATH", "/bitrix/subws/".into(), url_path)?,
@@ -626,6 +684,10 @@ impl Builder {
             redis_sock,
             redis_url,
             redis_prefix,
+            redis_sentinels,
+            redis_master_name,
+            redis_sentinel_password,
+            redis_wait_replicas,
             paths,
             log_level,
             ip_list,
@@ -975,6 +1037,23 @@ fn redis_prefix(v: &str) -> Result<String, String> {
     }
 }
 
+/// `host:port,host:port,…` (spaces around the commas allowed).
+fn sentinel_list(v: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let ok = item.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty()
+                && !host.contains(char::is_whitespace)
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            return Err(format!("expected host:port[,host:port…], not {item:?}"));
+        }
+        out.push(item.to_string());
+    }
+    Ok(out)
+}
+
 fn url_path(v: &str) -> Result<String, String> {
     let visible = v
         .bytes()
@@ -1108,6 +1187,16 @@ impl Config {
                 self.redis_url.as_deref().map(mask_url).unwrap_or_default(),
             ),
             ("REDIS_PREFIX", self.redis_prefix.clone()),
+            ("REDIS_SENTINELS", self.redis_sentinels.join(",")),
+            ("REDIS_MASTER_NAME", self.redis_master_name.clone()),
+            (
+                "REDIS_SENTINEL_PASSWORD",
+                self.redis_sentinel_password
+                    .as_ref()
+                    .map(|_| "***".to_string())
+                    .unwrap_or_default(),
+            ),
+            ("REDIS_WAIT_REPLICAS", self.redis_wait_replicas.to_string()),
             ("SUBPATH", self.paths.sub.clone()),
             ("SUBWSPATH", self.paths.subws.clone()),
             ("PUBPATH", self.paths.publish.clone()),

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::redis_server::RedisTcp;
 use common::*;
 use std::time::{Duration, Instant};
 
@@ -457,5 +458,75 @@ fn no_message_is_lost_in_the_resubscribe_gap_after_a_redis_restart() {
         "{} acknowledged, {} refused, {in_gap} in B's gap",
         log.iter().filter(|e| e.2).count(),
         refused.len()
+    );
+}
+
+fn metric(s: &Server, name: &str) -> u64 {
+    let r = s.pub_request(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 200);
+    r.body_str()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_owned))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// The `message:*` keys of a Redis (the stored messages).
+fn stored_messages(r: &RedisTcp) -> usize {
+    r.cli(&["--scan", "--pattern", "message:*"]).lines().count()
+}
+
+/// REDIS_WAIT_REPLICAS=1 with one replica: every publish answered 200 is on the replica
+/// already. REDIS_WAIT_REPLICAS=2 with one replica: WAIT times out, the publish still answers
+/// 200 (it is published), within the 250 ms timeout plus a little, and the timeout is logged
+/// and counted in /metrics.
+#[test]
+fn wait_replicas_acknowledges_after_the_replica_and_times_out_to_200() {
+    let master = RedisTcp::start(&[]);
+    let replica = RedisTcp::start(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+    assert!(
+        wait_until(WAIT, || replica.replication("master_link_status") == "up"),
+        "replica in sync"
+    );
+    let url = format!("redis://{}", master.addr());
+    let one = Server::builder()
+        .env("REDIS_URL", &url)
+        .env("REDIS_WAIT_REPLICAS", "1")
+        .start();
+    one.wait_store_up();
+    let ch = new_id();
+    for i in 1..=20 {
+        one.publish_ok(&ch, &format!("{{\"n\":{i}}}"), Some(86400));
+        // WAIT 1 returned: the replica has every message answered so far.
+        assert_eq!(stored_messages(&replica), i, "after publish {i}");
+    }
+    assert_eq!(metric(&one, "push_redis_wait_timeouts_total"), 0);
+
+    let two = Server::builder()
+        .env("REDIS_URL", &url)
+        .env("REDIS_WAIT_REPLICAS", "2")
+        .start();
+    two.wait_store_up();
+    for i in 0..3 {
+        let t = Instant::now();
+        two.publish_ok(&ch, &format!("{{\"late\":{i}}}"), Some(86400));
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(240) && took < Duration::from_millis(900),
+            "publish with a WAIT that times out took {took:?}"
+        );
+    }
+    assert_eq!(metric(&two, "push_redis_wait_timeouts_total"), 3);
+    assert_eq!(
+        stored_messages(&master),
+        23,
+        "the timed-out ones are published"
+    );
+    let log = two.stderr_text();
+    assert_eq!(
+        log.matches("WAIT for REDIS_WAIT_REPLICAS=2 timed out")
+            .count(),
+        1,
+        "warned once (rate-limited):\n{log}"
     );
 }

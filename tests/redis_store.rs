@@ -65,6 +65,7 @@ impl Inst {
             target: Target::Socket(sock.to_path_buf()),
             prefix: prefix.into(),
             store,
+            wait_replicas: 0,
         };
         Inst {
             store: RedisStore::start(opts, waker).unwrap(),

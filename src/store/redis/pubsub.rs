@@ -11,10 +11,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{trace, warn};
-use redis::ConnectionInfo;
 
 use super::codec::decode_notification;
-use super::{Backoff, IO_TIMEOUT, Shared};
+use super::endpoint::Endpoint;
+use super::{Backoff, Shared};
 use crate::store::Done;
 
 /// How often a blocked read returns to look at the stop flag.
@@ -26,7 +26,7 @@ const IDLE_PING: Duration = Duration::from_secs(5);
 /// docs/redis.md "Catch-up after a pub/sub gap").
 const TEST_RESUBSCRIBE_DELAY: &str = "PUSH_TEST_RESUBSCRIBE_DELAY_MS";
 
-pub(super) fn run(shared: Arc<Shared>, info: ConnectionInfo) {
+pub(super) fn run(shared: Arc<Shared>, info: Endpoint) {
     let mut backoff = Backoff::new();
     let delay = std::env::var(TEST_RESUBSCRIBE_DELAY)
         .ok()
@@ -59,24 +59,14 @@ fn pause(shared: &Shared, d: Duration) {
 /// reports [`Done::Resubscribed`]).
 fn session(
     shared: &Shared,
-    info: &ConnectionInfo,
+    info: &Endpoint,
     backoff: &mut Backoff,
     subscribed_before: &mut bool,
 ) -> String {
-    let client = match redis::Client::open(info.clone()) {
+    let mut conn = match info.connect() {
         Ok(c) => c,
         Err(e) => return e.to_string(),
     };
-    let mut conn = match client.get_connection_with_timeout(IO_TIMEOUT) {
-        Ok(c) => c,
-        Err(e) => return e.to_string(),
-    };
-    if let Err(e) = conn
-        .set_write_timeout(Some(IO_TIMEOUT))
-        .and_then(|()| conn.set_read_timeout(Some(IO_TIMEOUT)))
-    {
-        return e.to_string();
-    }
     let mut ps = conn.as_pubsub();
     if let Err(e) = ps.psubscribe(shared.keys.notify_pattern()) {
         return e.to_string();

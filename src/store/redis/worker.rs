@@ -6,10 +6,12 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver as ChanReceiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use redis::{Connection, ConnectionInfo, Value};
+use log::warn;
+use redis::{Connection, Value};
 use serde_json::Value as Json;
 
 use super::codec::{decode_stored, encode_receivers, encode_rest, receiver_specs};
+use super::endpoint::Endpoint;
 use super::{Backoff, IO_TIMEOUT, Shared, failed};
 use crate::channel::ChannelId;
 use crate::message::{Mid, now_ms};
@@ -35,6 +37,11 @@ const STATS_STALE_MS: u64 = 70_000;
 /// run later; the margin covers the script's own run and the reply's way back.
 pub(super) const PUBLISH_DEADLINE: Duration = Duration::from_millis(300);
 const _: () = assert!(PUBLISH_DEADLINE.as_millis() + 150 <= IO_TIMEOUT.as_millis());
+/// `WAIT`'s timeout for `REDIS_WAIT_REPLICAS` (docs/redis.md, "Replication"): the publish
+/// answer waits at most this much longer, well inside PHP's 1 s.
+const WAIT_TIMEOUT_MS: u64 = 250;
+/// At most one warning per this interval about `WAIT`s that timed out (all are counted).
+const WAIT_WARN_EVERY: Duration = Duration::from_secs(60);
 /// Redis `TIME` is read again when the last reading is older than this, so that a step of
 /// Redis's clock shifts the deadlines for at most this long.
 const CLOCK_RESYNC: Duration = Duration::from_secs(1);
@@ -113,13 +120,15 @@ enum Pending {
     Stats {
         token: u64,
     },
+    /// The `WAIT` after the publishes of a round.
+    Wait,
     /// Replies nobody waits for (touches, stats writes).
     Ignore,
 }
 
 struct Worker {
     shared: Arc<Shared>,
-    info: ConnectionInfo,
+    info: Endpoint,
     conn: Option<(Connection, Scripts)>,
     backoff: Backoff,
     retry_at: Instant,
@@ -129,9 +138,13 @@ struct Worker {
     base: Instant,
     /// Redis's clock, per connection (a reconnect may reach another server).
     clock: Option<Clock>,
+    last_wait_warning: Option<Instant>,
+    /// A reply said READONLY: the server was demoted to a replica (a Sentinel failover), so
+    /// the connection is given up after the round and the master looked up again.
+    demoted: bool,
 }
 
-pub(super) fn run(shared: Arc<Shared>, info: ConnectionInfo, jobs: ChanReceiver<Job>) {
+pub(super) fn run(shared: Arc<Shared>, info: Endpoint, jobs: ChanReceiver<Job>) {
     let mut w = Worker {
         shared,
         info,
@@ -141,6 +154,8 @@ pub(super) fn run(shared: Arc<Shared>, info: ConnectionInfo, jobs: ChanReceiver<
         stats_field: None,
         base: Instant::now(),
         clock: None,
+        last_wait_warning: None,
+        demoted: false,
     };
     loop {
         if w.conn.is_none() {
@@ -207,10 +222,7 @@ impl Worker {
 
     fn connect_inner(&mut self) -> redis::RedisResult<(Connection, Scripts, Mid)> {
         self.clock = None;
-        let client = redis::Client::open(self.info.clone())?;
-        let mut conn = client.get_connection_with_timeout(IO_TIMEOUT)?;
-        conn.set_read_timeout(Some(IO_TIMEOUT))?;
-        conn.set_write_timeout(Some(IO_TIMEOUT))?;
+        let mut conn = self.info.connect()?;
         let scripts = Scripts::load(&mut conn)?;
         let latest = self.read_latest(&mut conn)?;
         Ok((conn, scripts, latest))
@@ -465,6 +477,7 @@ impl Worker {
             .collect();
         pending.splice(0..0, sets.iter().map(|_| Pending::Ignore));
         cmds.splice(0..0, sets);
+        self.add_wait(&mut pending, &mut cmds);
         if pending.is_empty() {
             self.shared.send_all(done);
             return;
@@ -499,7 +512,8 @@ impl Worker {
             // Redis lost its script cache (SCRIPT FLUSH, a failover): load the scripts (same
             // hashes) and send the same commands again. Every EVALSHA of the round failed
             // alike, so the ids keep the order of the jobs.
-            let (pending, mut cmds) = retry;
+            let (mut pending, mut cmds) = retry;
+            self.add_wait(&mut pending, &mut cmds);
             let sent = self
                 .load_scripts()
                 .and_then(|()| self.restamp(&pending, &mut cmds))
@@ -515,6 +529,53 @@ impl Worker {
             }
         }
         self.shared.send_all(done);
+        if std::mem::take(&mut self.demoted) {
+            self.lose("the server is a replica now (READONLY); looking for the master".into());
+        }
+    }
+
+    /// With `REDIS_WAIT_REPLICAS`, a `WAIT` after the publishes of a round: their answers
+    /// (sent when the whole round has its replies) then come once the replicas have them, or
+    /// after the timeout.
+    fn add_wait(&self, pending: &mut Vec<Pending>, cmds: &mut Vec<redis::Cmd>) {
+        let n = self.shared.wait_replicas;
+        if n == 0 || !pending.iter().any(|p| matches!(p, Pending::Publish { .. })) {
+            return;
+        }
+        let mut c = redis::cmd("WAIT");
+        c.arg(n).arg(WAIT_TIMEOUT_MS);
+        cmds.push(c);
+        pending.push(Pending::Wait);
+    }
+
+    /// A `WAIT` reply: fewer replicas than asked for is a timeout (the publishes stand).
+    fn waited(&mut self, reply: Result<Value, StoreError>) {
+        let want = self.shared.wait_replicas;
+        let got = match &reply {
+            Ok(Value::Int(k)) => Some(*k),
+            _ => None,
+        };
+        if got.is_some_and(|k| k >= i64::from(want)) {
+            return;
+        }
+        self.shared.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let what = match (got, reply) {
+            (Some(k), _) => format!("{k} of {want} replica(s) acknowledged"),
+            (None, Ok(v)) => format!("unexpected reply {v:?}"),
+            (None, Err(e)) => e.0,
+        };
+        if self
+            .last_wait_warning
+            .is_none_or(|t| now.duration_since(t) >= WAIT_WARN_EVERY)
+        {
+            self.last_wait_warning = Some(now);
+            warn!(
+                "redis: WAIT for REDIS_WAIT_REPLICAS={want} timed out after {WAIT_TIMEOUT_MS} ms \
+                 ({what}); the publishes were answered 200 and may be lost on a failover \
+                 (counted in push_redis_wait_timeouts_total; more within a minute are not logged)"
+            );
+        }
     }
 
     fn load_scripts(&mut self) -> Result<(), String> {
@@ -587,11 +648,20 @@ impl Worker {
     /// The answer to one job from its reply.
     fn answer(&mut self, p: Pending, reply: Result<Value, StoreError>) -> Option<Done> {
         let reply = match reply {
-            Ok(Value::ServerError(e)) => Err(StoreError(format!("Redis error: {e}"))),
+            Ok(Value::ServerError(e)) => {
+                if e.code() == "READONLY" {
+                    self.demoted = true;
+                }
+                Err(StoreError(format!("Redis error: {e}")))
+            }
             other => other,
         };
         Some(match p {
             Pending::Ignore => return None,
+            Pending::Wait => {
+                self.waited(reply);
+                return None;
+            }
             Pending::Publish { token, drafts } => Done::Published {
                 token,
                 result: reply.and_then(|r| self.published(r, drafts)),
