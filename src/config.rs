@@ -1880,6 +1880,61 @@ SECURITY_KEY=AbCdEf0123456789xyz
     }
 
     #[test]
+    fn sentinel_and_wait_keys() {
+        let c = load_env(&[
+            ("SECURITY_KEY", "k"),
+            ("REDIS_SENTINELS", "10.0.0.1:26379, sentinel-2:26380"),
+            ("REDIS_MASTER_NAME", "push"),
+            ("REDIS_SENTINEL_PASSWORD", "hunter2"),
+            ("REDIS_WAIT_REPLICAS", "1"),
+        ])
+        .expect("loads");
+        assert_eq!(c.redis_sentinels, ["10.0.0.1:26379", "sentinel-2:26380"]);
+        assert_eq!(c.redis_master_name, "push");
+        assert_eq!(c.redis_wait_replicas, 1);
+        let text = c.render();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("REDIS_SENTINEL_PASSWORD='***'"), "{text}");
+        assert!(
+            text.contains("REDIS_SENTINELS=10.0.0.1:26379,sentinel-2:26380"),
+            "{text}"
+        );
+        assert!(!format!("{c:?}").contains("hunter2"));
+
+        let e = err_text(load_env(&[
+            ("SECURITY_KEY", "k"),
+            ("REDIS_SENTINELS", "h:1"),
+        ]));
+        assert!(e.contains("REDIS_MASTER_NAME is not"), "{e}");
+        let e = err_text(load_env(&[
+            ("SECURITY_KEY", "k"),
+            ("REDIS_SENTINELS", "h:1"),
+            ("REDIS_MASTER_NAME", "m"),
+            ("REDIS_SOCK", "/run/r.sock"),
+        ]));
+        assert!(e.contains("keep one"), "{e}");
+        for bad in ["h", "h:0", ":1", "h:99999", "a b:1"] {
+            let e = err_text(load_env(&[
+                ("SECURITY_KEY", "k"),
+                ("REDIS_SENTINELS", bad),
+                ("REDIS_MASTER_NAME", "m"),
+            ]));
+            assert!(e.contains("invalid REDIS_SENTINELS"), "{bad}: {e}");
+        }
+        let e = err_text(load_env(&[
+            ("SECURITY_KEY", "k"),
+            ("REDIS_WAIT_REPLICAS", "x"),
+        ]));
+        assert!(e.contains("invalid REDIS_WAIT_REPLICAS"), "{e}");
+        let c = load_env(&[("SECURITY_KEY", "k"), ("REDIS_WAIT_REPLICAS", "2")]).expect("loads");
+        assert!(
+            c.warnings.iter().any(|w| w.contains("REDIS_WAIT_REPLICAS")),
+            "{:?}",
+            c.warnings
+        );
+    }
+
+    #[test]
     fn generated_keys() {
         let a = generate_key().expect("urandom");
         let b = generate_key().expect("urandom");
