@@ -46,6 +46,10 @@ const NEW_KEYS: &[&str] = &[
     "SOCK_MODE",
     "REDIS_URL",
     "REDIS_PREFIX",
+    "REDIS_SENTINELS",
+    "REDIS_MASTER_NAME",
+    "REDIS_SENTINEL_PASSWORD",
+    "REDIS_WAIT_REPLICAS",
     "LOG_LEVEL",
     "MAX_PAYLOAD",
     "MAX_CONN_PER_CHANNEL",
@@ -96,7 +100,8 @@ const IGNORED_KEYS: &[&str] = &[
 
 /// Any of these in the environment means an operator configured the server on purpose, so a
 /// made-up key would only hide a mistake.
-const ZERO_CONFIG_BLOCKERS: &[&str] = &["SECURITY_KEY", "REDIS_SOCK", "REDIS_URL"];
+const ZERO_CONFIG_BLOCKERS: &[&str] =
+    &["SECURITY_KEY", "REDIS_SOCK", "REDIS_URL", "REDIS_SENTINELS"];
 
 const ZERO_CONFIG_SUB_LISTEN: &str = "127.0.0.1:8010";
 const ZERO_CONFIG_PUB_LISTEN: &str = "127.0.0.1:9010";
@@ -137,6 +142,15 @@ pub struct Config {
     pub redis_sock: Option<PathBuf>,
     pub redis_url: Option<String>,
     pub redis_prefix: String,
+    /// `REDIS_SENTINELS`: `host:port` of each Sentinel; the master is found through them
+    /// (docs/redis.md, "Sentinel").
+    pub redis_sentinels: Vec<String>,
+    /// `REDIS_MASTER_NAME`: the name the Sentinels monitor the master under.
+    pub redis_master_name: String,
+    /// `REDIS_SENTINEL_PASSWORD`: sent with `AUTH` to every Sentinel, when set.
+    pub redis_sentinel_password: Option<String>,
+    /// `REDIS_WAIT_REPLICAS`: a publish waits (`WAIT`) for this many replicas (docs/redis.md).
+    pub redis_wait_replicas: u32,
     pub paths: Paths,
     pub log_level: LevelFilter,
     pub ip_list: Vec<String>,
@@ -258,6 +272,13 @@ impl fmt::Debug for Config {
             .field("redis_sock", &self.redis_sock)
             .field("redis_url", &self.redis_url.as_deref().map(mask_url))
             .field("redis_prefix", &self.redis_prefix)
+            .field("redis_sentinels", &self.redis_sentinels)
+            .field("redis_master_name", &self.redis_master_name)
+            .field(
+                "redis_sentinel_password",
+                &self.redis_sentinel_password.as_ref().map(|_| "***"),
+            )
+            .field("redis_wait_replicas", &self.redis_wait_replicas)
             .field("paths", &self.paths)
             .field("log_level", &self.log_level)
             .field("ip_list", &self.ip_list)
@@ -631,6 +652,43 @@ impl Builder {
             return Err(self.conflict("REDIS_SOCK and REDIS_URL are both set; keep one"));
         }
         let redis_prefix = self.parse("REDIS_PREFIX", String::new(), redis_prefix)?;
+        let redis_sentinels = self.parse("REDIS_SENTINELS", Vec::new(), sentinel_list)?;
+        let redis_master_name =
+            self.parse("REDIS_MASTER_NAME", String::new(), self::redis_prefix)?;
+        let redis_sentinel_password = self
+            .take("REDIS_SENTINEL_PASSWORD")
+            .map(|(v, _)| v)
+            .filter(|v| !v.is_empty());
+        let redis_wait_replicas = self.count("REDIS_WAIT_REPLICAS", 0, 0, 64)?;
+        if !redis_sentinels.is_empty() {
+            if redis_sock.is_some() || redis_url.is_some() {
+                return Err(self.conflict(
+                    "REDIS_SENTINELS is set together with REDIS_SOCK or REDIS_URL; keep one",
+                ));
+            }
+            if redis_master_name.is_empty() {
+                return Err(self.conflict("REDIS_SENTINELS is set but REDIS_MASTER_NAME is not"));
+            }
+        } else {
+            for (key, set) in [
+                ("REDIS_MASTER_NAME", !redis_master_name.is_empty()),
+                ("REDIS_SENTINEL_PASSWORD", redis_sentinel_password.is_some()),
+            ] {
+                if set {
+                    self.warnings
+                        .push(format!("{key} is set but REDIS_SENTINELS is not: ignored"));
+                }
+            }
+        }
+        if redis_wait_replicas > 0
+            && redis_sock.is_none()
+            && redis_url.is_none()
+            && redis_sentinels.is_empty()
+        {
+            self.warnings.push(
+                "REDIS_WAIT_REPLICAS is set but no Redis store is configured: ignored".into(),
+            );
+        }
         let paths = Paths {
             sub: self.parse("SUBPATH", "/bitrix/sub/".into(), url_path)?,
             subws: self.parse("SUBWSPATH", "/bitrix/subws/".into(), url_path)?,
@@ -657,6 +715,10 @@ impl Builder {
             redis_sock,
             redis_url,
             redis_prefix,
+            redis_sentinels,
+            redis_master_name,
+            redis_sentinel_password,
+            redis_wait_replicas,
             paths,
             log_level,
             ip_list,
@@ -1038,6 +1100,23 @@ fn redis_prefix(v: &str) -> Result<String, String> {
     }
 }
 
+/// `host:port,host:port,…` (spaces around the commas allowed).
+fn sentinel_list(v: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let ok = item.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty()
+                && !host.contains(char::is_whitespace)
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            return Err(format!("expected host:port[,host:port…], not {item:?}"));
+        }
+        out.push(item.to_string());
+    }
+    Ok(out)
+}
+
 fn url_path(v: &str) -> Result<String, String> {
     let visible = v
         .bytes()
@@ -1171,6 +1250,16 @@ impl Config {
                 self.redis_url.as_deref().map(mask_url).unwrap_or_default(),
             ),
             ("REDIS_PREFIX", self.redis_prefix.clone()),
+            ("REDIS_SENTINELS", self.redis_sentinels.join(",")),
+            ("REDIS_MASTER_NAME", self.redis_master_name.clone()),
+            (
+                "REDIS_SENTINEL_PASSWORD",
+                self.redis_sentinel_password
+                    .as_ref()
+                    .map(|_| "***".to_string())
+                    .unwrap_or_default(),
+            ),
+            ("REDIS_WAIT_REPLICAS", self.redis_wait_replicas.to_string()),
             ("SUBPATH", self.paths.sub.clone()),
             ("SUBWSPATH", self.paths.subws.clone()),
             ("PUBPATH", self.paths.publish.clone()),
@@ -1864,6 +1953,61 @@ SECURITY_KEY=AbCdEf0123456789xyz
             Some(Path::new("/var/run/redis/redis.sock"))
         );
         assert_eq!(rendered_values(&c), rendered_values(&d));
+    }
+
+    #[test]
+    fn sentinel_and_wait_keys() {
+        let c = load_env(&[
+            ("SECURITY_KEY", "k"),
+            ("REDIS_SENTINELS", "10.0.0.1:26379, sentinel-2:26380"),
+            ("REDIS_MASTER_NAME", "push"),
+            ("REDIS_SENTINEL_PASSWORD", "hunter2"),
+            ("REDIS_WAIT_REPLICAS", "1"),
+        ])
+        .expect("loads");
+        assert_eq!(c.redis_sentinels, ["10.0.0.1:26379", "sentinel-2:26380"]);
+        assert_eq!(c.redis_master_name, "push");
+        assert_eq!(c.redis_wait_replicas, 1);
+        let text = c.render();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("REDIS_SENTINEL_PASSWORD='***'"), "{text}");
+        assert!(
+            text.contains("REDIS_SENTINELS=10.0.0.1:26379,sentinel-2:26380"),
+            "{text}"
+        );
+        assert!(!format!("{c:?}").contains("hunter2"));
+
+        let e = err_text(load_env(&[
+            ("SECURITY_KEY", "k"),
+            ("REDIS_SENTINELS", "h:1"),
+        ]));
+        assert!(e.contains("REDIS_MASTER_NAME is not"), "{e}");
+        let e = err_text(load_env(&[
+            ("SECURITY_KEY", "k"),
+            ("REDIS_SENTINELS", "h:1"),
+            ("REDIS_MASTER_NAME", "m"),
+            ("REDIS_SOCK", "/run/r.sock"),
+        ]));
+        assert!(e.contains("keep one"), "{e}");
+        for bad in ["h", "h:0", ":1", "h:99999", "a b:1"] {
+            let e = err_text(load_env(&[
+                ("SECURITY_KEY", "k"),
+                ("REDIS_SENTINELS", bad),
+                ("REDIS_MASTER_NAME", "m"),
+            ]));
+            assert!(e.contains("invalid REDIS_SENTINELS"), "{bad}: {e}");
+        }
+        let e = err_text(load_env(&[
+            ("SECURITY_KEY", "k"),
+            ("REDIS_WAIT_REPLICAS", "x"),
+        ]));
+        assert!(e.contains("invalid REDIS_WAIT_REPLICAS"), "{e}");
+        let c = load_env(&[("SECURITY_KEY", "k"), ("REDIS_WAIT_REPLICAS", "2")]).expect("loads");
+        assert!(
+            c.warnings.iter().any(|w| w.contains("REDIS_WAIT_REPLICAS")),
+            "{:?}",
+            c.warnings
+        );
     }
 
     #[test]

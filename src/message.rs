@@ -25,7 +25,7 @@ const COUNTER_LIMIT: u64 = 10_000_000_000_000_000; // 16 digits
 
 /// A message id: `EPOCH(10 digits) COUNTER(16 digits)`. Because both parts are fixed-width
 /// decimal, numeric order equals the lexicographic order of the 26-digit form.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Mid(u128);
 
 /// Appends `v` as exactly `width` zero-padded decimal digits (`v` must fit).

@@ -37,6 +37,10 @@ pub struct Gauges {
     pub stored: Option<StoreStats>,
     /// Store jobs refused because its queue was full.
     pub store_rejected_jobs: u64,
+    /// Redis only: publishes refused past their deadline, and `WAIT`s that timed out
+    /// (docs/redis.md).
+    pub store_late_publishes: u64,
+    pub store_wait_timeouts: u64,
     pub store_kind: &'static str,
     pub store_up: bool,
 }
@@ -166,6 +170,20 @@ impl Metrics {
             "Store jobs refused because the queue to the store was full.",
             &one(g.store_rejected_jobs.to_string()),
         );
+        if g.store_kind == "redis" {
+            metric(
+                "push_redis_late_publishes_total",
+                "counter",
+                "Publishes Redis reached after their deadline; answered 503, nothing published.",
+                &one(g.store_late_publishes.to_string()),
+            );
+            metric(
+                "push_redis_wait_timeouts_total",
+                "counter",
+                "Publishes answered 200 whose WAIT for REDIS_WAIT_REPLICAS replicas timed out.",
+                &one(g.store_wait_timeouts.to_string()),
+            );
+        }
         metric(
             "push_store_up",
             "gauge",
@@ -215,6 +233,8 @@ mod tests {
                 ..StoreStats::default()
             }),
             store_rejected_jobs: 0,
+            store_late_publishes: 0,
+            store_wait_timeouts: 0,
             store_kind: "memory",
             store_up: true,
         });

@@ -108,6 +108,14 @@ impl Registry {
         }
     }
 
+    /// Every channel with a local subscriber, with the kind of its first one.
+    pub fn channels(&self) -> impl Iterator<Item = (ChannelId, Kind)> + '_ {
+        self.channels
+            .iter()
+            .filter(|(_, e)| !e.conns.is_empty())
+            .map(|(ch, e)| (*ch, e.kind.unwrap_or(Kind::Private)))
+    }
+
     pub fn subscribers(&self, ch: &ChannelId) -> &[ConnId] {
         self.channels.get(ch).map_or(&[], |e| &e.conns)
     }

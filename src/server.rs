@@ -37,6 +37,7 @@ use crate::store::{Done, Store};
 use crate::timers::Timers;
 use crate::websocket::{self, OP_PING};
 
+mod catchup;
 mod requests;
 mod service;
 mod store_io;
@@ -84,6 +85,8 @@ pub struct Server {
     latest_mid: Mid,
     /// Why the store is unusable, while it is.
     store_down: Option<String>,
+    /// Catch-up of the local subscribers after a gap in the store's live stream.
+    catchup: catchup::CatchUp,
     next_stats_put: Instant,
     timers: Timers,
     cfg: Config,
@@ -191,6 +194,7 @@ impl Server {
             latest_mid: Mid::new(0, 0),
             // Until the store says it is up (the embedded one does at once).
             store_down: Some(STORE_STARTING.to_owned()),
+            catchup: Default::default(),
             next_stats_put: Instant::now() + STATS_PUT_EVERY,
             timers: Timers::default(),
             signer: Signer::new(cfg.algo, cfg.security_key.as_bytes()),
@@ -319,6 +323,7 @@ impl Server {
                 self.store.sweep(now);
                 self.expire_waiters(now);
                 self.retry_failed_backlogs();
+                self.retry_catchup();
                 self.next_sweep = now + SWEEP_EVERY;
             }
             if now >= self.next_stats_put {

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::redis_server::RedisTcp;
 use common::*;
 use std::time::{Duration, Instant};
 
@@ -340,4 +341,343 @@ fn concurrent_publishes_on_two_instances_arrive_in_id_order_everywhere() {
             bad.map_or("", |p| p[1].mid.as_str())
         );
     }
+}
+
+/// After a Redis restart the instances subscribe again at different moments. Messages
+/// published through the first one back in that window must still reach the WebSocket
+/// subscribers of the other, which stay connected and so never resume by `mid`: the instance
+/// catches them up from the store (docs/redis.md, "Catch-up after a pub/sub gap"). Instance B
+/// comes back 1.5 s after A (a test-only delay); a publisher hammers A throughout. Every
+/// acknowledged message reaches every subscriber on both instances once, in id order.
+#[test]
+fn no_message_is_lost_in_the_resubscribe_gap_after_a_redis_restart() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut redis = Redis::start();
+    let a = Server::builder().redis(&redis).start();
+    let b = Server::builder()
+        .redis(&redis)
+        .env("PUSH_TEST_RESUBSCRIBE_DELAY_MS", "1500")
+        .start();
+    wait_subscribed(&redis, 2);
+    let chs: Vec<String> = (0..6).map(|_| new_id()).collect();
+    let mut subs: Vec<(usize, &str, Ws)> = Vec::new();
+    for (k, ch) in chs.iter().enumerate() {
+        subs.push((k, "A", a.ws(&cid(ch))));
+        subs.push((k, "B", b.ws(&cid(ch))));
+    }
+    for ch in &chs {
+        a.wait_online(ch);
+        b.wait_online(ch);
+    }
+    let stop = AtomicBool::new(false);
+    // (channel, body, acknowledged, when)
+    let log: Mutex<Vec<(usize, String, bool, Instant)>> = Mutex::new(Vec::new());
+    let acked = |log: &Mutex<Vec<(usize, String, bool, Instant)>>| {
+        log.lock().unwrap().iter().filter(|e| e.2).count()
+    };
+    let (restarted, b_back) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let k = i % chs.len();
+                let body = format!("{{\"i\":{i}}}");
+                let status = a.publish(&chs[k], &body, Some(86400)).status;
+                log.lock()
+                    .unwrap()
+                    .push((k, body, status == 200, Instant::now()));
+                if status != 200 {
+                    // Refused while Redis is away: the publisher goes on (pacing only).
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                i += 1;
+            }
+        });
+        assert!(wait_until(WAIT, || acked(&log) >= 100), "publishing works");
+        redis.shutdown_saving();
+        redis.restart();
+        let restarted = Instant::now();
+        assert!(
+            wait_until(Duration::from_secs(20), || pattern_subscribers(&redis) == 2),
+            "both instances subscribe again"
+        );
+        let b_back = Instant::now();
+        let n = acked(&log);
+        assert!(
+            wait_until(WAIT, || acked(&log) >= n + 100),
+            "publishing goes on"
+        );
+        stop.store(true, Ordering::Relaxed);
+        (restarted, b_back)
+    });
+    let log = log.into_inner().unwrap();
+    let in_gap = log
+        .iter()
+        .filter(|e| e.2 && e.3 > restarted && e.3 < b_back)
+        .count();
+    assert!(
+        in_gap >= 10,
+        "only {in_gap} publishes acknowledged while B was not subscribed"
+    );
+    let refused: std::collections::HashSet<&str> =
+        log.iter().filter(|e| !e.2).map(|e| e.1.as_str()).collect();
+    for (k, inst, ws) in subs.iter_mut() {
+        let want: Vec<&str> = log
+            .iter()
+            .filter(|e| e.0 == *k && e.2)
+            .map(|e| e.1.as_str())
+            .collect();
+        let last = want.last().expect("messages for every channel");
+        let got = ws.frames_until(last, Duration::from_secs(15));
+        ws.expect_silence(Duration::from_millis(300));
+        let bad = got.windows(2).find(|p| p[0].mid >= p[1].mid);
+        assert!(
+            bad.is_none(),
+            "{inst} channel {k}: id {} before {}",
+            bad.map_or("", |p| p[0].mid.as_str()),
+            bad.map_or("", |p| p[1].mid.as_str())
+        );
+        // A refused publish is never delivered (the publish deadline); none may be missing.
+        let texts: Vec<&str> = got.iter().map(|f| f.text.as_str()).collect();
+        let extra: Vec<&&str> = texts.iter().filter(|t| refused.contains(**t)).collect();
+        assert!(
+            extra.is_empty(),
+            "{inst} channel {k}: refused ones delivered: {extra:?}"
+        );
+        let lost = want.iter().filter(|w| !texts.contains(w)).count();
+        assert_eq!(
+            (lost, texts.len()),
+            (0, want.len()),
+            "{inst} channel {k}: {lost} lost; got {} for {} acknowledged\n{}",
+            texts.len(),
+            want.len(),
+            b.stderr_text()
+        );
+    }
+    eprintln!(
+        "{} acknowledged, {} refused, {in_gap} in B's gap",
+        log.iter().filter(|e| e.2).count(),
+        refused.len()
+    );
+}
+
+fn metric(s: &Server, name: &str) -> u64 {
+    let r = s.pub_request(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 200);
+    r.body_str()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_owned))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// The `message:*` keys of a Redis (the stored messages).
+fn stored_messages(r: &RedisTcp) -> usize {
+    r.cli(&["--scan", "--pattern", "message:*"]).lines().count()
+}
+
+/// REDIS_WAIT_REPLICAS=1 with one replica: every publish answered 200 is on the replica
+/// already. REDIS_WAIT_REPLICAS=2 with one replica: WAIT times out, the publish still answers
+/// 200 (it is published), within the 250 ms timeout plus a little, and the timeout is logged
+/// and counted in /metrics.
+#[test]
+fn wait_replicas_acknowledges_after_the_replica_and_times_out_to_200() {
+    let master = RedisTcp::start(&[]);
+    let replica = RedisTcp::start(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+    assert!(
+        wait_until(WAIT, || replica.replication("master_link_status") == "up"),
+        "replica in sync"
+    );
+    let url = format!("redis://{}", master.addr());
+    let one = Server::builder()
+        .env("REDIS_URL", &url)
+        .env("REDIS_WAIT_REPLICAS", "1")
+        .start();
+    one.wait_store_up();
+    let ch = new_id();
+    for i in 1..=20 {
+        one.publish_ok(&ch, &format!("{{\"n\":{i}}}"), Some(86400));
+        // WAIT 1 returned: the replica has every message answered so far.
+        assert_eq!(stored_messages(&replica), i, "after publish {i}");
+    }
+    assert_eq!(metric(&one, "push_redis_wait_timeouts_total"), 0);
+
+    let two = Server::builder()
+        .env("REDIS_URL", &url)
+        .env("REDIS_WAIT_REPLICAS", "2")
+        .start();
+    two.wait_store_up();
+    for i in 0..3 {
+        let t = Instant::now();
+        two.publish_ok(&ch, &format!("{{\"late\":{i}}}"), Some(86400));
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(240) && took < Duration::from_millis(900),
+            "publish with a WAIT that times out took {took:?}"
+        );
+    }
+    assert_eq!(metric(&two, "push_redis_wait_timeouts_total"), 3);
+    assert_eq!(
+        stored_messages(&master),
+        23,
+        "the timed-out ones are published"
+    );
+    let log = two.stderr_text();
+    assert_eq!(
+        log.matches("WAIT for REDIS_WAIT_REPLICAS=2 timed out")
+            .count(),
+        1,
+        "warned once (rate-limited):\n{log}"
+    );
+}
+
+/// A field of `SENTINEL master <name>` (a flat list of names and values).
+fn sentinel_field(s: &RedisTcp, name: &str, field: &str) -> String {
+    let out = s.try_cli(&["SENTINEL", "master", name]).unwrap_or_default();
+    let lines: Vec<&str> = out.lines().collect();
+    lines
+        .chunks(2)
+        .find(|p| p[0] == field)
+        .and_then(|p| p.get(1))
+        .map(|v| v.to_string())
+        .unwrap_or_default()
+}
+
+/// Redis Sentinel: a master, a replica and three Sentinels on loopback TCP, two instances
+/// finding the master through the Sentinels. The master is killed while a publisher hammers
+/// instance A. Publishes work again within 10 s of the promotion, ids never go backwards on
+/// any subscriber, the WebSocket subscribers on both instances stay connected, and they get
+/// every message acknowledged after the master died.
+#[test]
+fn sentinel_failover_under_load() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const NAME: &str = "pushmaster";
+    let mut master = RedisTcp::start(&[]);
+    let replica = RedisTcp::start(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+    assert!(
+        wait_until(WAIT, || replica.replication("master_link_status") == "up"),
+        "replica in sync"
+    );
+    let sentinels: Vec<RedisTcp> = (0..3)
+        .map(|_| RedisTcp::sentinel(NAME, master.port))
+        .collect();
+    let ready = wait_until(Duration::from_secs(20), || {
+        sentinels.iter().all(|s| {
+            sentinel_field(s, NAME, "num-slaves") == "1"
+                && sentinel_field(s, NAME, "num-other-sentinels") == "2"
+        })
+    });
+    assert!(ready, "the Sentinels know the replica and each other");
+    let list: Vec<String> = sentinels.iter().map(RedisTcp::addr).collect();
+    let start = || {
+        let s = Server::builder()
+            .env("REDIS_SENTINELS", list.join(","))
+            .env("REDIS_MASTER_NAME", NAME)
+            .start();
+        s.wait_store_up();
+        s
+    };
+    let (a, b) = (start(), start());
+    let psubs = |r: &RedisTcp| {
+        r.try_cli(&["CLIENT", "LIST"])
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.split(' ').any(|f| f == "psub=1"))
+            .count()
+    };
+    assert!(wait_until(WAIT, || psubs(&master) == 2), "both subscribed");
+    let chs: Vec<String> = (0..3).map(|_| new_id()).collect();
+    let mut subs: Vec<(usize, &str, Ws)> = Vec::new();
+    for (k, ch) in chs.iter().enumerate() {
+        subs.push((k, "A", a.ws(&cid(ch))));
+        subs.push((k, "B", b.ws(&cid(ch))));
+    }
+    for ch in &chs {
+        a.wait_online(ch);
+        b.wait_online(ch);
+    }
+    let stop = AtomicBool::new(false);
+    let log: Mutex<Vec<(usize, String, bool, Instant)>> = Mutex::new(Vec::new());
+    let acked_after = |log: &Mutex<Vec<(usize, String, bool, Instant)>>, t: Instant| {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.2 && e.3 > t)
+            .count()
+    };
+    let t0 = Instant::now();
+    let (killed, promoted, first_ok) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let k = i % chs.len();
+                let body = format!("{{\"i\":{i}}}");
+                let status = a.publish(&chs[k], &body, Some(86400)).status;
+                log.lock()
+                    .unwrap()
+                    .push((k, body, status == 200, Instant::now()));
+                if status != 200 {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                i += 1;
+            }
+        });
+        assert!(
+            wait_until(WAIT, || acked_after(&log, t0) >= 100),
+            "publishing works"
+        );
+        master.kill();
+        let killed = Instant::now();
+        let new_port = replica.port.to_string();
+        let promoted = wait_until(Duration::from_secs(30), || {
+            sentinels[0]
+                .try_cli(&["SENTINEL", "get-master-addr-by-name", NAME])
+                .is_some_and(|o| o.lines().nth(1) == Some(new_port.as_str()))
+        });
+        assert!(promoted, "the replica is promoted");
+        let promoted = Instant::now();
+        let resumed = wait_until(Duration::from_secs(10), || acked_after(&log, promoted) > 0);
+        assert!(
+            resumed,
+            "no publish acknowledged within 10 s of the promotion\n{}",
+            a.stderr_text()
+        );
+        let first_ok = Instant::now();
+        assert!(
+            wait_until(WAIT, || acked_after(&log, first_ok) >= 100),
+            "publishing goes on"
+        );
+        stop.store(true, Ordering::Relaxed);
+        (killed, promoted, first_ok)
+    });
+    let log = log.into_inner().unwrap();
+    for (k, inst, ws) in subs.iter_mut() {
+        let after: Vec<&str> = log
+            .iter()
+            .filter(|e| e.0 == *k && e.2 && e.3 > killed)
+            .map(|e| e.1.as_str())
+            .collect();
+        let last = after.last().expect("messages after the failover");
+        let got = ws.frames_until(last, Duration::from_secs(15));
+        let bad = got.windows(2).find(|p| p[0].mid >= p[1].mid);
+        assert!(
+            bad.is_none(),
+            "{inst} channel {k}: id {} before {}",
+            bad.map_or("", |p| p[0].mid.as_str()),
+            bad.map_or("", |p| p[1].mid.as_str())
+        );
+        let texts: Vec<&str> = got.iter().map(|f| f.text.as_str()).collect();
+        let lost: Vec<&&str> = after.iter().filter(|w| !texts.contains(w)).collect();
+        assert!(
+            lost.is_empty(),
+            "{inst} channel {k}: lost after the failover: {lost:?}"
+        );
+    }
+    eprintln!(
+        "promotion {:?} after the kill; first publish {:?} after the promotion; {} acknowledged",
+        promoted - killed,
+        first_ok - promoted,
+        log.iter().filter(|e| e.2).count()
+    );
 }

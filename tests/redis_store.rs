@@ -68,6 +68,7 @@ impl Inst {
             target: Target::Socket(sock.to_path_buf()),
             prefix: prefix.into(),
             store,
+            wait_replicas: 0,
         };
         Inst {
             store: RedisStore::start(opts, waker).unwrap(),
@@ -1221,4 +1222,166 @@ fn a_stalled_write_is_not_sent_twice() {
             break;
         }
     }
+}
+
+/// Sends SIGCONT to a stopped process when dropped, so a failing test never leaves Redis
+/// frozen.
+struct Frozen(u32);
+
+impl Frozen {
+    fn new(pid: u32) -> Frozen {
+        signal(pid, "-STOP");
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// Takes the publish answers into `sent`; drops the announcements, keeps the rest. Returns
+/// how many failed after waiting for a reply (written to Redis, unanswered).
+fn absorb(
+    a: &mut Inst,
+    sent: &mut std::collections::HashMap<u64, (String, Option<bool>, Instant)>,
+) -> usize {
+    let mut failures = 0;
+    a.store.drain(&mut a.got);
+    for d in std::mem::take(&mut a.got) {
+        match d {
+            Done::Published { token, result } => {
+                let e = sent.get_mut(&token).expect("a token we sent");
+                assert!(e.1.is_none(), "answered twice");
+                if result.is_err() && e.2.elapsed() >= Duration::from_millis(450) {
+                    failures += 1;
+                }
+                e.1 = Some(result.is_ok());
+            }
+            Done::Deliver(_) => {}
+            other => a.got.push(other),
+        }
+    }
+    failures
+}
+
+/// Redis frozen for 3 s (SIGSTOP) with publishes written to it and unanswered: they are
+/// answered with an error after the read timeout, and must not run when Redis resumes (the
+/// publish script refuses past its deadline, docs/redis.md "Publish deadline"). A publisher
+/// that retries them would otherwise publish each twice. Publishes go on all along, one every
+/// few ms; afterwards every one answered OK is stored once and every failed one not at all.
+#[test]
+fn a_publish_answered_with_an_error_never_runs_later() {
+    let redis = Redis::start();
+    let pid = redis.pid().expect("redis-server runs");
+    let mut cfg = store_cfg(&redis.sock);
+    cfg.channel_history = 100_000;
+    let mut a = Inst::with_config(&redis.sock, "", cfg);
+    a.wait_up();
+    let r = vec![(ch(7), Kind::Private)];
+    // token -> (body, answer: None while in flight, Some(ok), submitted at)
+    let mut sent: std::collections::HashMap<u64, (String, Option<bool>, Instant)> =
+        Default::default();
+    let mut frozen: Option<Frozen> = None;
+    let start = Instant::now();
+    let mut written_while_frozen = 0;
+    let mut n = 0;
+    loop {
+        let t = start.elapsed();
+        if t > Duration::from_millis(500) && t < Duration::from_millis(3500) && frozen.is_none() {
+            frozen = Some(Frozen::new(pid));
+        }
+        if t >= Duration::from_millis(3500) && frozen.is_some() {
+            frozen = None; // SIGCONT
+        }
+        if t >= Duration::from_millis(6000) {
+            break;
+        }
+        // A few in one round and a few alone.
+        for _ in 0..(1 + n % 3) {
+            let token = a.token();
+            let body = format!("m{n}");
+            n += 1;
+            a.store
+                .submit(Job::Publish {
+                    token,
+                    drafts: vec![draft(&body, r.clone())],
+                })
+                .unwrap();
+            sent.insert(token, (body, None, Instant::now()));
+        }
+        // One round of publishes every 5 ms.
+        let next = start + Duration::from_millis(5 * (n as u64 / 2 + 1));
+        while Instant::now() < next {
+            poll_once(&mut a.poll, &mut a.events, next - Instant::now());
+        }
+        written_while_frozen += absorb(&mut a, &mut sent);
+    }
+    drop(frozen);
+    // Every publish is answered, then the backlog shows what ran.
+    let deadline = Instant::now() + WAIT;
+    while sent.values().any(|(_, r, _)| r.is_none()) {
+        assert!(Instant::now() < deadline, "publishes left unanswered");
+        poll_once(&mut a.poll, &mut a.events, Duration::from_millis(50));
+        written_while_frozen += absorb(&mut a, &mut sent);
+    }
+    let deadline = Instant::now() + WAIT;
+    let marker = loop {
+        if let Ok(m) = a.publish_result(vec![draft("marker", r.clone())]) {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "Redis did not come back");
+        a.wait("Up", |d| matches!(d, Done::Up { .. }).then_some(()));
+    };
+    let mut stored: std::collections::HashMap<String, usize> = Default::default();
+    let mut after = Mid::new(0, 0);
+    loop {
+        let chunk = a.backlog_chunk(r.clone(), after, 1000, 16 << 20);
+        for m in &chunk.msgs {
+            *stored
+                .entry(String::from_utf8_lossy(&m.body).into_owned())
+                .or_default() += 1;
+            after = m.mid;
+        }
+        if !chunk.more {
+            break;
+        }
+    }
+    assert_eq!(after, marker[0].mid);
+    let (mut ok, mut failed, mut late) = (0, 0, Vec::new());
+    for (body, answer, _) in sent.values() {
+        let times = stored.get(body).copied().unwrap_or(0);
+        match answer {
+            Some(true) => {
+                ok += 1;
+                assert_eq!(times, 1, "{body} answered OK, stored {times} times");
+            }
+            _ => {
+                failed += 1;
+                if times > 0 {
+                    late.push(body.clone());
+                }
+            }
+        }
+    }
+    eprintln!("{ok} published, {failed} failed ({written_while_frozen} in flight at the freeze)");
+    assert!(
+        late.is_empty(),
+        "answered as failed, published all the same: {late:?}"
+    );
+    assert!(ok > 0 && failed > 0, "{ok} ok, {failed} failed");
+    assert!(
+        written_while_frozen > 0,
+        "no publish was in flight at the freeze"
+    );
 }

@@ -98,6 +98,8 @@ impl Server {
                     channels: self.registry.private_channels(),
                     stored: (!self.store.shared()).then_some(st),
                     store_rejected_jobs: st.rejected_jobs,
+                    store_late_publishes: st.late_publishes,
+                    store_wait_timeouts: st.wait_timeouts,
                     store_kind: self.store.kind(),
                     store_up: self.store_down.is_none(),
                 });

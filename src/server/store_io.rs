@@ -15,7 +15,9 @@ use crate::message::{Message, Mid, now_ms};
 use crate::response::{self, Persist};
 use crate::slab::ConnId;
 use crate::stats;
-use crate::store::{BacklogChunk, Done, Draft, Job, Minted, Receiver, StoreError, Token};
+use crate::store::{
+    BacklogChunk, CatchUpChunk, Done, Draft, Job, Minted, Receiver, StoreError, Token,
+};
 use crate::websocket;
 
 use super::{BACKLOG_CHUNK, BACKLOG_CHUNK_BYTES, Server};
@@ -46,6 +48,11 @@ pub(super) enum Waiter {
     /// v4 channel or server stats (`super::v4`), waiting for presence or the other
     /// instances' stats.
     V4Stats(Box<super::v4::StatsPlan>),
+    /// A catch-up read for `receivers` (`super::catchup`).
+    CatchUp {
+        receivers: Vec<Receiver>,
+        generation: u64,
+    },
 }
 
 /// A legacy online query: `local[i]` is the local subscriber count of `channels[i]`; the
@@ -64,6 +71,7 @@ enum Outcome {
     Backlog(Result<BacklogChunk, StoreError>),
     Online(Result<Vec<bool>, StoreError>),
     Stats(Result<Vec<String>, StoreError>),
+    CatchUp(Result<CatchUpChunk, StoreError>),
 }
 
 impl Outcome {
@@ -76,6 +84,7 @@ impl Outcome {
             Waiter::Backlog { .. } => Outcome::Backlog(Err(e)),
             Waiter::Online(_) => Outcome::Online(Err(e)),
             Waiter::Stats { .. } | Waiter::V4Stats(_) => Outcome::Stats(Err(e)),
+            Waiter::CatchUp { .. } => Outcome::CatchUp(Err(e)),
         }
     }
 }
@@ -319,14 +328,9 @@ impl Server {
             Done::Backlog { token, result } => (token, Outcome::Backlog(result)),
             Done::Online { token, result } => (token, Outcome::Online(result)),
             Done::Stats { token, result } => (token, Outcome::Stats(result)),
-            Done::Deliver(batch) => {
-                for (msg, receivers) in batch {
-                    self.note_mid(msg.mid);
-                    self.delivered_mid = self.delivered_mid.max(msg.mid);
-                    self.fan_out(&msg, &receivers);
-                }
-                return;
-            }
+            Done::CatchUp { token, result } => (token, Outcome::CatchUp(result)),
+            Done::Deliver(batch) => return self.on_deliver(batch),
+            Done::Resubscribed => return self.on_resubscribed(),
             Done::Up { latest } => return self.on_store_up(latest),
             Done::Down { reason } => return self.on_store_down(reason),
         };
@@ -348,6 +352,13 @@ impl Server {
             }
             (Waiter::V4Stats(plan), Outcome::Online(r)) => self.on_v4_online(plan, r),
             (Waiter::V4Stats(plan), Outcome::Stats(r)) => self.on_v4_stats(*plan, r),
+            (
+                Waiter::CatchUp {
+                    receivers,
+                    generation,
+                },
+                Outcome::CatchUp(r),
+            ) => self.on_catchup(receivers, generation, r),
             (waiter, outcome) => {
                 log::error!("store answer {outcome:?} does not fit job {token}; failing it");
                 let failed = Outcome::failure(&waiter, "mismatched store answer");
@@ -382,7 +393,7 @@ impl Server {
         Some(waiter)
     }
 
-    fn note_mid(&mut self, mid: Mid) {
+    pub(super) fn note_mid(&mut self, mid: Mid) {
         if mid > self.latest_mid {
             self.latest_mid = mid;
         }
@@ -595,6 +606,12 @@ impl Server {
 
     fn on_store_up(&mut self, latest: Mid) {
         self.note_mid(latest);
+        if self.catchup.live_mid == Mid::new(0, 0) {
+            // The first Up: what came before is no local subscriber's (after a gap, `latest`
+            // includes what the gap missed, so only the first one counts).
+            self.catchup.live_mid = latest;
+        }
+        self.retry_catchup();
         let was_down = self.store_down.take();
         if let Some(reason) = was_down.filter(|r| r != super::STORE_STARTING) {
             log::warn!(

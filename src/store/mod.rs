@@ -83,6 +83,17 @@ pub enum Job {
         token: Token,
         channels: Vec<Receiver>,
     },
+    /// Catch-up after a pub/sub gap ([`Done::Resubscribed`]): the unexpired messages newer than
+    /// `after` addressed to any of `receivers`, ascending by id, each once and with the
+    /// `receivers` it was found for, bounded like a backlog read. Answered by
+    /// [`Done::CatchUp`].
+    CatchUp {
+        token: Token,
+        receivers: Vec<Receiver>,
+        after: Mid,
+        limit: usize,
+        max_bytes: usize,
+    },
     /// Replaces this instance's entry in the shared stats (one JSON object). Not answered.
     PutStats { json: String },
     /// The stats entries of every other live instance (the server adds its own, fresh).
@@ -111,6 +122,14 @@ pub struct BacklogChunk {
     pub more: bool,
 }
 
+/// One chunk of a catch-up read: like [`BacklogChunk`], with each message's receivers among
+/// those asked for.
+#[derive(Debug, Default, Clone)]
+pub struct CatchUpChunk {
+    pub msgs: Vec<(Arc<Message>, Vec<Receiver>)>,
+    pub more: bool,
+}
+
 #[derive(Debug)]
 pub enum Done {
     Published {
@@ -129,6 +148,15 @@ pub enum Done {
         token: Token,
         result: Result<Vec<String>, StoreError>,
     },
+    CatchUp {
+        token: Token,
+        result: Result<CatchUpChunk, StoreError>,
+    },
+    /// The live stream of [`Done::Deliver`] was cut and is back: every `Deliver` before this
+    /// came from the previous subscription, every one after it from the new one, and what was
+    /// announced in between was not heard. The server catches its subscribers up from the
+    /// store ([`Job::CatchUp`], docs/redis.md "Catch-up after a pub/sub gap").
+    Resubscribed,
     /// Messages to deliver to this instance's local subscribers, ascending by id, each with
     /// its receivers: every message published through the store, by this instance or another.
     /// Local delivery comes only from here, so it follows the one order in which the store
@@ -152,6 +180,11 @@ pub struct StoreStats {
     pub evicted: u64,
     /// Jobs refused because the queue to the store was full.
     pub rejected_jobs: u64,
+    /// Publishes refused because they reached Redis after their deadline (docs/redis.md,
+    /// "Publish deadline"); answered 503, nothing published.
+    pub late_publishes: u64,
+    /// Publishes whose `WAIT` for `REDIS_WAIT_REPLICAS` replicas timed out (answered 200).
+    pub wait_timeouts: u64,
 }
 
 pub trait Store {

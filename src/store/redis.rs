@@ -16,6 +16,7 @@
 //! offline, so memory stays bounded.
 
 mod codec;
+mod endpoint;
 mod pubsub;
 mod worker;
 
@@ -26,9 +27,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use endpoint::{Endpoint, Sentinels};
 use log::{debug, info, warn};
 use mio::Waker;
-use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
+use redis::{ConnectionAddr, IntoConnectionInfo};
 
 use super::{Done, Job, Store, StoreError, StoreStats};
 use crate::config::{Config, StoreConfig};
@@ -51,6 +53,8 @@ pub struct RedisOptions {
     /// `REDIS_PREFIX`: prepended to every key and to the pub/sub channel.
     pub prefix: String,
     pub store: StoreConfig,
+    /// `REDIS_WAIT_REPLICAS`: after the publishes of a round, `WAIT` for this many replicas.
+    pub wait_replicas: u32,
 }
 
 #[derive(Clone)]
@@ -59,6 +63,12 @@ pub enum Target {
     Socket(PathBuf),
     /// `redis://[:password@]host:port[/db]` or `unix:///path`.
     Url(String),
+    /// The master Redis Sentinel names (`REDIS_SENTINELS`, `REDIS_MASTER_NAME`).
+    Sentinel {
+        sentinels: Vec<String>,
+        master_name: String,
+        password: Option<String>,
+    },
 }
 
 impl std::fmt::Debug for Target {
@@ -67,6 +77,11 @@ impl std::fmt::Debug for Target {
             Target::Socket(p) => write!(f, "Socket({})", p.display()),
             // The URL may carry a password.
             Target::Url(_) => f.write_str("Url(..)"),
+            Target::Sentinel {
+                sentinels,
+                master_name,
+                ..
+            } => write!(f, "Sentinel({master_name} via {})", sentinels.join(",")),
         }
     }
 }
@@ -77,27 +92,50 @@ impl RedisOptions {
         let target = match (&cfg.redis_sock, &cfg.redis_url) {
             (Some(p), _) => Target::Socket(p.clone()),
             (None, Some(u)) => Target::Url(u.clone()),
+            (None, None) if !cfg.redis_sentinels.is_empty() => Target::Sentinel {
+                sentinels: cfg.redis_sentinels.clone(),
+                master_name: cfg.redis_master_name.clone(),
+                password: cfg.redis_sentinel_password.clone(),
+            },
             (None, None) => return None,
         };
         Some(RedisOptions {
             target,
             prefix: cfg.redis_prefix.clone(),
             store: cfg.store.clone(),
+            wait_replicas: cfg.redis_wait_replicas,
         })
     }
 
-    fn connection_info(&self) -> Result<ConnectionInfo, StoreError> {
-        match &self.target {
+    fn endpoint(&self) -> Result<Endpoint, StoreError> {
+        let info = match &self.target {
             Target::Socket(p) => ConnectionAddr::Unix(p.clone()).into_connection_info(),
             Target::Url(u) => u.as_str().into_connection_info(),
-        }
-        .map_err(|e| StoreError(format!("invalid Redis address: {e}")))
+            Target::Sentinel {
+                sentinels,
+                master_name,
+                password,
+            } => {
+                return Ok(Endpoint::Sentinel(Sentinels {
+                    addrs: sentinels.clone(),
+                    master_name: master_name.clone(),
+                    password: password.clone(),
+                }));
+            }
+        };
+        info.map(Endpoint::Fixed)
+            .map_err(|e| StoreError(format!("invalid Redis address: {e}")))
     }
 
     fn describe(&self) -> String {
         match &self.target {
             Target::Socket(p) => p.display().to_string(),
             Target::Url(u) => crate::config::mask_url(u),
+            Target::Sentinel {
+                sentinels,
+                master_name,
+                ..
+            } => format!("master {master_name} via Sentinel {}", sentinels.join(",")),
         }
     }
 }
@@ -123,6 +161,9 @@ struct Link {
 struct Shared {
     cfg: Mutex<StoreConfig>,
     keys: Keys,
+    wait_replicas: u32,
+    /// Rounds whose `WAIT` got fewer replicas than asked for.
+    wait_timeouts: AtomicU64,
     /// This instance's name on the pub/sub channel (`<prefix>pushserver:<uid>`).
     uid: String,
     target: String,
@@ -137,6 +178,8 @@ struct Shared {
     /// can be reported up again.
     verify: AtomicBool,
     rejected: AtomicU64,
+    /// Publishes the script refused because they reached Redis after their deadline.
+    late: AtomicU64,
     /// The newest id this instance has seen minted (its own or another instance's); the
     /// publish script starts a new epoch when Redis holds less.
     last_seen: Mutex<Mid>,
@@ -300,6 +343,10 @@ fn failed(job: Job, err: &StoreError) -> Option<Done> {
             token,
             result: Err(err.clone()),
         },
+        Job::CatchUp { token, .. } => Done::CatchUp {
+            token,
+            result: Err(err.clone()),
+        },
         Job::Touch { .. } | Job::PutStats { .. } => return None,
     })
 }
@@ -319,7 +366,7 @@ impl RedisStore {
     /// Does not wait for Redis: the first [`Done::Up`] or [`Done::Down`] reports how it went.
     /// Fails only for an address that cannot be used at all.
     pub fn start(opts: RedisOptions, waker: Arc<Waker>) -> Result<RedisStore, StoreError> {
-        let info = opts.connection_info()?;
+        let info = opts.endpoint()?;
         let saved_epoch = match crate::message::read_last_epoch(&opts.store.state_file) {
             // An epoch of more than 10 digits is not one we wrote; ignore it like garbage.
             Ok(e) => e.filter(|&e| Mid::try_new(e, 0).is_some()).unwrap_or(0),
@@ -336,6 +383,8 @@ impl RedisStore {
         let shared = Arc::new(Shared {
             cfg: Mutex::new(opts.store.clone()),
             keys: Keys::new(&opts.prefix),
+            wait_replicas: opts.wait_replicas,
+            wait_timeouts: AtomicU64::new(0),
             uid: new_uid(),
             target: opts.describe(),
             done: done_tx,
@@ -351,6 +400,7 @@ impl RedisStore {
             stop: AtomicBool::new(false),
             verify: AtomicBool::new(false),
             rejected: AtomicU64::new(0),
+            late: AtomicU64::new(0),
             last_seen: Mutex::new(Mid::new(saved_epoch, 0)),
             saved_epoch: Mutex::new(saved_epoch),
         });
@@ -423,6 +473,8 @@ impl Store for RedisStore {
     fn stats(&self) -> StoreStats {
         StoreStats {
             rejected_jobs: self.shared.rejected.load(Ordering::Relaxed),
+            late_publishes: self.shared.late.load(Ordering::Relaxed),
+            wait_timeouts: self.shared.wait_timeouts.load(Ordering::Relaxed),
             ..StoreStats::default()
         }
     }

@@ -210,7 +210,7 @@ impl ServerBuilder {
             && !self
                 .env
                 .iter()
-                .any(|(k, _)| k == "REDIS_SOCK" || k == "REDIS_URL"))
+                .any(|(k, _)| k == "REDIS_SOCK" || k == "REDIS_URL" || k == "REDIS_SENTINELS"))
         .then(Redis::start);
         if let Some(r) = &own_redis {
             self = self.redis(r);

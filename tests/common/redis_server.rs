@@ -141,3 +141,123 @@ impl Drop for Redis {
         self.stop();
     }
 }
+
+/// A free TCP port on the loopback (bound, then released; taken again by the caller at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A private `redis-server` (or Sentinel) on a loopback TCP port, for replication and
+/// Sentinel tests (replicas reach their master over TCP only). Killed on drop.
+pub struct RedisTcp {
+    child: Option<Child>,
+    pub dir: TestDir,
+    pub port: u16,
+}
+
+impl RedisTcp {
+    /// A Redis without persistence, with `extra` arguments (`--replicaof …`).
+    pub fn start(extra: &[&str]) -> RedisTcp {
+        let dir = TestDir::new();
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--loglevel", "warning", "--dir"])
+            .arg(&dir.path)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run redis-server ({e})"));
+        RedisTcp::wait(child, dir, port)
+    }
+
+    /// A Sentinel monitoring `master_name` at `master_port`, quick to fail over.
+    pub fn sentinel(master_name: &str, master_port: u16) -> RedisTcp {
+        let dir = TestDir::new();
+        let port = free_port();
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor {master_name} 127.0.0.1 {master_port} 2\n\
+                 sentinel down-after-milliseconds {master_name} 1000\n\
+                 sentinel failover-timeout {master_name} 3000\n\
+                 sentinel parallel-syncs {master_name} 1\n",
+                dir.path.display()
+            ),
+        )
+        .expect("write sentinel.conf");
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .args(["--sentinel", "--loglevel", "warning", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run redis-server --sentinel ({e})"));
+        RedisTcp::wait(child, dir, port)
+    }
+
+    fn wait(child: Child, dir: TestDir, port: u16) -> RedisTcp {
+        let r = RedisTcp {
+            child: Some(child),
+            dir,
+            port,
+        };
+        let up = wait_until(Duration::from_secs(5), || {
+            r.try_cli(&["PING"]).is_some_and(|o| o.trim() == "PONG")
+        });
+        assert!(up, "redis-server did not answer PING on port {port}");
+        r
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn try_cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn cli(&self, args: &[&str]) -> String {
+        self.try_cli(args)
+            .unwrap_or_else(|| panic!("redis-cli {args:?} failed on port {}", self.port))
+    }
+
+    /// One field of `INFO replication` (`role`, `master_link_status`, `connected_slaves`).
+    pub fn replication(&self, field: &str) -> String {
+        self.try_cli(&["INFO", "replication"])
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("{field}:"))
+                    .map(|v| v.trim().to_string())
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for RedisTcp {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,18 +1,29 @@
 -- Publish a batch atomically: mint ids, store, index, announce (docs/redis.md).
--- ARGV: prefix, uid, last_epoch, last_counter, n, channel_ttl, cap,
+-- ARGV: prefix, uid, last_epoch, last_counter, n, channel_ttl, cap, deadline,
 --       then per message: ttl, rest, receivers, specs
+--   deadline  = Redis TIME in microseconds after which the script must not publish: the
+--               instance answers 503 soon after it (docs/redis.md, "Publish deadline")
 --   rest      = the OutgoingMessage protobuf without its id field
 --   receivers = the IPCMessage `receivers` fields, pre-encoded
 --   specs     = 17 bytes per receiver: 'c' (private) or 'p' (public), then the 16-byte id
--- Returns {epoch, first counter}.
+-- Returns {epoch, first counter}, or {0, late by µs} when the deadline had passed: then
+-- nothing was written or announced.
 -- Redis 3.2 to 4 replicate a script verbatim and then refuse writes after TIME; this asks
 -- for effects replication (the default, and a no-op, since Redis 5).
 if redis.replicate_commands then redis.replicate_commands() end
 local prefix, uid = ARGV[1], ARGV[2]
 local last_epoch, last_counter = tonumber(ARGV[3]), tonumber(ARGV[4])
 local n, channel_ttl, cap = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-if #ARGV ~= 7 + 4 * n then
+local deadline = tonumber(ARGV[8])
+if #ARGV ~= 8 + 4 * n then
   return redis.error_reply('ERR publish script: bad argument count')
+end
+-- First, before any write: a publish that reaches Redis after its deadline (Redis frozen,
+-- or too slow) may already have been answered 503, and its retry would publish it twice.
+local now = redis.call('TIME')
+local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+if now_us > deadline then
+  return {0, now_us - deadline}
 end
 
 local kstart = prefix .. 'server:startdate'
@@ -41,7 +52,7 @@ local counter = id_key(kcounter, COUNTER_LIMIT)
 if not epoch or not counter or epoch < last_epoch
     or (epoch == last_epoch and counter < last_counter)
     or counter + n >= COUNTER_LIMIT then
-  local e = tonumber(redis.call('TIME')[1])
+  local e = tonumber(now[1])
   if epoch and epoch + 1 > e then e = epoch + 1 end
   if last_epoch + 1 > e then e = last_epoch + 1 end
   if e >= EPOCH_LIMIT then
@@ -74,7 +85,7 @@ local function varint(v)
 end
 
 local entries, touched = {}, {}
-local a = 8
+local a = 9
 for i = 0, n - 1 do
   local ttl, rest, receivers, specs = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   a = a + 4

@@ -6,17 +6,21 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver as ChanReceiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use redis::{Connection, ConnectionInfo, Value};
+use log::warn;
+use redis::{Connection, Value};
 use serde_json::Value as Json;
 
 use super::codec::{decode_stored, encode_receivers, encode_rest, receiver_specs};
+use super::endpoint::Endpoint;
 use super::{Backoff, IO_TIMEOUT, Shared, failed};
+use crate::channel::ChannelId;
 use crate::message::{Mid, now_ms};
 use crate::registry::Kind;
-use crate::store::{BacklogChunk, Done, Draft, Job, Minted, Receiver, StoreError};
+use crate::store::{BacklogChunk, CatchUpChunk, Done, Draft, Job, Minted, Receiver, StoreError};
 
 const PUBLISH_LUA: &str = include_str!("publish.lua");
 const BACKLOG_LUA: &str = include_str!("backlog.lua");
+const CATCHUP_LUA: &str = include_str!("catchup.lua");
 
 /// At most this many jobs go into one pipeline, so one round stays well inside the timeouts.
 const MAX_ROUND: usize = 500;
@@ -27,6 +31,20 @@ const IDLE_PING: Duration = Duration::from_millis(500);
 const CHANNEL_TTL: u32 = 86_400;
 /// `stats` entries older than this are another instance's leftovers (OPERATIONS.md §5.1).
 const STATS_STALE_MS: u64 = 70_000;
+/// A publish script that starts this long after its round was written refuses to publish
+/// (docs/redis.md, "Publish deadline"). The worker gives a round up (and answers its publishes
+/// 503) no sooner than [`IO_TIMEOUT`] after writing it, so a publish answered 503 can never
+/// run later; the margin covers the script's own run and the reply's way back.
+pub(super) const PUBLISH_DEADLINE: Duration = Duration::from_millis(300);
+const _: () = assert!(PUBLISH_DEADLINE.as_millis() + 150 <= IO_TIMEOUT.as_millis());
+/// `WAIT`'s timeout for `REDIS_WAIT_REPLICAS` (docs/redis.md, "Replication"): the publish
+/// answer waits at most this much longer, well inside PHP's 1 s.
+const WAIT_TIMEOUT_MS: u64 = 250;
+/// At most one warning per this interval about `WAIT`s that timed out (all are counted).
+const WAIT_WARN_EVERY: Duration = Duration::from_secs(60);
+/// Redis `TIME` is read again when the last reading is older than this, so that a step of
+/// Redis's clock shifts the deadlines for at most this long.
+const CLOCK_RESYNC: Duration = Duration::from_secs(1);
 
 /// How a pipeline failed.
 enum Exchange {
@@ -45,24 +63,42 @@ impl Exchange {
     }
 }
 
+/// Redis `TIME` against this worker's monotonic clock, for the publish deadline.
+#[derive(Clone, Copy)]
+struct Clock {
+    /// Redis µs minus local µs (since [`Worker::base`]), from a `TIME` reply. Taken as if
+    /// Redis had answered at the moment its reply was read, the latest it can have: the
+    /// offset is then at most the true one, and deadlines come early, never late.
+    offset_us: i128,
+    synced: Instant,
+}
+
 /// Script hashes, known after `SCRIPT LOAD`.
 struct Scripts {
     publish: String,
     backlog: String,
+    catchup: String,
 }
 
 impl Scripts {
-    /// `SCRIPT LOAD`s both scripts in one round trip; Redis answers with their SHA1s.
+    /// `SCRIPT LOAD`s the scripts in one round trip; Redis answers with their SHA1s.
     fn load(conn: &mut Connection) -> redis::RedisResult<Scripts> {
-        let (publish, backlog): (String, String) = redis::pipe()
+        let (publish, backlog, catchup): (String, String, String) = redis::pipe()
             .cmd("SCRIPT")
             .arg("LOAD")
             .arg(PUBLISH_LUA)
             .cmd("SCRIPT")
             .arg("LOAD")
             .arg(BACKLOG_LUA)
+            .cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(CATCHUP_LUA)
             .query(conn)?;
-        Ok(Scripts { publish, backlog })
+        Ok(Scripts {
+            publish,
+            backlog,
+            catchup,
+        })
     }
 }
 
@@ -75,27 +111,40 @@ enum Pending {
     Backlog {
         token: u64,
     },
+    CatchUp {
+        token: u64,
+    },
     Online {
         token: u64,
     },
     Stats {
         token: u64,
     },
+    /// The `WAIT` after the publishes of a round.
+    Wait,
     /// Replies nobody waits for (touches, stats writes).
     Ignore,
 }
 
 struct Worker {
     shared: Arc<Shared>,
-    info: ConnectionInfo,
+    info: Endpoint,
     conn: Option<(Connection, Scripts)>,
     backoff: Backoff,
     retry_at: Instant,
     /// The `stats` field this instance writes (the `processUniqueId` of its JSON).
     stats_field: Option<String>,
+    /// Local µs count from here (monotonic).
+    base: Instant,
+    /// Redis's clock, per connection (a reconnect may reach another server).
+    clock: Option<Clock>,
+    last_wait_warning: Option<Instant>,
+    /// A reply said READONLY: the server was demoted to a replica (a Sentinel failover), so
+    /// the connection is given up after the round and the master looked up again.
+    demoted: bool,
 }
 
-pub(super) fn run(shared: Arc<Shared>, info: ConnectionInfo, jobs: ChanReceiver<Job>) {
+pub(super) fn run(shared: Arc<Shared>, info: Endpoint, jobs: ChanReceiver<Job>) {
     let mut w = Worker {
         shared,
         info,
@@ -103,6 +152,10 @@ pub(super) fn run(shared: Arc<Shared>, info: ConnectionInfo, jobs: ChanReceiver<
         backoff: Backoff::new(),
         retry_at: Instant::now(),
         stats_field: None,
+        base: Instant::now(),
+        clock: None,
+        last_wait_warning: None,
+        demoted: false,
     };
     loop {
         if w.conn.is_none() {
@@ -168,17 +221,15 @@ impl Worker {
     }
 
     fn connect_inner(&mut self) -> redis::RedisResult<(Connection, Scripts, Mid)> {
-        let client = redis::Client::open(self.info.clone())?;
-        let mut conn = client.get_connection_with_timeout(IO_TIMEOUT)?;
-        conn.set_read_timeout(Some(IO_TIMEOUT))?;
-        conn.set_write_timeout(Some(IO_TIMEOUT))?;
+        self.clock = None;
+        let mut conn = self.info.connect()?;
         let scripts = Scripts::load(&mut conn)?;
         let latest = self.read_latest(&mut conn)?;
         Ok((conn, scripts, latest))
     }
 
-    /// What [`Done::Up`] reports, from the id keys as they are now.
-    fn read_latest(&self, conn: &mut Connection) -> redis::RedisResult<Mid> {
+    /// What [`Done::Up`] reports, from the id keys as they are now (and Redis's clock).
+    fn read_latest(&mut self, conn: &mut Connection) -> redis::RedisResult<Mid> {
         let keys = &self.shared.keys;
         // Read as raw values: a foreign value (or a key of another type) must not keep the
         // store from coming up; the publish script starts a new epoch over it.
@@ -190,6 +241,7 @@ impl Worker {
             .arg(keys.counter())
             .cmd("TIME")
             .query(conn)?;
+        self.set_clock(time);
         let latest = latest_id(
             id_key(&start, EPOCH_LIMIT),
             id_key(&counter, COUNTER_LIMIT),
@@ -224,18 +276,85 @@ impl Worker {
         self.shared.set_cmd(Err(reason));
     }
 
+    /// Records a `TIME` reply (seconds, µs) read just now.
+    fn set_clock(&mut self, (secs, micros): (u64, u64)) {
+        let now = Instant::now();
+        let redis_us = i128::from(secs) * 1_000_000 + i128::from(micros);
+        self.clock = Some(Clock {
+            offset_us: redis_us - now.duration_since(self.base).as_micros() as i128,
+            synced: now,
+        });
+    }
+
+    /// The idle check, which also reads Redis's clock.
     fn ping(&mut self) {
-        let Some((conn, _)) = self.conn.as_mut() else {
-            return;
-        };
-        if let Err(e) = redis::cmd("PING").query::<String>(conn) {
-            self.lose(e.to_string());
+        if let Err(e) = self.sync_clock() {
+            self.lose(e);
         }
+    }
+
+    fn sync_clock(&mut self) -> Result<(), String> {
+        let Some((conn, _)) = self.conn.as_mut() else {
+            return Err("not connected".into());
+        };
+        let time = redis::cmd("TIME")
+            .query::<(u64, u64)>(conn)
+            .map_err(|e| e.to_string())?;
+        self.set_clock(time);
+        Ok(())
+    }
+
+    /// The publish deadline for a round written from now on, in Redis µs (reads `TIME`
+    /// again first when the last reading is stale).
+    fn deadline(&mut self) -> Result<i128, String> {
+        if self
+            .clock
+            .is_none_or(|c| c.synced.elapsed() >= CLOCK_RESYNC)
+        {
+            self.sync_clock()?;
+        }
+        let clock = self.clock.ok_or("no Redis clock")?;
+        let local = Instant::now().duration_since(self.base) + PUBLISH_DEADLINE;
+        Ok(clock.offset_us + local.as_micros() as i128)
+    }
+
+    /// Rebuilds the publish commands of a round for a new deadline (a resend: after a
+    /// reconnect, which may have reached another server, or a script reload).
+    fn restamp(&mut self, pending: &[Pending], cmds: &mut [redis::Cmd]) -> Result<(), String> {
+        let deadline = self.deadline()?;
+        let cfg = self.shared.cfg();
+        let last = self.shared.last_seen();
+        let Some((_, scripts)) = self.conn.as_ref() else {
+            return Err("not connected".into());
+        };
+        for (p, c) in pending.iter().zip(cmds.iter_mut()) {
+            if let Pending::Publish { drafts, .. } = p {
+                *c = publish_cmd(
+                    &scripts.publish,
+                    self.shared.keys.prefix(),
+                    &self.shared.uid,
+                    (last, deadline),
+                    &cfg,
+                    drafts,
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Runs one round of jobs as one pipeline (plus a retry for scripts Redis forgot).
     fn round(&mut self, jobs: Vec<Job>) {
         let cfg = self.shared.cfg();
+        // Taken before the commands are built: earlier than the write, so never late.
+        let deadline = match self.deadline() {
+            Ok(d) => d,
+            Err(reason) => {
+                self.lose(reason);
+                let err = self.shared.unavailable();
+                let done = jobs.into_iter().filter_map(|j| failed(j, &err)).collect();
+                return self.shared.send_all(done);
+            }
+        };
         let Some((_, scripts)) = self.conn.as_ref() else {
             return;
         };
@@ -256,7 +375,7 @@ impl Worker {
                         &scripts.publish,
                         keys.prefix(),
                         &self.shared.uid,
-                        last,
+                        (last, deadline),
                         &cfg,
                         &drafts,
                     ));
@@ -284,6 +403,29 @@ impl Worker {
                         &receivers,
                     ));
                     pending.push(Pending::Backlog { token });
+                }
+                Job::CatchUp {
+                    token,
+                    receivers,
+                    after,
+                    limit,
+                    max_bytes,
+                } => {
+                    if receivers.is_empty() {
+                        done.push(Done::CatchUp {
+                            token,
+                            result: Ok(CatchUpChunk::default()),
+                        });
+                        continue;
+                    }
+                    cmds.push(backlog_cmd(
+                        &scripts.catchup,
+                        keys.prefix(),
+                        after,
+                        (limit, max_bytes),
+                        &receivers,
+                    ));
+                    pending.push(Pending::CatchUp { token });
                 }
                 Job::Touch { channels } => touched.extend(channels),
 
@@ -335,23 +477,27 @@ impl Worker {
             .collect();
         pending.splice(0..0, sets.iter().map(|_| Pending::Ignore));
         cmds.splice(0..0, sets);
+        self.add_wait(&mut pending, &mut cmds);
         if pending.is_empty() {
             self.shared.send_all(done);
             return;
         }
         let replies = match self.exchange(&cmds) {
             Ok(r) => r,
-            Err(Exchange::NotSent(_)) => {
+            Err((_, Exchange::NotSent(_))) => {
                 // Nothing reached Redis (a connection that died while idle): one immediate
-                // reconnect, then the same commands again.
+                // reconnect, then the same commands again, with a deadline on the new clock.
                 self.conn = None;
                 self.connect();
+                if let Err(reason) = self.restamp(&pending, &mut cmds) {
+                    return self.fail_round(pending, Vec::new(), done, reason);
+                }
                 match self.exchange(&cmds) {
                     Ok(r) => r,
-                    Err(e) => return self.fail_round(pending, done, e.reason()),
+                    Err((got, e)) => return self.fail_round(pending, got, done, e.reason()),
                 }
             }
-            Err(e) => return self.fail_round(pending, done, e.reason()),
+            Err((got, e)) => return self.fail_round(pending, got, done, e.reason()),
         };
         let mut retry = (Vec::new(), Vec::new());
         for ((p, c), reply) in pending.into_iter().zip(cmds).zip(replies) {
@@ -366,21 +512,70 @@ impl Worker {
             // Redis lost its script cache (SCRIPT FLUSH, a failover): load the scripts (same
             // hashes) and send the same commands again. Every EVALSHA of the round failed
             // alike, so the ids keep the order of the jobs.
-            let (pending, cmds) = retry;
-            match self
+            let (mut pending, mut cmds) = retry;
+            self.add_wait(&mut pending, &mut cmds);
+            let sent = self
                 .load_scripts()
-                .map_err(Exchange::Lost)
-                .and_then(|()| self.exchange(&cmds))
-            {
+                .and_then(|()| self.restamp(&pending, &mut cmds))
+                .map_err(|e| (Vec::new(), Exchange::Lost(e)))
+                .and_then(|()| self.exchange(&cmds));
+            match sent {
                 Ok(replies) => {
                     for (p, reply) in pending.into_iter().zip(replies) {
                         done.extend(self.answer(p, Ok(reply)));
                     }
                 }
-                Err(e) => return self.fail_round(pending, done, e.reason()),
+                Err((got, e)) => return self.fail_round(pending, got, done, e.reason()),
             }
         }
         self.shared.send_all(done);
+        if std::mem::take(&mut self.demoted) {
+            self.lose("the server is a replica now (READONLY); looking for the master".into());
+        }
+    }
+
+    /// With `REDIS_WAIT_REPLICAS`, a `WAIT` after the publishes of a round: their answers
+    /// (sent when the whole round has its replies) then come once the replicas have them, or
+    /// after the timeout.
+    fn add_wait(&self, pending: &mut Vec<Pending>, cmds: &mut Vec<redis::Cmd>) {
+        let n = self.shared.wait_replicas;
+        if n == 0 || !pending.iter().any(|p| matches!(p, Pending::Publish { .. })) {
+            return;
+        }
+        let mut c = redis::cmd("WAIT");
+        c.arg(n).arg(WAIT_TIMEOUT_MS);
+        cmds.push(c);
+        pending.push(Pending::Wait);
+    }
+
+    /// A `WAIT` reply: fewer replicas than asked for is a timeout (the publishes stand).
+    fn waited(&mut self, reply: Result<Value, StoreError>) {
+        let want = self.shared.wait_replicas;
+        let got = match &reply {
+            Ok(Value::Int(k)) => Some(*k),
+            _ => None,
+        };
+        if got.is_some_and(|k| k >= i64::from(want)) {
+            return;
+        }
+        self.shared.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let what = match (got, reply) {
+            (Some(k), _) => format!("{k} of {want} replica(s) acknowledged"),
+            (None, Ok(v)) => format!("unexpected reply {v:?}"),
+            (None, Err(e)) => e.0,
+        };
+        if self
+            .last_wait_warning
+            .is_none_or(|t| now.duration_since(t) >= WAIT_WARN_EVERY)
+        {
+            self.last_wait_warning = Some(now);
+            warn!(
+                "redis: WAIT for REDIS_WAIT_REPLICAS={want} timed out after {WAIT_TIMEOUT_MS} ms \
+                 ({what}); the publishes were answered 200 and may be lost on a failover \
+                 (counted in push_redis_wait_timeouts_total; more within a minute are not logged)"
+            );
+        }
     }
 
     fn load_scripts(&mut self) -> Result<(), String> {
@@ -393,10 +588,12 @@ impl Worker {
 
     /// Sends `cmds` as one pipeline and reads their replies, stopping at the first I/O error
     /// (one timeout is enough to give the connection up; waiting for every remaining reply
-    /// would multiply it).
-    fn exchange(&mut self, cmds: &[redis::Cmd]) -> Result<Vec<Value>, Exchange> {
+    /// would multiply it). On error, the replies read before it come along: those commands
+    /// ran, and their jobs are answered from them (a publish that got its reply is
+    /// published, whatever happens to the rest of the round).
+    fn exchange(&mut self, cmds: &[redis::Cmd]) -> Result<Vec<Value>, (Vec<Value>, Exchange)> {
         let Some((conn, _)) = self.conn.as_mut() else {
-            return Err(Exchange::NotSent(self.shared.unavailable().0));
+            return Err((Vec::new(), Exchange::NotSent(self.shared.unavailable().0)));
         };
         let mut packed = Vec::new();
         for c in cmds {
@@ -406,29 +603,44 @@ impl Worker {
             // Only a connection found dead took nothing (an idle connection Redis closed). A
             // write that timed out may have delivered whole commands before the stall, which
             // Redis still runs: sending them again would publish them twice.
-            if e.is_connection_dropped() && !e.is_timeout() {
+            let e = if e.is_connection_dropped() && !e.is_timeout() {
                 Exchange::NotSent(e.to_string())
             } else {
                 Exchange::Lost(e.to_string())
-            }
+            };
+            (Vec::new(), e)
         })?;
         let mut replies = Vec::with_capacity(cmds.len());
         for _ in cmds {
-            replies.push(
-                conn.recv_response()
-                    .map_err(|e| Exchange::Lost(e.to_string()))?,
-            );
+            match conn.recv_response() {
+                Ok(r) => replies.push(r),
+                Err(e) => return Err((replies, Exchange::Lost(e.to_string()))),
+            }
         }
         Ok(replies)
     }
 
-    /// The connection broke mid-round: every job of the round fails (a publish may have run
-    /// in Redis all the same; the publisher is told it failed), then reconnect.
-    fn fail_round(&mut self, pending: Vec<Pending>, mut done: Vec<Done>, reason: String) {
+    /// The connection broke mid-round: the jobs whose replies came (`got`, in order) are
+    /// answered from them, every other job of the round fails, then reconnect. A failed
+    /// publish did not run and will not: its script refuses past its deadline, which came
+    /// before this (see [`PUBLISH_DEADLINE`]).
+    fn fail_round(
+        &mut self,
+        pending: Vec<Pending>,
+        got: Vec<Value>,
+        mut done: Vec<Done>,
+        reason: String,
+    ) {
         self.lose(reason);
         let err = self.shared.unavailable();
+        let mut got = got.into_iter();
         for p in pending {
-            done.extend(self.answer(p, Err(err.clone())));
+            let reply = match got.next() {
+                // A NOSCRIPT reply is a command that did not run.
+                Some(r) if !is_noscript(&r) => Ok(r),
+                _ => Err(err.clone()),
+            };
+            done.extend(self.answer(p, reply));
         }
         self.shared.send_all(done);
     }
@@ -436,11 +648,20 @@ impl Worker {
     /// The answer to one job from its reply.
     fn answer(&mut self, p: Pending, reply: Result<Value, StoreError>) -> Option<Done> {
         let reply = match reply {
-            Ok(Value::ServerError(e)) => Err(StoreError(format!("Redis error: {e}"))),
+            Ok(Value::ServerError(e)) => {
+                if e.code() == "READONLY" {
+                    self.demoted = true;
+                }
+                Err(StoreError(format!("Redis error: {e}")))
+            }
             other => other,
         };
         Some(match p {
             Pending::Ignore => return None,
+            Pending::Wait => {
+                self.waited(reply);
+                return None;
+            }
             Pending::Publish { token, drafts } => Done::Published {
                 token,
                 result: reply.and_then(|r| self.published(r, drafts)),
@@ -448,6 +669,10 @@ impl Worker {
             Pending::Backlog { token } => Done::Backlog {
                 token,
                 result: reply.and_then(backlog_from),
+            },
+            Pending::CatchUp { token } => Done::CatchUp {
+                token,
+                result: reply.and_then(catchup_from),
             },
             Pending::Online { token } => Done::Online {
                 token,
@@ -468,6 +693,14 @@ impl Worker {
         let (epoch, first) = match &reply {
             Value::Array(v) => match v.as_slice() {
                 [Value::Int(e), Value::Int(c)] if *e > 0 && *c > 0 => (*e as u64, *c as u64),
+                [Value::Int(0), Value::Int(late)] => {
+                    self.shared.late.fetch_add(1, Ordering::Relaxed);
+                    return Err(StoreError(format!(
+                        "Redis reached the publish {} ms after its deadline (frozen or \
+                         overloaded); nothing was published",
+                        late / 1000
+                    )));
+                }
                 _ => return Err(unexpected(&reply)),
             },
             _ => return Err(unexpected(&reply)),
@@ -563,6 +796,36 @@ fn backlog_from(reply: Value) -> Result<BacklogChunk, StoreError> {
     })
 }
 
+/// The catch-up script's reply: `more`, then pairs of a stored value and its receivers'
+/// 16-byte ids.
+fn catchup_from(reply: Value) -> Result<CatchUpChunk, StoreError> {
+    let Value::Array(values) = &reply else {
+        return Err(unexpected(&reply));
+    };
+    let Some((Value::Int(more), values)) = values.split_first() else {
+        return Err(unexpected(&reply));
+    };
+    let mut msgs = Vec::with_capacity(values.len() / 2);
+    for pair in values.chunks(2) {
+        let [Value::BulkString(v), Value::BulkString(ids)] = pair else {
+            return Err(unexpected(&reply));
+        };
+        let Some(m) = decode_stored(v) else {
+            continue;
+        };
+        let receivers = ids
+            .chunks_exact(16)
+            .filter_map(|c| <[u8; 16]>::try_from(c).ok())
+            .map(|id| (ChannelId(id), Kind::Private))
+            .collect();
+        msgs.push((m, receivers));
+    }
+    Ok(CatchUpChunk {
+        msgs,
+        more: *more != 0,
+    })
+}
+
 fn unexpected(v: &Value) -> StoreError {
     StoreError(format!("unexpected Redis reply: {v:?}"))
 }
@@ -620,11 +883,12 @@ fn ttl(d: &Draft, cfg: &crate::config::StoreConfig) -> u32 {
     }
 }
 
+/// `deadline`: Redis µs after which the script refuses (see [`PUBLISH_DEADLINE`]).
 fn publish_cmd(
     sha: &str,
     prefix: &[u8],
     uid: &str,
-    last: Mid,
+    (last, deadline): (Mid, i128),
     cfg: &crate::config::StoreConfig,
     drafts: &[Draft],
 ) -> redis::Cmd {
@@ -637,7 +901,8 @@ fn publish_cmd(
         .arg(last.counter())
         .arg(drafts.len())
         .arg(CHANNEL_TTL.max(cfg.message_ttl))
-        .arg(cfg.channel_history);
+        .arg(cfg.channel_history)
+        .arg(deadline.to_string());
     for d in drafts {
         c.arg(ttl(d, cfg))
             .arg(encode_rest(d))
