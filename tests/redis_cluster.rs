@@ -48,6 +48,10 @@ fn publish_mid(s: &Server, ch: &str, body: &str) -> String {
     frames.last().expect("at least one frame").mid.clone()
 }
 
+/// A replica connects on its once-a-second cron and then takes a full sync (a fork of the
+/// master): on a loaded machine that takes longer than the usual test wait.
+const REPLICA_SYNC: Duration = Duration::from_secs(30);
+
 #[test]
 fn publish_on_one_instance_reaches_ws_and_lp_on_the_others() {
     let redis = Redis::start();
@@ -485,7 +489,8 @@ fn wait_replicas_acknowledges_after_the_replica_and_times_out_to_200() {
     let master = RedisTcp::start(&[]);
     let replica = RedisTcp::start(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
     assert!(
-        wait_until(WAIT, || replica.replication("master_link_status") == "up"),
+        wait_until(REPLICA_SYNC, || replica.replication("master_link_status")
+            == "up"),
         "replica in sync"
     );
     let url = format!("redis://{}", master.addr());
@@ -556,7 +561,8 @@ fn sentinel_failover_under_load() {
     let mut master = RedisTcp::start(&[]);
     let replica = RedisTcp::start(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
     assert!(
-        wait_until(WAIT, || replica.replication("master_link_status") == "up"),
+        wait_until(REPLICA_SYNC, || replica.replication("master_link_status")
+            == "up"),
         "replica in sync"
     );
     let sentinels: Vec<RedisTcp> = (0..3)
