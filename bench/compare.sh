@@ -68,7 +68,7 @@ ensure_pkg jq jq
 # A freshly installed redis-server package may start a system redis; nothing here uses it.
 
 log "building release binaries"
-cargo build --release --quiet --bin push-server --bin push-bench
+cargo build --release --quiet --workspace
 SERVER=$ROOT/target/release/push-server
 BENCH=$ROOT/target/release/push-bench
 

@@ -4,7 +4,7 @@
 # messages (default 100) published one at a time GAP_MS apart (default 30), as portals publish.
 # Prints per run and as medians: server CPU µs per delivery and the server's voluntary context
 # switches (wake-ups), plus the share of the machine other processes used.
-#   cargo build --release && bench/paced-compare.sh /tmp/push-server-old target/release/push-server 5
+#   cargo build --release --workspace && bench/paced-compare.sh /tmp/push-server-old target/release/push-server 5
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OLD=$1 NEW=$2 RUNS=${3:-5}

@@ -10,12 +10,34 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-const BENCH: &str = env!("CARGO_BIN_EXE_push-bench");
+/// The push-bench binary of this build: a workspace member (tools/push-bench) beside the server
+/// in the same target directory. `cargo test --workspace` builds it; a plain `cargo test` of
+/// the server package does not, so it is built here then.
+fn bench_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let server = Path::new(BIN);
+            let path = server.with_file_name("push-bench");
+            if !path.exists() {
+                let mut cmd = Command::new(env!("CARGO"));
+                cmd.args(["build", "--quiet", "-p", "push-bench"])
+                    .current_dir(env!("CARGO_MANIFEST_DIR"));
+                if server.parent().and_then(Path::file_name) == Some("release".as_ref()) {
+                    cmd.arg("--release");
+                }
+                let st = cmd.status().expect("run cargo build -p push-bench");
+                assert!(st.success(), "cargo build -p push-bench failed");
+            }
+            path
+        })
+        .clone()
+}
 const NCHAN_MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
 
 /// Runs push-bench and returns its final JSON line; panics with its stderr when it fails.
 fn bench(args: &[&str]) -> serde_json::Value {
-    let out: Output = Command::new(BENCH)
+    let out: Output = Command::new(bench_bin())
         .args(args)
         .args(["--timeout", "30"])
         .output()

@@ -33,15 +33,10 @@
 //! Each connection is one file descriptor: with a 20 000 fd limit, N ≤ 9 000 per process fits
 //! with a wide margin (the limit is checked up front).
 
-#[path = "push_bench/net.rs"]
 mod net;
-#[path = "push_bench/procfs.rs"]
 mod procfs;
-#[path = "push_bench/proto.rs"]
 mod proto;
-#[path = "push_bench/publisher.rs"]
 mod publisher;
-#[path = "push_bench/worker.rs"]
 mod worker;
 
 use std::sync::Arc;
