@@ -19,7 +19,8 @@
 # FANOUT_CONNS (9000), FANOUT_MSGS (50), LAT_RATE (5000 publishes/s), LAT_DURATION (10 s),
 # LAT_REPEAT (3 latency runs per server; the table shows the one with the median p99),
 # CHURN_CONNS (2000), CHURN_RATE (200 reconnects/s), CHURN_DURATION (10 s), OUT (result file),
-# NCHAN_CONF (default ../shared/bench/nchan.conf.in beside the repository).
+# NCHAN_CONF (default bench/nchan.conf.in), FANOUT_RUNS, PACED_CONNS, PACED_MSGS, PACED_GAP_MS,
+# ONLY_FANOUT (see below).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -35,7 +36,16 @@ CHURN_CONNS=${CHURN_CONNS:-2000}
 CHURN_RATE=${CHURN_RATE:-200}
 CHURN_DURATION=${CHURN_DURATION:-10}
 RUN_TIMEOUT=${RUN_TIMEOUT:-120}
-NCHAN_CONF=${NCHAN_CONF:-$ROOT/../shared/bench/nchan.conf.in}
+NCHAN_CONF=${NCHAN_CONF:-$ROOT/bench/nchan.conf.in}
+# The fan-out side by side, alternating push and nchan FANOUT_RUNS times each (medians): paced
+# (PACED_CONNS WebSocket subscribers on one channel, PACED_MSGS messages published one at a time
+# PACED_GAP_MS apart, as portals publish) and burst (the same subscribers, FANOUT_MSGS pipelined).
+# ONLY_FANOUT=1 runs just this part.
+FANOUT_RUNS=${FANOUT_RUNS:-5}
+PACED_CONNS=${PACED_CONNS:-3000}
+PACED_MSGS=${PACED_MSGS:-100}
+PACED_GAP_MS=${PACED_GAP_MS:-30}
+ONLY_FANOUT=${ONLY_FANOUT:-0}
 OUT=${OUT:-$ROOT/bench/results/$(date +%F)-compare.txt}
 NCHAN_MODULE=/usr/lib/nginx/modules/ngx_nchan_module.so
 SECRET=benchsecret
@@ -148,7 +158,8 @@ start_push() {
     local d=$TMP/$name
     rm -rf "$d"
     mkdir -p "$d"
-    env RUN_DIR="$d" SECURITY_KEY=$SECRET SUB_LISTEN= PUB_LISTEN= LOG_LEVEL=warn "$@" \
+    env RUN_DIR="$d" STATE_DIR="$d/state" SECURITY_KEY=$SECRET SUB_LISTEN= PUB_LISTEN= \
+        LOG_LEVEL=warn MAX_CONN_PER_CHANNEL=100000 "$@" \
         "$SERVER" >"$d/log" 2>&1 &
     CUR_PID=$!
     PIDS+=("$CUR_PID")
@@ -253,7 +264,75 @@ run_all() {
     $stop
 }
 
+# get TARGET RUN JQ-EXPR: a number (or "-")
+get() {
+    local line=${R[$1/$2]:-}
+    [ -n "$line" ] || { echo -; return; }
+    local v
+    v=$(jq -r "($3) // \"-\"" <<<"$line" 2>/dev/null) || v=-
+    echo "${v:--}"
+}
+ratio() { # ratio A B -> A/B with two decimals, or "-"
+    awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'
+}
+fmt() { awk -v v="$1" -v d="${2:-0}" 'BEGIN { if (v == "-" || v == "null") print "-"; else printf "%.*f", d, v }'; }
+
+# fanout_alternating LABEL ARGS...: push and nchan in turn, FANOUT_RUNS times, a fresh server
+# each run; R[target/LABEL] becomes the run with the median CPU per delivery, and
+# R[target/LABEL_all] lists every run's figure.
+fanout_alternating() {
+    local label=$1 i t lines
+    shift
+    for i in $(seq "$FANOUT_RUNS"); do
+        start_push "push-$label$i" || return 1
+        bench push "$label$i" fanout "$@"
+        stop_push
+        start_nchan "nchan-$label$i" || return 1
+        bench nchan "$label$i" fanout "$@"
+        stop_nchan
+    done
+    for t in push nchan; do
+        lines=$(for i in $(seq "$FANOUT_RUNS"); do echo "${R[$t/$label$i]}"; done)
+        R[$t/$label]=$(jq -s -c 'sort_by(.cpu_us_per_delivery // 1e18) | .[(length - 1) / 2 | floor]' <<<"$lines")
+        R[$t/${label}_all]=$(jq -s -r 'map(.cpu_us_per_delivery // "-" | tostring) | join("/")' <<<"$lines")
+        R[$t/${label}_others]=$(jq -s -r 'map(.others_cpu_pct // 0) | sort | .[(length - 1) / 2 | floor]' <<<"$lines")
+    done
+}
+
+fanout_table() {
+    echo
+    echo "### Fan-out, alternating runs ($FANOUT_RUNS each, medians of server CPU per delivery)"
+    echo
+    echo "| workload | push-server (us/delivery) | nchan (us/delivery) | ours / nchan | push runs | nchan runs | others' CPU (median %) |"
+    echo "|---|---:|---:|---:|---|---|---:|"
+    local label what a b
+    for label in paced burst; do
+        case $label in
+            paced) what="paced: $PACED_CONNS WS, $PACED_MSGS msgs one at a time, $PACED_GAP_MS ms apart" ;;
+            burst) what="burst: $PACED_CONNS WS, $FANOUT_MSGS msgs pipelined" ;;
+        esac
+        a=$(get push "$label" .cpu_us_per_delivery)
+        b=$(get nchan "$label" .cpu_us_per_delivery)
+        echo "| $what | $(fmt "$a" 3) | $(fmt "$b" 3) | $(ratio "$a" "$b") | ${R[push/${label}_all]:--} | ${R[nchan/${label}_all]:--} | ${R[push/${label}_others]:--} |"
+    done
+}
+
+run_fanout_alternating() {
+    fanout_alternating paced --conns "$PACED_CONNS" --messages "$PACED_MSGS" --gap-ms "$PACED_GAP_MS" ||
+        { log "fan-out runs: a server did not start"; exit 1; }
+    fanout_alternating burst --conns "$PACED_CONNS" --messages "$FANOUT_MSGS" ||
+        { log "fan-out runs: a server did not start"; exit 1; }
+}
+
 T0=$(date +%s)
+if [ "$ONLY_FANOUT" = 1 ]; then
+    run_fanout_alternating
+    REPORT=$(fanout_table)
+    echo "$REPORT"
+    sed 's/^/# /' <<<"$REPORT" >>"$OUT"
+    log "raw JSON lines: ${OUT#"$ROOT"/}"
+    exit 0
+fi
 run_all push start_push stop_push || { log "push-server did not start"; exit 1; }
 run_all nchan start_nchan stop_nchan || { log "nchan did not start"; exit 1; }
 if start_push push-redis-probe REDIS_SOCK="$REDIS_SOCK"; then
@@ -268,21 +347,10 @@ else
 fi
 redis-cli -p "$REDIS_PORT" flushall >/dev/null
 run_all nchan-redis start_nchan stop_nchan || SKIP[nchan-redis]="nchan did not start"
+run_fanout_alternating
 log "runs took $(($(date +%s) - T0)) s"
 
 # ---- table -----------------------------------------------------------------------------------
-# get TARGET RUN JQ-EXPR: a number (or "-")
-get() {
-    local line=${R[$1/$2]:-}
-    [ -n "$line" ] || { echo -; return; }
-    local v
-    v=$(jq -r "($3) // \"-\"" <<<"$line" 2>/dev/null) || v=-
-    echo "${v:--}"
-}
-ratio() { # ratio A B -> A/B with two decimals, or "-"
-    awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'
-}
-fmt() { awk -v v="$1" -v d="${2:-0}" 'BEGIN { if (v == "-" || v == "null") print "-"; else printf "%.*f", d, v }'; }
 
 METRICS=(
     "idle RSS per WebSocket (B)|idle-ws|.bytes_per_conn|0"
@@ -367,6 +435,7 @@ REPORT=$(
     echo "RSS and CPU: push-server process; nchan: the nginx worker process (1 worker)"
     table push nchan "embedded / memory store"
     table push-redis nchan-redis "Redis store"
+    fanout_table
     targets
 )
 echo "$REPORT"
