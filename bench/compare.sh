@@ -6,7 +6,7 @@
 # Installs nginx, libnginx-mod-nchan, redis-server and jq when missing (apt-get), builds the
 # release binaries, then for each of
 #   push         push-server, embedded store
-#   nchan        nchan (shared/bench/nchan.conf.in), memory store   (/sub/, /pub/)
+#   nchan        nchan (bench/nchan.conf.in), memory store   (/sub/, /pub/)
 #   push-redis   push-server with REDIS_SOCK (skipped while the server has no Redis store)
 #   nchan-redis  nchan, Redis store (/rsub/, /rpub/; redis over TCP on 127.0.0.1)
 # runs push-bench idle (WebSocket, then long poll, each on a fresh server), fanout, latency and
@@ -176,6 +176,23 @@ start_push() {
     stop_push
     return 1
 }
+# start_floor NAME: the floor of a fan-out (`push-bench floor`: accept, encode once, one write
+# per delivery, nothing else) in $TMP/NAME; stopped with stop_push.
+start_floor() {
+    local d=$TMP/$1
+    rm -rf "$d"
+    mkdir -p "$d"
+    "$BENCH" floor --sub "$d/sub.sock" --pub "$d/pub.sock" >"$d/log" 2>&1 &
+    CUR_PID=$!
+    PIDS+=("$CUR_PID")
+    CUR_SUB=$d/sub.sock
+    CUR_PUB=$d/pub.sock
+    for _ in $(seq 100); do
+        [ -S "$CUR_SUB" ] && [ -S "$CUR_PUB" ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
 stop_push() {
     kill "$CUR_PID" 2>/dev/null || true
     wait "$CUR_PID" 2>/dev/null || true
@@ -221,7 +238,7 @@ bench() {
     shift 2
     local args=("$@" --sub "$CUR_SUB" --pub "$CUR_PUB" --pid "$CUR_PID" --timeout "$RUN_TIMEOUT")
     case $target in
-        push | push-redis) args+=(--key "$SECRET") ;;
+        push | push-redis | floor) args+=(--key "$SECRET") ;;
         *) args+=(--target "$target") ;;
     esac
     log "$target $run: push-bench ${args[*]}"
@@ -290,8 +307,11 @@ fanout_alternating() {
         start_nchan "nchan-$label$i" || return 1
         bench nchan "$label$i" fanout "$@"
         stop_nchan
+        start_floor "floor-$label$i" || return 1
+        bench floor "$label$i" fanout "$@"
+        stop_push
     done
-    for t in push nchan; do
+    for t in push nchan floor; do
         lines=$(for i in $(seq "$FANOUT_RUNS"); do echo "${R[$t/$label$i]}"; done)
         R[$t/$label]=$(jq -s -c 'sort_by(.cpu_us_per_delivery // 1e18) | .[(length - 1) / 2 | floor]' <<<"$lines")
         R[$t/${label}_all]=$(jq -s -r 'map(.cpu_us_per_delivery // "-" | tostring) | join("/")' <<<"$lines")
@@ -303,9 +323,9 @@ fanout_table() {
     echo
     echo "### Fan-out, alternating runs ($FANOUT_RUNS each, medians of server CPU per delivery)"
     echo
-    echo "| workload | push-server (us/delivery) | nchan (us/delivery) | ours / nchan | push runs | nchan runs | others' CPU (median %) |"
-    echo "|---|---:|---:|---:|---|---|---:|"
-    local label what a b
+    echo "| workload | push-server (us/delivery) | nchan | ours / nchan | floor | ours / floor | push runs | nchan runs | floor runs | others' CPU (median %) |"
+    echo "|---|---:|---:|---:|---:|---:|---|---|---|---:|"
+    local label what a b f
     for label in paced burst; do
         case $label in
             paced) what="paced: $PACED_CONNS WS, $PACED_MSGS msgs one at a time, $PACED_GAP_MS ms apart" ;;
@@ -313,7 +333,8 @@ fanout_table() {
         esac
         a=$(get push "$label" .cpu_us_per_delivery)
         b=$(get nchan "$label" .cpu_us_per_delivery)
-        echo "| $what | $(fmt "$a" 3) | $(fmt "$b" 3) | $(ratio "$a" "$b") | ${R[push/${label}_all]:--} | ${R[nchan/${label}_all]:--} | ${R[push/${label}_others]:--} |"
+        f=$(get floor "$label" .cpu_us_per_delivery)
+        echo "| $what | $(fmt "$a" 3) | $(fmt "$b" 3) | $(ratio "$a" "$b") | $(fmt "$f" 3) | $(ratio "$a" "$f") | ${R[push/${label}_all]:--} | ${R[nchan/${label}_all]:--} | ${R[floor/${label}_all]:--} | ${R[push/${label}_others]:--} |"
     done
 }
 

@@ -15,7 +15,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
 run_one() { # BIN LABEL
     local bin=$1 label=$2
     rm -f "$dir"/*.sock
-    SECURITY_KEY=benchkey RUN_DIR=$dir SUB_SOCK=$dir/sub.sock PUB_SOCK=$dir/pub.sock \
+    SECURITY_KEY=benchkey RUN_DIR=$dir STATE_DIR=$dir/state SUB_SOCK=$dir/sub.sock PUB_SOCK=$dir/pub.sock \
         SUB_LISTEN= PUB_LISTEN= LOG_LEVEL=warn MAX_CONN_PER_CHANNEL=100000 "$bin" 2>"$dir/$label.log" &
     local pid=$!
     for _ in $(seq 100); do [ -S "$dir/pub.sock" ] && break; sleep 0.05; done

@@ -34,6 +34,11 @@ pub enum Flush {
     Blocked,
 }
 
+/// Emptied queues kept for reuse (see [`Outbox::push_reusing`]); at most [`SPARE_MAX`].
+pub type Spare = Vec<VecDeque<Bytes>>;
+/// About 1 MiB of queues at most: enough for a fan-out to several thousand subscribers.
+pub const SPARE_MAX: usize = 8192;
+
 impl Outbox {
     pub fn push(&mut self, chunk: Bytes) {
         if chunk.is_empty() {
@@ -41,6 +46,29 @@ impl Outbox {
         }
         self.queued += chunk.len();
         self.chunks.push_back(chunk);
+    }
+
+    /// [`Outbox::push`], taking the queue's storage from `spare` when it has none. An idle
+    /// connection holds no queue (a drained one is given back, see [`Outbox::release`]), so
+    /// without this every delivery to it would allocate one and free it again.
+    pub fn push_reusing(&mut self, chunk: Bytes, spare: &mut Spare) {
+        if self.chunks.capacity() == 0
+            && let Some(q) = spare.pop()
+        {
+            self.chunks = q;
+        }
+        self.push(chunk);
+    }
+
+    /// Gives the storage of a drained queue to `spare` (or frees it when `spare` is full):
+    /// idle connections keep no queue.
+    pub fn release(&mut self, spare: &mut Spare) {
+        if self.chunks.is_empty() && self.chunks.capacity() > 0 {
+            let q = std::mem::take(&mut self.chunks);
+            if spare.len() < SPARE_MAX {
+                spare.push(q);
+            }
+        }
     }
 
     /// Bytes still to write.
@@ -73,6 +101,23 @@ impl Outbox {
     pub fn flush_to<W: Write>(&mut self, w: &mut W) -> io::Result<(Flush, usize)> {
         let mut written = 0;
         while !self.chunks.is_empty() {
+            // One chunk (a delivery between two passes): a plain write, no iovec to build.
+            if self.chunks.len() == 1 {
+                let c = &self.chunks[0][self.head_offset..];
+                match w.write(c) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        written += n;
+                        self.consume(n);
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return Ok((Flush::Blocked, written));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            }
             let n = {
                 let mut iov: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
                 let mut count = 0;
@@ -94,10 +139,9 @@ impl Outbox {
             written += n;
             self.consume(n);
         }
-        // Drained: give the queue's memory back. Nearly every connection queues something once
-        // (its 101 or HTTP answer) and then idles; a kept capacity-4 deque is ~144 bytes of
-        // heap per idle subscriber, a fifth of its whole cost.
-        self.chunks = VecDeque::new();
+        // Drained. The caller gives the queue's memory back ([`Outbox::release`]): nearly
+        // every connection queues something once (its 101 or HTTP answer) and then idles; a
+        // kept capacity-4 deque is ~144 bytes of heap per idle subscriber, a fifth of its cost.
         Ok((Flush::Drained, written))
     }
 
@@ -160,10 +204,17 @@ mod tests {
         assert_eq!(ob.flush_to(&mut w).unwrap().0, Flush::Drained);
         assert_eq!(w.out, b"hello !");
         assert!(ob.is_empty());
+        let mut spare = Spare::new();
+        ob.release(&mut spare);
         assert_eq!(
             ob.chunks.capacity(),
             0,
             "a drained outbox keeps no heap memory"
         );
+        // The next delivery reuses the released queue instead of allocating one.
+        let cap = spare[0].capacity();
+        ob.push_reusing(Bytes::from_static(b"again"), &mut spare);
+        assert!(spare.is_empty());
+        assert_eq!(ob.chunks.capacity(), cap);
     }
 }

@@ -117,6 +117,8 @@ pub struct Server {
     /// When a full store queue was last warned about (rate-limited, see `queue_full`).
     last_queue_warning: Option<Instant>,
     ping_frame: Bytes,
+    /// Emptied outbox queues for reuse by the next fan-out (outbox.rs).
+    spare_queues: crate::outbox::Spare,
 }
 
 /// How long a drain leaves connections without a request open: one accepted just before the
@@ -218,6 +220,7 @@ impl Server {
             last_pressure_warning: None,
             last_queue_warning: None,
             ping_frame: websocket::server_frame(OP_PING, WS_PING_PAYLOAD),
+            spare_queues: Vec::new(),
         })
     }
 

@@ -1,5 +1,5 @@
 //! Smoke runs of `push-bench` (a tiny case of every scenario) so the load tool keeps working:
-//! against push-server always, and against the nchan peer of `shared/bench/nchan.conf.in` when
+//! against push-server always, and against the nchan peer of `bench/nchan.conf.in` when
 //! nginx and its nchan module are installed (`bench/compare.sh` installs them; skipped otherwise).
 //! Real measurements are made by hand with `bench/compare.sh`, not here.
 
@@ -152,7 +152,7 @@ fn every_scenario_against_push_server() {
     assert_eq!(v["server_process"], format!("push-server {pid}"));
 }
 
-/// An nginx + nchan peer rendered from `shared/bench/nchan.conf.in` in a temp dir; stopped on drop.
+/// An nginx + nchan peer rendered from `bench/nchan.conf.in` in a temp dir; stopped on drop.
 struct Nchan {
     dir: TestDir,
     conf: PathBuf,
@@ -160,7 +160,7 @@ struct Nchan {
 
 impl Nchan {
     fn start() -> Option<Nchan> {
-        let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench/nchan.conf.in");
+        let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/nchan.conf.in");
         if !Path::new(NCHAN_MODULE).exists() || !template.exists() {
             eprintln!("skipped: no nchan module or no {}", template.display());
             return None;

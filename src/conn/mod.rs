@@ -234,8 +234,14 @@ impl Conn {
     }
 
     /// Writes queued output. `Ok(true)` when the outbox is empty afterwards.
-    pub fn flush(&mut self, registry: &mio::Registry, token: mio::Token) -> io::Result<bool> {
+    pub fn flush(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        spare: &mut crate::outbox::Spare,
+    ) -> io::Result<bool> {
         let (state, written) = self.outbox.flush_to(&mut self.stream)?;
+        self.outbox.release(spare);
         if written > 0
             && let Phase::WebSocket(ws) = &mut self.phase
         {

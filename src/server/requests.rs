@@ -295,7 +295,10 @@ impl Server {
                     Phase::WebSocket(ws) => {
                         // Queued; flush_dirty writes it at the end of the pass, so all the
                         // messages that reach this subscriber in one pass go out in one writev.
-                        conn.outbox.push(msg.ws_frame(ws.sub.binary).clone());
+                        conn.outbox.push_reusing(
+                            msg.ws_frame(ws.sub.binary).clone(),
+                            &mut self.spare_queues,
+                        );
                         if conn.outbox.footprint() > limit {
                             slow.push(cid);
                         } else if !conn.dirty {

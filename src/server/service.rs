@@ -282,7 +282,7 @@ impl Server {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        match conn.flush(self.poll.registry(), id.token()) {
+        match conn.flush(self.poll.registry(), id.token(), &mut self.spare_queues) {
             Ok(true) if matches!(conn.phase, Phase::Closing) => {
                 if conn.peer_closed {
                     self.close_now(id);

@@ -17,7 +17,7 @@
 //!   server RSS drift.
 //!
 //! `--target nchan` (or `nchan-redis`) runs the same scenarios against the nchan peer of
-//! `shared/bench/nchan.conf.in`: subscribers `GET /sub/<id>` (ws or long poll), publishes
+//! `bench/nchan.conf.in`: subscribers `GET /sub/<id>` (ws or long poll), publishes
 //! `POST /pub/<id>` (`/rsub/`, `/rpub/` for the Redis store), plain channel ids and raw message
 //! bodies; its RSS and CPU are those of the nginx worker process (a master pid or `nginx.pid`
 //! given to `--pid`/`--pidfile` is resolved to its worker; the JSON says which under
@@ -33,6 +33,7 @@
 //! Each connection is one file descriptor: with a 20 000 fd limit, N ≤ 9 000 per process fits
 //! with a wide margin (the limit is checked up front).
 
+mod floor;
 mod net;
 mod procfs;
 mod proto;
@@ -51,8 +52,9 @@ use proto::Target;
 use worker::{Mode, Plan, Report, Shared};
 
 const USAGE: &str = "usage: push-bench <idle|fanout|latency|churn> [options]
+       push-bench floor --sub PATH --pub PATH   (the minimal fan-out server, floor.rs)
   --target T              push (default), nchan or nchan-redis (the peer of
-                          shared/bench/nchan.conf.in: /sub/ + /pub/, or /rsub/ + /rpub/)
+                          bench/nchan.conf.in: /sub/ + /pub/, or /rsub/ + /rpub/)
   --sub PATH|host:port    subscriber listener (default /tmp/push-server/sub.sock)
   --pub PATH|host:port    trusted publish listener (default /tmp/push-server/pub.sock)
   --key KEY               signature key (default $SECURITY_KEY, else \"secret\")
@@ -510,6 +512,23 @@ impl Run {
 
 fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("floor") {
+        // `floor --sub PATH --pub PATH`: the minimal fan-out server (floor.rs).
+        let path = |flag: &str| {
+            argv.windows(2)
+                .find(|w| w[0] == flag)
+                .map(|w| std::path::PathBuf::from(&w[1]))
+        };
+        let (Some(sub), Some(publ)) = (path("--sub"), path("--pub")) else {
+            eprintln!("push-bench: floor needs --sub PATH and --pub PATH");
+            std::process::exit(2);
+        };
+        if let Err(e) = floor::run(&sub, &publ) {
+            eprintln!("push-bench floor: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let a = match parse_args(&argv) {
         Ok(a) => a,
         Err(e) if e.is_empty() => {

@@ -14,7 +14,7 @@ const START: &[u8] = b"#!NGINXNMS!#";
 const END: &[u8] = b"#!NGINXNME!#";
 
 /// Which server the tool talks to: push-server (v3 protocol, signed channel ids) or the nchan
-/// peer of `shared/bench/nchan.conf.in` (plain channel ids, raw message bodies), with its
+/// peer of `bench/nchan.conf.in` (plain channel ids, raw message bodies), with its
 /// memory store (`/sub/`, `/pub/`) or its Redis store (`/rsub/`, `/rpub/`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Target {
