@@ -60,6 +60,15 @@ impl Outbox {
         self.push(chunk);
     }
 
+    /// Queues `chunk` of which the first `written` bytes already went out (a direct write
+    /// the socket took only part of): it counts as started, so a close never cuts it.
+    pub fn push_started(&mut self, chunk: Bytes, written: usize, spare: &mut Spare) {
+        debug_assert!(self.chunks.is_empty() && written < chunk.len());
+        self.push_reusing(chunk, spare);
+        self.head_offset = written;
+        self.queued -= written;
+    }
+
     /// Gives the storage of a drained queue to `spare` (or frees it when `spare` is full):
     /// idle connections keep no queue.
     pub fn release(&mut self, spare: &mut Spare) {
@@ -184,6 +193,27 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_partly_written_direct_write_is_never_cut() {
+        let mut ob = Outbox::default();
+        let mut spare = Spare::new();
+        ob.push_started(Bytes::from_static(b"frame-one"), 3, &mut spare);
+        ob.push(Bytes::from_static(b"two"));
+        assert_eq!(ob.queued(), 9);
+        ob.truncate_unstarted();
+        assert_eq!(
+            ob.queued(),
+            6,
+            "the started frame stays whole, the rest goes"
+        );
+        let mut w = Trickle {
+            out: Vec::new(),
+            budget: 100,
+        };
+        assert_eq!(ob.flush_to(&mut w).unwrap().0, Flush::Drained);
+        assert_eq!(w.out, b"me-one");
     }
 
     #[test]

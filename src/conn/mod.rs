@@ -5,7 +5,7 @@
 //! A connection never touches another one: cross-connection work (fan-out, eviction) happens
 //! in [`crate::server`].
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -155,6 +155,15 @@ pub struct Conn {
     pub write_interest: bool,
 }
 
+/// What [`Conn::deliver`] did with a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivered {
+    /// Written whole to the socket.
+    Written,
+    /// (Partly) queued: the connection needs a flush.
+    Queued,
+}
+
 /// What an expired deadline asks the loop to do.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Expired {
@@ -234,6 +243,34 @@ impl Conn {
     }
 
     /// Writes queued output. `Ok(true)` when the outbox is empty afterwards.
+    /// Hands a fan-out frame to a WebSocket subscriber. With nothing queued it is written at
+    /// once: one write per delivery costs less than queuing it and flushing at the end of the
+    /// pass (measured, docs/loop.md "Write interest"), and the frame's buffer is not even
+    /// shared. Otherwise, or for what the socket did not take, it is queued; `Queued` asks
+    /// the caller to put the connection on the flush list, which also reports a write error.
+    pub fn deliver(
+        &mut self,
+        frame: &tungstenite::Bytes,
+        spare: &mut crate::outbox::Spare,
+    ) -> Delivered {
+        // Full, interrupted or failed: queued whole; the flush waits or reports.
+        if self.outbox.is_empty()
+            && let Ok(n) = self.stream.write(frame)
+        {
+            if let Phase::WebSocket(ws) = &mut self.phase {
+                ws.stalled = false;
+            }
+            if n == frame.len() {
+                return Delivered::Written;
+            }
+            // Started: a close frame may only follow its end.
+            self.outbox.push_started(frame.clone(), n, spare);
+            return Delivered::Queued;
+        }
+        self.outbox.push_reusing(frame.clone(), spare);
+        Delivered::Queued
+    }
+
     pub fn flush(
         &mut self,
         registry: &mio::Registry,

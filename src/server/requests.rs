@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tungstenite::Bytes;
 
-use crate::conn::{Backlog, Conn, Phase};
+use crate::conn::{Backlog, Conn, Delivered, Phase};
 use crate::error::{ApiError, HttpError, close};
 use crate::http::{Method, RequestHead};
 use crate::message::{Message, Sender, now_ms};
@@ -293,12 +293,12 @@ impl Server {
                         delivered -= 1;
                     }
                     Phase::WebSocket(ws) => {
-                        // Queued; flush_dirty writes it at the end of the pass, so all the
-                        // messages that reach this subscriber in one pass go out in one writev.
-                        conn.outbox.push_reusing(
-                            msg.ws_frame(ws.sub.binary).clone(),
-                            &mut self.spare_queues,
-                        );
+                        // Written now when nothing is queued; else queued behind the rest,
+                        // and flush_dirty writes it at the end of the pass.
+                        let frame = msg.ws_frame(ws.sub.binary);
+                        if conn.deliver(frame, &mut self.spare_queues) == Delivered::Written {
+                            continue;
+                        }
                         if conn.outbox.footprint() > limit {
                             slow.push(cid);
                         } else if !conn.dirty {
