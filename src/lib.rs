@@ -27,6 +27,7 @@ pub mod query;
 pub mod registry;
 pub mod response;
 pub mod route;
+pub mod selfcheck;
 pub mod server;
 pub mod signature;
 pub mod slab;
