@@ -21,6 +21,7 @@ pub mod message;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;
+pub mod preflight;
 pub mod proto;
 pub mod publish;
 pub mod query;

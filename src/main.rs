@@ -13,7 +13,7 @@ use push_server::config;
 use push_server::route::Role;
 use push_server::server::Server;
 use push_server::signature::Signer;
-use push_server::{logger, selfcheck};
+use push_server::{logger, preflight, selfcheck};
 
 const USAGE: &str = "usage: push-server [--config PATH] [--check-config]
        push-server check [--config PATH] [--sub-url URL] [--pub-url URL]
@@ -159,7 +159,34 @@ fn main() -> ExitCode {
         for w in cfg.warnings.iter().chain(&unit_warnings) {
             let _ = writeln!(std::io::stderr(), "warning: {w}");
         }
+        let found = preflight::run(&cfg);
+        for w in &found.warnings {
+            let _ = writeln!(std::io::stderr(), "warning: {w}");
+        }
         let _ = write!(out, "{}", cfg.render());
+        if !cfg.ignored_keys.is_empty() {
+            let _ = writeln!(
+                out,
+                "# ignored: keys of the Node.js server that set nothing here: {}\n\
+                 #   (ports and sockets are SUB_LISTEN/PUB_LISTEN and SUB_SOCK/PUB_SOCK)",
+                cfg.ignored_keys.join(", ")
+            );
+        }
+        for p in &found.passed {
+            let _ = writeln!(out, "# ok: {p}");
+        }
+        if !found.failures.is_empty() {
+            for e in &found.failures {
+                let _ = writeln!(std::io::stderr(), "push-server: {e}");
+            }
+            let _ = writeln!(
+                std::io::stderr(),
+                "push-server: the configuration is valid, but the start would fail ({} problem{})",
+                found.failures.len(),
+                if found.failures.len() == 1 { "" } else { "s" }
+            );
+            return ExitCode::from(2);
+        }
         let _ = writeln!(out, "configuration is valid");
         return ExitCode::SUCCESS;
     }
