@@ -1,7 +1,7 @@
 //! Startup configuration: reads the legacy `/etc/sysconfig/push-server-multi` (a bash fragment
 //! the old init script sourced) with a small shell-style `KEY=value` reader, lets environment
 //! variables override the known keys, validates everything and produces a [`Config`]
-//! (OPERATIONS.md §2.2).
+//! (docs/operations.md#configuration).
 //!
 //! It must never run or expand shell (`$` is taken literally and warned about), never read
 //! environment variables other than the keys it honours (the shell's own `USER` would otherwise

@@ -273,6 +273,13 @@ fn print_banner(server: &Server, key: &str, signer: Signer) {
     );
     let _ = writeln!(
         out,
+        "  Zero-config is for trying it out: once /etc/sysconfig/push-server-multi exists or\n  \
+         SECURITY_KEY, REDIS_SOCK, REDIS_URL or REDIS_SENTINELS is set, this mode and its TCP\n  \
+         listeners on 127.0.0.1:8010 and 127.0.0.1:9010 are off (SUB_LISTEN and PUB_LISTEN set\n  \
+         TCP listeners explicitly). See `push-server --help` and docs/operations.md.\n"
+    );
+    let _ = writeln!(
+        out,
         "Try it: subscribe (waits up to 40 s for a message) in one terminal:\n"
     );
     let _ = writeln!(

@@ -1,5 +1,5 @@
 //! Configuration: `--check-config`, the config file, env overrides, the key rules and the
-//! zero-config start (OPERATIONS §2.2; PROTOCOL §3; checklist C-7).
+//! zero-config start (docs/operations.md#configuration; docs/protocol.md#channels-and-signatures).
 
 mod common;
 
@@ -258,6 +258,14 @@ fn zero_config_start_prints_working_curl_commands() {
         ok,
         "two `curl ` lines expected on stdout; got:\n{}",
         s.stdout_text()
+    );
+    // The banner says what turns the mode, and its TCP listeners, off.
+    let banner = s.stdout_text().replace("\n  ", " ");
+    assert!(
+        banner.contains(
+            "this mode and its TCP listeners on 127.0.0.1:8010 and 127.0.0.1:9010 are off"
+        ),
+        "{banner}"
     );
     let (sub_line, pub_line) = (lines[0].clone(), lines[1].clone());
 
