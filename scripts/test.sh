@@ -33,6 +33,16 @@ ensure_pkg redis-server        # tests/redis_store.rs, tests/redis_cluster.rs: a
 ensure_pkg nginx               # tests/nginx.rs: the shipped snippets in front of the server
 ensure_pkg node nodejs         # tests/interop.rs: the official JS pull client (node >= 20)
 ensure_pkg npm                 # ... and its npm packages (tests/interop/package-lock.json)
+# The interop tests need Node.js >= 20 (the official client's build); older distributions ship
+# older ones (Debian 11: 12, Debian 12: 18), which apt-get above would install without a word.
+node_major="$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)"
+if [ "$node_major" -lt 20 ]; then
+    echo "test.sh: Node.js $(node --version 2>/dev/null || echo missing) is too old: tests/interop.rs needs >= 20." >&2
+    echo "test.sh: install a current one, e.g. from https://nodejs.org or NodeSource" >&2
+    echo "test.sh: (curl -fsSL https://deb.nodesource.com/setup_22.x | bash - && apt-get install -y nodejs)," >&2
+    echo "test.sh: or with nvm, then run scripts/test.sh again." >&2
+    exit 1
+fi
 ensure_pkg systemd-socket-activate systemd  # tests/restart.rs: restarts under socket activation
 
 # tests/interop: install the pinned npm packages when missing or older than the lockfile.

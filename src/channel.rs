@@ -1,9 +1,9 @@
-//! Channel ids and the `CHANNEL_ID` list grammar (PROTOCOL.md §3).
+//! Channel ids and the `CHANNEL_ID` list grammar (docs/protocol.md#channels-and-signatures).
 //!
 //! Owns the compact [`ChannelId`] (16 bytes, never the 32-char string) and the one function
 //! that turns an untrusted `CHANNEL_ID` value into subscribable items. Invariant: every
 //! [`ChannelItem`] returned by [`parse_channel_list`] passed the signature rule of its
-//! [`Trust`] context; nothing here logs, so signatures can never leak into logs (D14).
+//! [`Trust`] context; nothing here logs, so signatures can never leak into logs (docs/protocol.md#channels-and-signatures).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -87,7 +87,7 @@ pub struct ChannelItem {
     pub public: Option<ChannelId>,
 }
 
-/// Who sent the list, which decides the signature rules of PROTOCOL.md §3.
+/// Who sent the list, which decides the signature rules of docs/protocol.md#channels-and-signatures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trust {
     /// WS/LP subscribers and `/bitrix/rest/`: every item must be signed.
@@ -141,7 +141,7 @@ pub fn parse_channel_list(
     }
 }
 
-/// `item = priv [":" pub] ["." sig]`, then the §3 table for `trust`.
+/// `item = priv [":" pub] ["." sig]`, then the docs/protocol.md#channels-and-signatures table for `trust`.
 fn parse_item(raw: &[u8], trust: Trust, signer: &Signer) -> Option<ChannelItem> {
     let (head, sig) = match raw.iter().position(|&c| c == b'.') {
         Some(dot) => (&raw[..dot], Some(&raw[dot + 1..])),
@@ -162,7 +162,7 @@ fn parse_item(raw: &[u8], trust: Trust, signer: &Signer) -> Option<ChannelItem> 
         return None;
     }
     let valid = match (public, sig, trust) {
-        // `head` is exactly `priv` or `priv:pub`, the HMAC input of §3.
+        // `head` is exactly `priv` or `priv:pub`, the HMAC input of docs/protocol.md#channels-and-signatures.
         (Some(_), Some(sig), _) => signer.verify_hex(head, sig),
         (Some(_), None, _) => false,
         (None, Some(sig), Trust::Subscriber) => signer.verify_hex(head, sig),

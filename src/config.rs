@@ -1,7 +1,7 @@
 //! Startup configuration: reads the legacy `/etc/sysconfig/push-server-multi` (a bash fragment
 //! the old init script sourced) with a small shell-style `KEY=value` reader, lets environment
 //! variables override the known keys, validates everything and produces a [`Config`]
-//! (OPERATIONS.md §2.2).
+//! (docs/operations.md#configuration).
 //!
 //! It must never run or expand shell (`$` is taken literally and warned about), never read
 //! environment variables other than the keys it honours (the shell's own `USER` would otherwise
@@ -165,6 +165,9 @@ pub struct Config {
     /// file. The environment never changes after start, so a reload must keep ignoring them,
     /// or a stale copy would override the edited file.
     pub env_copies: Vec<&'static str>,
+    /// Keys of the Node.js server found in the file that set nothing here (`BASE_SUB`,
+    /// `WS_PORT`…), as `KEY (line N)`; `--check-config` lists them.
+    pub ignored_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -350,8 +353,12 @@ fn from_text(
             &mut warnings,
         );
     }
+    if !settings.errors.is_empty() {
+        return Err(ConfigError::new(settings.errors.join("\n")));
+    }
     apply_env(env, &mut settings);
     let env_copies = settings.copies.clone();
+    let ignored = std::mem::take(&mut settings.ignored);
     let zero_config = file.is_none() && ZERO_CONFIG_BLOCKERS.iter().all(|k| env(k).is_none());
     Builder {
         settings,
@@ -362,6 +369,7 @@ fn from_text(
     .build(zero_config)
     .map(|mut c| {
         c.env_copies = env_copies;
+        c.ignored_keys = ignored;
         c
     })
 }
@@ -407,6 +415,10 @@ struct Settings {
     raw: HashMap<&'static str, Vec<String>>,
     /// Environment keys ignored because they are such copies.
     copies: Vec<&'static str>,
+    /// Lines the shell could not source either (an unterminated quote): the load fails.
+    errors: Vec<String>,
+    /// Node-server keys found in the file, which set nothing here (`KEY (line N)`).
+    ignored: Vec<String>,
 }
 
 fn known_key(key: &str) -> Option<(&'static str, bool)> {
@@ -426,6 +438,13 @@ fn parse_file(path: &Path, text: &str, settings: &mut Settings, warnings: &mut V
         let at = || format!("{} line {line_no}", path.display());
         let assignment = match parse_line(line) {
             Line::Blank => continue,
+            Line::Invalid(why) if why.starts_with("unterminated") => {
+                settings.errors.push(format!(
+                    "{}: {why} (the shell could not source this file either)",
+                    at()
+                ));
+                continue;
+            }
             Line::Invalid(why) => {
                 warnings.push(format!("{}: {why}; line ignored", at()));
                 continue;
@@ -437,6 +456,7 @@ fn parse_file(path: &Path, text: &str, settings: &mut Settings, warnings: &mut V
             continue;
         };
         if !honoured {
+            settings.ignored.push(format!("{key} (line {line_no})"));
             continue;
         }
         if assignment.dollar {
@@ -728,6 +748,7 @@ impl Builder {
             warnings: self.warnings,
             origins: self.origins,
             env_copies: Vec::new(),
+            ignored_keys: Vec::new(),
         })
     }
 

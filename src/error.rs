@@ -1,5 +1,5 @@
 //! Typed request errors and the one place that maps them to HTTP statuses, bodies and WebSocket
-//! close codes (PROTOCOL.md §8.8).
+//! close codes (docs/protocol.md#errors-and-close-codes).
 
 use std::fmt;
 
@@ -120,7 +120,7 @@ impl ApiError {
         }
     }
 
-    /// HTTP status: 4029 → 429, other Bitrix codes → 400 (PROTOCOL.md §8.8).
+    /// HTTP status: 4029 → 429, other Bitrix codes → 400 (docs/protocol.md#errors-and-close-codes).
     pub fn status(self) -> u16 {
         match self {
             ApiError::TooManyConnections => 429,

@@ -3,7 +3,7 @@
 //!
 //! We check framing ourselves and reject anything ambiguous (request smuggling hides there):
 //! `Transfer-Encoding` of any kind, repeated or malformed `Content-Length`. Bodies are never
-//! parsed as forms, whatever `Content-Type` says (PROTOCOL.md §1.1).
+//! parsed as forms, whatever `Content-Type` says (docs/protocol.md#routes-and-http).
 
 use crate::error::HttpError;
 
@@ -32,9 +32,9 @@ pub struct RequestHead {
     /// The connection may carry another request after this one.
     pub keep_alive: bool,
     pub content_length: usize,
-    /// `Sec-WebSocket-Key` of a real upgrade (PROTOCOL.md §1.1 rule), else `None`.
+    /// `Sec-WebSocket-Key` of a real upgrade (docs/protocol.md#routes-and-http rule), else `None`.
     pub ws_key: Option<Box<str>>,
-    /// `Message-Expiry` when it parses as an integer > 0, else 0 (PROTOCOL.md §8.2).
+    /// `Message-Expiry` when it parses as an integer > 0, else 0 (docs/protocol.md#publishing-text-v3).
     pub message_expiry: u32,
     /// Client address from `X-Real-IP` or the first `X-Forwarded-For` entry, for logs only.
     pub client_ip: Option<Box<str>>,
@@ -158,7 +158,7 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<(RequestHead, us
         }
     }
     // Only a real handshake upgrades; nginx's `Upgrade: websocket` + `Connection: close` on a
-    // plain GET is a long poll (PROTOCOL.md §1.1).
+    // plain GET is a long poll (docs/protocol.md#routes-and-http).
     #[allow(clippy::borrowed_box)]
     let ws_key = if conn_upgrade && upgrade_ws && method == Method::Get {
         ws_key.filter(|k: &Box<str>| !k.as_ref().is_empty())

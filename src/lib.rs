@@ -21,12 +21,14 @@ pub mod message;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;
+pub mod preflight;
 pub mod proto;
 pub mod publish;
 pub mod query;
 pub mod registry;
 pub mod response;
 pub mod route;
+pub mod selfcheck;
 pub mod server;
 pub mod signature;
 pub mod slab;
@@ -41,7 +43,7 @@ pub mod websocket;
 #[cfg(test)]
 pub(crate) mod test_util {
     /// Bytes from hex digits; whitespace is ignored, so test vectors can be grouped as in
-    /// PROTOCOL.md.
+    /// docs/protocol.md#worked-examples.
     pub fn unhex(s: &str) -> Vec<u8> {
         let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
         (0..s.len())

@@ -156,24 +156,20 @@ pub fn bind_tcp(addr: SocketAddr) -> io::Result<Listener> {
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
-/// Group name (or number) → gid, from /etc/group (no libc call needed).
-fn lookup_group(group: &str) -> io::Result<u32> {
+/// Group name (or number) → gid, through the system's name service (getgrnam: /etc/group,
+/// and LDAP or sssd where nsswitch.conf says so), the way `--check-config` looks it up.
+pub fn lookup_group(group: &str) -> io::Result<u32> {
     if let Ok(gid) = group.parse::<u32>() {
         return Ok(gid);
     }
-    let text = std::fs::read_to_string("/etc/group")?;
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split(':');
-            let name = f.next()?;
-            let gid = f.nth(1)?.parse::<u32>().ok()?;
-            (name == group).then_some(gid)
-        })
-        .next()
+    uzers::get_group_by_name(group)
+        .map(|g| g.gid())
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotFound,
-                format!("group {group} not found in /etc/group"),
+                format!(
+                    "group {group} not found by the system's name service (getent group {group})"
+                ),
             )
         })
 }

@@ -1,4 +1,5 @@
-//! `push-server [--config PATH] [--check-config]`: reads the configuration, binds, serves.
+//! `push-server [--config PATH] [--check-config]`: reads the configuration, binds, serves;
+//! `push-server check` and `push-server sign` test a deployment ([`selfcheck`]).
 //! Exit codes: 0 clean shutdown or valid config, 1 runtime failure, 2 invalid configuration
 //! or usage.
 
@@ -12,34 +13,74 @@ use push_server::config;
 use push_server::route::Role;
 use push_server::server::Server;
 use push_server::signature::Signer;
-use push_server::{logger, message};
+use push_server::{logger, preflight, selfcheck};
 
 const USAGE: &str = "usage: push-server [--config PATH] [--check-config]
+       push-server check [--config PATH] [--sub-url URL] [--pub-url URL]
+       push-server sign [--config PATH] CHANNEL
 
   --config PATH    read PATH instead of /etc/sysconfig/push-server-multi
-  --check-config   print the effective configuration and exit (0 valid, 2 invalid)
-Environment variables with the same names as the file's keys override it.";
+  --check-config   check the configuration and what the start needs (group, directories,
+                   Redis), print the effective configuration and exit (0 valid, 2 invalid)
+  check            test a running deployment end to end: subscribe by long poll and
+                   WebSocket, publish as the portal does (v3 text, v4 protobuf), check the
+                   deliveries; on the sockets, or through nginx with --sub-url (the public
+                   server, e.g. http://127.0.0.1:80) and --pub-url (the publish server, e.g.
+                   http://127.0.0.1:8895); exit 0 only when every step passed
+  sign CHANNEL     print CHANNEL.SIGNATURE, a signed channel id for manual subscriptions
+
+Environment variables with the same names as the file's keys override it.
+
+Zero-config: with no config file and none of SECURITY_KEY, REDIS_SOCK, REDIS_URL,
+REDIS_SENTINELS in the environment, the server generates a key, prints it, and also listens
+on TCP 127.0.0.1:8010 (subscribers) and 127.0.0.1:9010 (publishers). Setting any of those
+keys, or having the file, turns that mode and its TCP listeners off (SUB_LISTEN and
+PUB_LISTEN set them explicitly).
+
+Signals: SIGTERM/SIGINT stop gracefully (long polls get 304, WebSockets close 1001, exit
+within SHUTDOWN_TIMEOUT); SIGHUP (systemctl reload) re-reads the config file.
+
+Documentation: /usr/share/doc/push-server/ (README.md), and docs/ in the source tree:
+docs/operations.md (configuration, signals, logs, metrics), docs/bitrix.md (portal
+settings, migration), docs/protocol.md (the wire protocol).";
+
+enum Mode {
+    Serve { check_config: bool },
+    Check(selfcheck::CheckArgs),
+    Sign(String),
+}
 
 struct Args {
     config: Option<PathBuf>,
-    check: bool,
+    mode: Mode,
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
-    let mut args = Args {
-        config: None,
-        check: false,
-    };
+    let mut config = None;
+    let mut check_config = false;
+    let mut command: Option<String> = None;
+    let mut sub_url = None;
+    let mut pub_url = None;
+    let mut channel = None;
     let mut it = std::env::args_os().skip(1);
     while let Some(a) = it.next() {
+        let mut value = |name: &str| -> Result<String, String> {
+            it.next()
+                .and_then(|v| v.into_string().ok())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
         match a.to_str() {
-            Some("--config") => {
-                args.config = Some(PathBuf::from(it.next().ok_or("--config needs a path")?));
-            }
+            Some("--config") => config = Some(PathBuf::from(value("--config")?)),
             Some(s) if s.starts_with("--config=") => {
-                args.config = Some(PathBuf::from(&s["--config=".len()..]));
+                config = Some(PathBuf::from(&s["--config=".len()..]));
             }
-            Some("--check-config") => args.check = true,
+            Some("--check-config") => check_config = true,
+            Some("--sub-url") if command.as_deref() == Some("check") => {
+                sub_url = Some(value("--sub-url")?);
+            }
+            Some("--pub-url") if command.as_deref() == Some("check") => {
+                pub_url = Some(value("--pub-url")?);
+            }
             Some("--help") | Some("-h") => return Ok(None),
             Some("--version") | Some("-V") => {
                 let _ = writeln!(
@@ -49,10 +90,24 @@ fn parse_args() -> Result<Option<Args>, String> {
                 );
                 std::process::exit(0);
             }
+            Some(c @ ("check" | "sign")) if command.is_none() => command = Some(c.to_string()),
+            Some(ch) if command.as_deref() == Some("sign") && channel.is_none() => {
+                channel = Some(ch.to_string());
+            }
             _ => return Err(format!("unknown argument {a:?}")),
         }
     }
-    Ok(Some(args))
+    let mode = match command.as_deref() {
+        None => Mode::Serve { check_config },
+        Some(c) if check_config => return Err(format!("--check-config does not go with {c}")),
+        Some("check") => Mode::Check(selfcheck::CheckArgs {
+            config: config.clone(),
+            sub_url,
+            pub_url,
+        }),
+        Some(_) => Mode::Sign(channel.ok_or("sign needs a CHANNEL (32 hex digits)")?),
+    };
+    Ok(Some(Args { config, mode }))
 }
 
 /// Where systemd looks for unit files, most specific first.
@@ -83,6 +138,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let check_config = match args.mode {
+        Mode::Serve { check_config } => check_config,
+        Mode::Check(c) => return selfcheck::check(&c),
+        Mode::Sign(channel) => return selfcheck::sign(args.config.as_deref(), &channel),
+    };
     let env = |k: &str| std::env::var(k).ok();
     let cfg = match config::load(args.config.as_deref(), &env) {
         Ok(c) => c,
@@ -91,7 +151,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.check {
+    if check_config {
         let mut out = std::io::stdout();
         let dirs: Vec<&std::path::Path> = UNIT_DIRS.iter().map(std::path::Path::new).collect();
         let units = activation::unit_socket_paths(&dirs);
@@ -99,7 +159,34 @@ fn main() -> ExitCode {
         for w in cfg.warnings.iter().chain(&unit_warnings) {
             let _ = writeln!(std::io::stderr(), "warning: {w}");
         }
+        let found = preflight::run(&cfg);
+        for w in &found.warnings {
+            let _ = writeln!(std::io::stderr(), "warning: {w}");
+        }
         let _ = write!(out, "{}", cfg.render());
+        if !cfg.ignored_keys.is_empty() {
+            let _ = writeln!(
+                out,
+                "# ignored: keys of the Node.js server that set nothing here: {}\n\
+                 #   (ports and sockets are SUB_LISTEN/PUB_LISTEN and SUB_SOCK/PUB_SOCK)",
+                cfg.ignored_keys.join(", ")
+            );
+        }
+        for p in &found.passed {
+            let _ = writeln!(out, "# ok: {p}");
+        }
+        if !found.failures.is_empty() {
+            for e in &found.failures {
+                let _ = writeln!(std::io::stderr(), "push-server: {e}");
+            }
+            let _ = writeln!(
+                std::io::stderr(),
+                "push-server: the configuration is valid, but the start would fail ({} problem{})",
+                found.failures.len(),
+                if found.failures.len() == 1 { "" } else { "s" }
+            );
+            return ExitCode::from(2);
+        }
         let _ = writeln!(out, "configuration is valid");
         return ExitCode::SUCCESS;
     }
@@ -169,7 +256,7 @@ fn print_banner(server: &Server, key: &str, signer: Signer) {
             }
         }
     };
-    let channel = ChannelId(random_bytes()).to_hex();
+    let channel = ChannelId(selfcheck::random_bytes()).to_hex();
     let sig = signer.sign_hex(channel.as_bytes());
     let mut out = std::io::stdout();
     let _ = writeln!(
@@ -183,6 +270,13 @@ fn print_banner(server: &Server, key: &str, signer: Signer) {
         out,
         "\n  SECURITY_KEY={key}\n  (generated for this run: enter it as the portal's signature key, \
          or put it in /etc/sysconfig/push-server-multi)\n"
+    );
+    let _ = writeln!(
+        out,
+        "  Zero-config is for trying it out: once /etc/sysconfig/push-server-multi exists or\n  \
+         SECURITY_KEY, REDIS_SOCK, REDIS_URL or REDIS_SENTINELS is set, this mode and its TCP\n  \
+         listeners on 127.0.0.1:8010 and 127.0.0.1:9010 are off (SUB_LISTEN and PUB_LISTEN set\n  \
+         TCP listeners explicitly). See `push-server --help` and docs/operations.md.\n"
     );
     let _ = writeln!(
         out,
@@ -201,19 +295,4 @@ fn print_banner(server: &Server, key: &str, signer: Signer) {
     );
     let _ = writeln!(out);
     let _ = out.flush();
-}
-
-fn random_bytes() -> [u8; 16] {
-    let mut b = [0u8; 16];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut b);
-    }
-    if b == [0; 16] {
-        b = message::now_ms()
-            .to_le_bytes()
-            .repeat(2)
-            .try_into()
-            .unwrap_or([1; 16]);
-    }
-    b
 }

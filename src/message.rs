@@ -1,11 +1,11 @@
-//! Message ids, published messages and the v3 text frame (PROTOCOL.md §5).
+//! Message ids, published messages and the v3 text frame (docs/protocol.md#message-ids).
 //!
 //! Owns [`Mid`] (26 decimal digits packed in a `u128`), [`MidGen`] (the embedded store's
 //! minting point; with Redis the publish script mints, see docs/redis.md), the state file
 //! holding the last epoch (the only I/O in this module, shared by both stores), and
 //! [`Message`], the immutable value every receiver shares through an `Arc`. Invariants: ids
 //! minted by this process and by any earlier run on the same state file are unique and
-//! strictly increasing (D5); a message's bytes are never re-encoded, only spliced, and each
+//! strictly increasing (docs/protocol.md#message-ids); a message's bytes are never re-encoded, only spliced, and each
 //! wire encoding is built at most once.
 
 use std::fmt;
@@ -79,7 +79,7 @@ impl Mid {
         (self.0 % u128::from(COUNTER_LIMIT)) as u64
     }
 
-    /// Exactly `^[0-9]{26}$`; anything else means "no mid" to the caller (§4.1).
+    /// Exactly `^[0-9]{26}$`; anything else means "no mid" to the caller (docs/protocol.md#subscribing).
     pub fn parse(s: &[u8]) -> Option<Mid> {
         if s.len() != 26 {
             return None;
@@ -150,7 +150,7 @@ impl fmt::Debug for Mid {
 }
 
 /// Mints ids. The epoch is persisted at start so ids never repeat across restarts
-/// (PROTOCOL.md §5.1, D5): every start takes an epoch strictly above the last persisted one,
+/// (docs/protocol.md#message-ids, docs/protocol.md#message-ids): every start takes an epoch strictly above the last persisted one,
 /// so the counter itself never needs to be persisted.
 #[derive(Debug)]
 pub struct MidGen {
@@ -372,7 +372,7 @@ impl Message {
         &self.v3.get_or_init(|| self.build_v3()).ws
     }
 
-    /// The encoded v4 `OutgoingMessage` (PROTOCOL.md §6), built on first use and shared.
+    /// The encoded v4 `OutgoingMessage` (docs/protocol.md#v4-protobuf), built on first use and shared.
     pub fn v4_message(&self) -> &Bytes {
         &self.v4.get_or_init(|| self.build_v4()).payload
     }
@@ -584,7 +584,7 @@ pub fn write_http_date(unix_secs: u64, out: &mut Vec<u8>) {
 
 /// Appends `body` spliced for a v3 frame: raw `E2 80 A8` → `\u2028`, `E2 80 A9` → `\u2029`,
 /// CR and LF → space; everything else verbatim. The legacy client's frame regex does not
-/// match across those characters and would silently drop the frame (§5.3); for valid JSON the
+/// match across those characters and would silently drop the frame (docs/protocol.md#v3-text-frames); for valid JSON the
 /// substitution is equivalent.
 pub fn splice_v3_body(body: &[u8], out: &mut Vec<u8>) {
     out.reserve(body.len());

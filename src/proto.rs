@@ -1,8 +1,8 @@
-//! The v4 protobuf schema (PROTOCOL.md §6.1) and the inter-process notification of the 2.0
-//! Redis layout (OPERATIONS.md §3.1), derived with `prost` so no `protoc` runs at build time.
+//! The v4 protobuf schema (docs/protocol.md#v4-protobuf) and the inter-process notification of the 2.0
+//! Redis layout (docs/redis.md#keys), derived with `prost` so no `protoc` runs at build time.
 //!
 //! Every `string` of the schema is declared as `bytes`: the wire type is the same, and a body
-//! with invalid UTF-8 must never fail a batch (§6.2). `Option<T>` on message fields keeps
+//! with invalid UTF-8 must never fail a batch (docs/protocol.md#v4-protobuf). `Option<T>` on message fields keeps
 //! "absent" distinct from "empty", which the validation rules need (a request without a
 //! command is 4013, an empty one is not).
 
@@ -130,7 +130,7 @@ pub struct OutgoingMessagesResponse {
 
 #[derive(Clone, PartialEq, Message)]
 pub struct OutgoingMessage {
-    /// 13-byte message id (PROTOCOL.md §5.1).
+    /// 13-byte message id (docs/protocol.md#message-ids).
     #[prost(bytes = "vec", tag = "1")]
     pub id: Vec<u8>,
     #[prost(bytes = "vec", tag = "2")]
@@ -140,7 +140,7 @@ pub struct OutgoingMessage {
     /// Unix seconds, fixed32 on the wire.
     #[prost(fixed32, tag = "4")]
     pub created: u32,
-    /// Must be present on every outgoing message (§6.2, the `sender` quirk).
+    /// Must be present on every outgoing message (docs/protocol.md#v4-protobuf, the `sender` quirk).
     #[prost(message, optional, tag = "5")]
     pub sender: Option<Sender>,
 }
@@ -167,7 +167,7 @@ pub struct JsonResponse {
     pub json: Vec<u8>,
 }
 
-// ---- inter-process payload on `pushserver:<uid>` (OPERATIONS.md §3.1) ----
+// ---- inter-process payload on `pushserver:<uid>` (docs/redis.md#keys) ----
 
 #[derive(Clone, PartialEq, Message)]
 pub struct NotificationBatch {
@@ -205,7 +205,7 @@ mod tests {
 
     #[test]
     fn subscriber_example_is_byte_exact() {
-        // PROTOCOL.md §6.3, server → subscriber (83 bytes).
+        // docs/protocol.md#worked-examples, server → subscriber (83 bytes).
         let body = br#"{"module_id":"im","command":"test","params":{}}"#.to_vec();
         let batch = ResponseBatch {
             responses: vec![Response {

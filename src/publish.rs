@@ -1,6 +1,6 @@
 //! Trusted requests on the publish route, validated before anything happens: the text publish
-//! (PROTOCOL.md §8.2) and the legacy online query (§8.5). A request that fails here publishes
-//! nothing (D3).
+//! (docs/protocol.md#publishing-text-v3) and the legacy online query (docs/protocol.md#online-query). A request that fails here publishes
+//! nothing (docs/protocol.md#publishing-text-v3).
 
 use crate::channel::{ChannelId, ChannelListError, Trust, parse_channel_list};
 use crate::error::ApiError;
@@ -9,7 +9,7 @@ use crate::registry::Kind;
 use crate::signature::Signer;
 use crate::store::Receiver;
 
-/// Checks the optional `signature` query parameter against `signed` (§1.2).
+/// Checks the optional `signature` query parameter against `signed` (docs/protocol.md#routes-and-http).
 pub fn check_signature(
     query_string: &[u8],
     signed: &[u8],

@@ -1,4 +1,4 @@
-//! Raw query-string access (PROTOCOL.md §1.1, §4.1).
+//! Raw query-string access (docs/protocol.md#routes-and-http, docs/protocol.md#subscribing).
 //!
 //! Owns splitting `a=b&c=d` and percent-decoding. It must tolerate what PHP and nginx pass
 //! through untouched: raw `/`, `:` and spaces, and malformed escapes, which are kept literally

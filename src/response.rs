@@ -1,4 +1,4 @@
-//! HTTP responses as bytes: status lines and the fixed header blocks PROTOCOL.md prescribes.
+//! HTTP responses as bytes: status lines and the fixed header blocks of docs/protocol.md.
 //!
 //! Never chunked (nginx and PHP speak HTTP/1.0 on several routes): every response either carries
 //! `Content-Length` or is a bodiless 304/101.
@@ -51,7 +51,7 @@ pub fn full(status: u16, content_type: &str, body: &[u8], persist: Persist) -> V
     r
 }
 
-/// The error answer: `<code>: <text>` as text/plain with the CORS header (PROTOCOL.md §8.8).
+/// The error answer: `<code>: <text>` as text/plain with the CORS header (docs/protocol.md#errors-and-close-codes).
 pub fn error(err: ApiError, persist: Persist) -> Vec<u8> {
     full(
         err.status(),
@@ -61,7 +61,7 @@ pub fn error(err: ApiError, persist: Persist) -> Vec<u8> {
     )
 }
 
-/// The long-poll timeout answer, exactly as PROTOCOL.md §4.2 lists it (no body, so no length).
+/// The long-poll timeout answer, exactly as docs/protocol.md#long-poll lists it (no body, so no length).
 pub fn not_modified(last_message_id: &[u8]) -> Vec<u8> {
     let mut r = Vec::with_capacity(256);
     r.extend_from_slice(
@@ -72,7 +72,7 @@ pub fn not_modified(last_message_id: &[u8]) -> Vec<u8> {
     r
 }
 
-/// CORS preflight answer (PROTOCOL.md §4.2).
+/// CORS preflight answer (docs/protocol.md#long-poll).
 pub fn options(persist: Persist) -> Vec<u8> {
     let mut r = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n{CORS}Access-Control-Allow-Methods: POST, GET, DELETE, OPTIONS\r\nAccess-Control-Allow-Headers: If-Modified-Since, If-None-Match\r\nContent-Length: 0\r\n"

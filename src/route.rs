@@ -1,5 +1,5 @@
 //! Maps (listener role, path) to what the request is for. Path only, prefix match, as the
-//! references do (PROTOCOL.md §1); trusted routes exist only on the pub listener (§1.2).
+//! references do (docs/protocol.md#routes-and-http); trusted routes exist only on the pub listener (docs/protocol.md#routes-and-http).
 
 use crate::config::Paths;
 

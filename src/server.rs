@@ -48,9 +48,9 @@ const SIGNAL_TOKEN: Token = Token(8);
 pub(crate) const STORE_WAKE_TOKEN: Token = Token(9);
 /// The store's state before its first answer; its first `Up` is not a recovery.
 const STORE_STARTING: &str = "starting, not connected yet";
-/// How often this instance's entry in the shared stats is rewritten (OPERATIONS.md §3.2).
+/// How often this instance's entry in the shared stats is rewritten (docs/redis.md#stats).
 const STATS_PUT_EVERY: Duration = Duration::from_secs(60);
-/// At most this many messages per long-poll answer or backlog WebSocket message (§4.4).
+/// At most this many messages per long-poll answer or backlog WebSocket message (docs/protocol.md#resuming-by-mid).
 const BACKLOG_CHUNK: usize = 200;
 /// At most about this many body bytes per backlog chunk (always at least one message).
 pub(crate) const BACKLOG_CHUNK_BYTES: usize = 1 << 20;

@@ -1,7 +1,7 @@
 //! Channel and body signatures: lowercase hex of HMAC-H(key, input), H = SHA-1 (default) or
-//! SHA-256, as the Bitrix `pull` module computes them (PROTOCOL.md §3).
+//! SHA-256, as the Bitrix `pull` module computes them (docs/protocol.md#channels-and-signatures).
 //!
-//! Invariant: signatures are only ever compared in constant time (D14), and nothing here logs.
+//! Invariant: signatures are only ever compared in constant time (docs/protocol.md#channels-and-signatures), and nothing here logs.
 
 use hmac::{Hmac, KeyInit, Mac};
 

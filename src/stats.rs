@@ -1,4 +1,4 @@
-//! Server statistics for `GET /server-stat/` (PROTOCOL.md §8.6): live connection counts and the
+//! Server statistics for `GET /server-stat/` (docs/protocol.md#server-stats): live connection counts and the
 //! daily request/message counters, reset at midnight UTC.
 
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
 //! What a subscriber asked for: its receivers (private, shared and public ids), its public id
-//! and its resume position, parsed from the query (PROTOCOL.md §3, §4.1).
+//! and its resume position, parsed from the query (docs/protocol.md#channels-and-signatures, docs/protocol.md#subscribing).
 
 use crate::channel::{ChannelId, ChannelListError, Trust, parse_channel_list};
 use crate::error::ApiError;
@@ -12,13 +12,13 @@ use crate::signature::Signer;
 pub struct Subscription {
     /// Every id the connection listens on, each once.
     pub receivers: Vec<(ChannelId, Kind)>,
-    /// Private ids that came with a public id: the connection cap applies to them (§8.7).
+    /// Private ids that came with a public id: the connection cap applies to them (docs/protocol.md#connection-cap).
     pub capped: Vec<ChannelId>,
     /// The first public id: the sender of this connection's client publishes.
     pub public_id: Option<ChannelId>,
-    /// Resume position; a malformed `mid` counts as absent (L-9).
+    /// Resume position; a malformed `mid` counts as absent (docs/protocol.md#subscribing).
     pub mid: Option<Mid>,
-    /// `binaryMode=true`: v4 protobuf frames instead of v3 text (§2, §4.3).
+    /// `binaryMode=true`: v4 protobuf frames instead of v3 text (docs/protocol.md#versions, docs/protocol.md#websocket).
     pub binary: bool,
 }
 

@@ -1,11 +1,11 @@
-//! The v4 binary protocol (PROTOCOL.md §6, §8.3, §8.5) as pure functions: validating a
+//! The v4 binary protocol (docs/protocol.md#v4-protobuf, docs/protocol.md#trusted-publish-php, docs/protocol.md#online-query) as pure functions: validating a
 //! `RequestBatch` from PHP or from a browser into commands, and encoding what goes back.
 //!
-//! Invariants: a batch is validated completely before anything of it is acted on (D11: one
+//! Invariants: a batch is validated completely before anything of it is acted on (docs/protocol.md#trusted-publish-php: one
 //! invalid request fails the whole batch, so nothing is published); an `OutgoingMessage` is
 //! encoded once per message ([`crate::message::Message::v4_message`]) and batches are assembled
 //! from those bytes with length prefixes, never by re-encoding messages; every outgoing message
-//! carries `sender` (§6.2). Nothing here logs, so bodies and signatures never reach the logs.
+//! carries `sender` (docs/protocol.md#v4-protobuf). Nothing here logs, so bodies and signatures never reach the logs.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use crate::signature::Signer;
 use crate::store::Receiver;
 use crate::websocket::{Frame, OP_BINARY, OP_CONTINUATION};
 
-/// Who sent a `RequestBatch`, which decides the checks of §8.3 (trusted) or §6.4 (untrusted).
+/// Who sent a `RequestBatch`, which decides the checks of docs/protocol.md#trusted-publish-php (trusted) or docs/protocol.md#client-publishing (untrusted).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Caller {
     /// PHP on the trusted listener.
@@ -33,7 +33,7 @@ pub enum Caller {
     Client(Option<ChannelId>),
 }
 
-/// The per-request limits actually enforced (reported by the server stats, §8.6).
+/// The per-request limits actually enforced (reported by the server stats, docs/protocol.md#server-stats).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Messages per `IncomingMessagesRequest` (4016).
@@ -43,7 +43,7 @@ pub struct Limits {
 }
 
 /// One message to publish: receivers de-duplicated, in first-occurrence order; `isPrivate`
-/// receivers are private/shared channels, the others public ids (§8.3).
+/// receivers are private/shared channels, the others public ids (docs/protocol.md#trusted-publish-php).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Outgoing {
     pub receivers: Vec<Receiver>,
@@ -210,7 +210,7 @@ fn sender(s: Sender) -> proto::Sender {
 }
 
 /// The encoded `OutgoingMessage` of `msg` (no outer tag): 13-byte id, body, expiry, `created`
-/// in seconds (fixed32, identical for every subscriber, D7) and the mandatory `sender`.
+/// in seconds (fixed32, identical for every subscriber, docs/protocol.md#v4-protobuf) and the mandatory `sender`.
 pub fn encode_outgoing(msg: &Message) -> Vec<u8> {
     let mut out = Vec::new();
     encode_outgoing_into(msg, &mut out);
@@ -307,7 +307,7 @@ pub fn response_batch(answers: Vec<response::Command>) -> Vec<u8> {
 
 /// Collects a v4 subscriber's data frames into whole binary messages. `partial` holds a
 /// fragmented binary message in progress; text messages (and their continuations) are
-/// ignored (W-7). The reader already bounds the total size of a fragmented message.
+/// ignored (docs/protocol.md#websocket). The reader already bounds the total size of a fragmented message.
 pub fn assemble_binary(partial: &mut Option<Vec<u8>>, frame: Frame) -> Option<Vec<u8>> {
     match (frame.opcode, partial.as_mut()) {
         (OP_BINARY, _) if frame.fin => {

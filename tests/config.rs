@@ -1,5 +1,5 @@
 //! Configuration: `--check-config`, the config file, env overrides, the key rules and the
-//! zero-config start (OPERATIONS §2.2; PROTOCOL §3; checklist C-7).
+//! zero-config start (docs/operations.md#configuration; docs/protocol.md#channels-and-signatures).
 
 mod common;
 
@@ -259,6 +259,14 @@ fn zero_config_start_prints_working_curl_commands() {
         "two `curl ` lines expected on stdout; got:\n{}",
         s.stdout_text()
     );
+    // The banner says what turns the mode, and its TCP listeners, off.
+    let banner = s.stdout_text().replace("\n  ", " ");
+    assert!(
+        banner.contains(
+            "this mode and its TCP listeners on 127.0.0.1:8010 and 127.0.0.1:9010 are off"
+        ),
+        "{banner}"
+    );
     let (sub_line, pub_line) = (lines[0].clone(), lines[1].clone());
 
     // The printed key signs the printed channel.
@@ -363,5 +371,154 @@ fn custom_route_paths() {
     assert_eq!(
         r.status, 404,
         "the default /bitrix/pub/ is not served when PUBPATH moved it"
+    );
+}
+
+/// `--check-config` checks what the start needs (docs/operations.md, "Checking the
+/// configuration"): a group unknown to the system's name service fails, a known one passes.
+#[test]
+fn check_config_fails_on_a_group_the_name_service_does_not_know() {
+    let dir = TestDir::new();
+    let run_dir = dir.join("run").display().to_string();
+    let file = write(
+        &dir,
+        "cfg",
+        &format!("SECURITY_KEY=k1\nRUN_DIR={run_dir}\nGROUP=nosuchgroup\n"),
+    );
+    let out = run(&["--config", &file, "--check-config"], &[]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("group nosuchgroup not found by the system's name service"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("the start would fail"),
+        "{}",
+        out.stderr
+    );
+    // The start refuses it too, with the same lookup.
+    let start = run(&["--config", &file], &[("STATE_DIR", &run_dir)]);
+    assert_eq!(start.code, Some(1), "{start:?}");
+    assert!(start.stderr.contains("nosuchgroup"), "{}", start.stderr);
+
+    let file = write(
+        &dir,
+        "cfg2",
+        &format!("SECURITY_KEY=k1\nRUN_DIR={run_dir}\nGROUP=root\n"),
+    );
+    let out = run(&["--config", &file, "--check-config"], &[]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("# ok: GROUP/SOCK_GROUP: group root exists (gid 0)"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn check_config_fails_when_a_directory_cannot_be_created() {
+    let dir = TestDir::new();
+    let blocker = write(&dir, "not-a-dir", "");
+    let file = write(
+        &dir,
+        "cfg",
+        &format!(
+            "SECURITY_KEY=k1\nRUN_DIR={}/run\nSTATE_DIR={blocker}/state\n",
+            dir.path.display()
+        ),
+    );
+    let out = run(&["--config", &file, "--check-config"], &[]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "STATE_DIR: {blocker}/state: {blocker} exists and is not a directory"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stdout.contains("# ok: RUN_DIR: ") && out.stdout.contains("/run can be created"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn check_config_warns_when_redis_does_not_answer() {
+    let dir = TestDir::new();
+    let file = write(
+        &dir,
+        "cfg",
+        &format!(
+            "SECURITY_KEY=k1\nRUN_DIR={}\nREDIS_SOCK={}\n",
+            dir.path.display(),
+            dir.join("no-redis.sock").display()
+        ),
+    );
+    let out = run(&["--config", &file, "--check-config"], &[]);
+    assert_eq!(
+        out.code,
+        Some(0),
+        "a Redis outage is only a warning: {out:?}"
+    );
+    assert!(
+        out.stderr.contains("warning: REDIS_SOCK") && out.stderr.contains("Redis does not answer"),
+        "{}",
+        out.stderr
+    );
+    let redis = Redis::start();
+    let file = write(
+        &dir,
+        "cfg2",
+        &format!(
+            "SECURITY_KEY=k1\nRUN_DIR={}\nREDIS_SOCK={}\n",
+            dir.path.display(),
+            redis.sock.display()
+        ),
+    );
+    let out = run(&["--config", &file, "--check-config"], &[]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("Redis answers PING"), "{}", out.stdout);
+}
+
+#[test]
+fn check_config_fails_on_an_unterminated_quote_and_lists_ignored_keys() {
+    let dir = TestDir::new();
+    let file = write(
+        &dir,
+        "cfg",
+        &format!(
+            "SECURITY_KEY=k1\nRUN_DIR={}\nLOG_LEVEL=\"debug\n",
+            dir.path.display()
+        ),
+    );
+    let out = run(&["--config", &file, "--check-config"], &[]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr
+            .contains(&format!("{file} line 3: unterminated double quote")),
+        "{}",
+        out.stderr
+    );
+
+    let file = write(
+        &dir,
+        "cfg2",
+        &format!(
+            "SECURITY_KEY=k1\nRUN_DIR={}\nBASE_SUB=8010\nWS_PORT=1337\nID_PUB=0\n",
+            dir.path.display()
+        ),
+    );
+    let out = run(&["--config", &file, "--check-config"], &[]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout.contains(
+            "# ignored: keys of the Node.js server that set nothing here: BASE_SUB (line 3), WS_PORT (line 4), ID_PUB (line 5)"
+        ),
+        "{}",
+        out.stdout
     );
 }

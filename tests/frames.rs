@@ -1,4 +1,4 @@
-//! Message ids and v3 frames (PROTOCOL §5; checklist F-1, F-3, F-4, F-6, F-7).
+//! Message ids and v3 frames (docs/protocol.md#message-ids).
 
 mod common;
 
@@ -59,7 +59,7 @@ fn f4_fields_order_channel_dash_time_and_tag() {
     );
     assert_eq!(f.text, body, "body spliced verbatim");
     assert!(raw.contains(&format!(",\"text\":{body}}}#!NGINXNME!#")));
-    // F-3: v3 id is the counter's integer value, non-zero.
+    // v3 id is the counter's integer value, non-zero.
     assert!(is_mid(&f.mid));
     let counter: u64 = f.mid[10..].parse().expect("counter");
     assert_eq!(f.id, counter, "v3 id = integer value of the mid counter");

@@ -1,4 +1,4 @@
-//! Self-checks of the test harness against PROTOCOL.md examples (no server needed), plus C-1.
+//! Self-checks of the test harness against docs/protocol.md#worked-examples (no server needed).
 
 mod common;
 

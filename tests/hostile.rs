@@ -1403,7 +1403,7 @@ fn ws_half_close(s: &Server) {
     }
 }
 
-/// 1000 text frames to a v4 socket → ignored (W-7); binary delivery continues. RSS bound: +4 MiB.
+/// 1000 text frames to a v4 socket → ignored (docs/protocol.md#websocket); binary delivery continues. RSS bound: +4 MiB.
 fn ws_text_to_v4(s: &Server) {
     let ch = new_id();
     let mut ws = RawWs::connect(&s.sub, &format!("/bitrix/subws/?{}", v4q(&signed(&ch))));
@@ -1652,7 +1652,7 @@ fn v3_bad_signature_ws(s: &Server) {
     ws.expect_close_in(&[4010], "bad signature WebSocket");
 }
 
-/// Malformed mids (letters, 27 digits, negative, 2^128) count as absent (L-9): the long poll is
+/// Malformed mids (letters, 27 digits, negative, 2^128) count as absent (docs/protocol.md#subscribing): the long poll is
 /// held and gets the next live message, no old backlog. RSS bound: +4 MiB.
 fn v3_bad_mid(s: &Server) {
     for mid in [

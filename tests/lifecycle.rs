@@ -1,4 +1,4 @@
-//! Process lifecycle: SIGTERM, restarts and id persistence (PROTOCOL §5.1; checklist F-1, F-2).
+//! Process lifecycle: SIGTERM, restarts and id persistence (docs/protocol.md#message-ids).
 
 mod common;
 

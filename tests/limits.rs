@@ -1,4 +1,4 @@
-//! HTTP limits, timeouts and connection handling (PROTOCOL §1.1, §8.7; checklist G-4, G-10).
+//! HTTP limits, timeouts and connection handling (docs/protocol.md#routes-and-http, docs/protocol.md#connection-cap).
 
 mod common;
 

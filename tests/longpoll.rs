@@ -1,4 +1,4 @@
-//! Long polling (PROTOCOL §4.2, §4.4; checklist L-*, G-6..G-9).
+//! Long polling (docs/protocol.md#long-poll, docs/protocol.md#resuming-by-mid).
 
 mod common;
 
@@ -14,7 +14,7 @@ fn short_lp() -> Server {
     Server::builder().env("LONG_POLL_TIMEOUT", "1").start()
 }
 
-/// Checks the exact §4.2 304 answer and returns its Last-Message-Id.
+/// Checks the exact docs/protocol.md#long-poll 304 answer and returns its Last-Message-Id.
 fn assert_304(r: &Response) -> String {
     assert_eq!(
         r.status,
@@ -226,7 +226,7 @@ fn lp_expiry_zero_between_polls_is_delivered_within_grace() {
     s.wait_online(&ch);
     s.publish_ok(&ch, "\"first\"", None);
     let f1 = lp.read_response().frames();
-    // Between two polls, no Message-Expiry (expiry 0): the 60 s grace keeps it (D10).
+    // Between two polls, no Message-Expiry (expiry 0): the 60 s grace keeps it (docs/protocol.md#publishing-text-v3).
     s.publish_ok(&ch, "\"between\"", None);
     let r = s.lp(&format!("{}&mid={}", cid(&ch), f1[0].mid));
     assert_eq!(r.status, 200, "{:?}", r.body_str());

@@ -367,3 +367,69 @@ fn internal_server_and_public_routes() {
     assert_eq!(r.status, 413, "{r:?}");
     let _ = &stack.nginx;
 }
+
+/// `push-server check` through nginx as an admin runs it: `--sub-url` the public server,
+/// `--pub-url` the internal one. Every step passes; pointed at the wrong server, the check
+/// names a missing location (404); with the server stopped, nginx's 502 names the socket.
+#[test]
+fn check_through_nginx_passes_and_names_404_and_502() {
+    let mut stack = Stack::start(Layout::Native, &[]);
+    let public = format!("http://127.0.0.1:{}", stack.public);
+    let internal = format!("http://127.0.0.1:{}/bitrix/pub/", stack.internal);
+    let key = stack.server.key.clone();
+    let check = |sub: &str, publ: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_push-server"))
+            .env_clear()
+            .env("SECURITY_KEY", &key)
+            .args([
+                "check",
+                "--config",
+                "/dev/null",
+                "--sub-url",
+                sub,
+                "--pub-url",
+                publ,
+            ])
+            .output()
+            .expect("run push-server check");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = check(&public, &internal);
+    assert_eq!(code, 0, "check through nginx failed:\n{out}");
+    assert!(out.contains("check passed: 10 steps"), "{out}");
+    assert!(out.contains(&format!("subscribe at {public}")), "{out}");
+
+    // Publishing sent to the public server: no /bitrix/pub/ location there.
+    let (code, out) = check(&public, &public);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("publish v3 (text): publish: answered 404"),
+        "{out}"
+    );
+    assert!(
+        out.contains("likely cause: a missing nginx location"),
+        "{out}"
+    );
+
+    // Subscribing at the internal server: everything there but publishing is denied.
+    let (code, out) = check(&internal, &internal);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("answered 403"), "{out}");
+    assert!(
+        out.contains("likely cause: nginx refuses this path"),
+        "{out}"
+    );
+
+    // The server is gone: nginx answers 502 for the socket.
+    stack.server.stop();
+    let (code, out) = check(&public, &internal);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("answered 502"), "{out}");
+    assert!(
+        out.contains("likely cause: nginx cannot reach the server's socket"),
+        "{out}"
+    );
+}

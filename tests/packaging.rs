@@ -5,7 +5,8 @@
 //! - the unit, the tmpfiles entry, the example sysconfig and the nginx snippets agree on the run
 //!   directory and the socket paths;
 //! - `systemd-analyze verify` accepts the unit (skipped, with the reason, where it is missing);
-//! - the maintainer scripts parse and create the service user.
+//! - the maintainer scripts parse and create the service user;
+//! - the licence (MIT), maintainer and minimum Rust version in the package metadata.
 
 mod deploy_common;
 
@@ -314,4 +315,30 @@ fn systemd_analyze_verify_accepts_the_unit() {
         out.status.success() && !stderr.contains("push-server"),
         "systemd-analyze verify:\n{stderr}"
     );
+}
+
+/// Both packages say MIT (the LICENSE file ships with them) and name the project as the
+/// maintainer; `rust-version` is the oldest Rust the code builds with.
+#[test]
+fn package_metadata_licence_maintainer_and_rust_version() {
+    let package = cargo_section("package");
+    let has = |section: &[String], line: &str| section.iter().any(|l| l.trim() == line);
+    assert!(has(&package, "license = \"MIT\""), "{package:?}");
+    assert!(has(&package, "rust-version = \"1.89\""), "{package:?}");
+    let deb = cargo_section("package.metadata.deb");
+    assert!(
+        deb.iter()
+            .any(|l| l.starts_with("maintainer = \"The push-server project <")),
+        "{deb:?}"
+    );
+    let rpm = cargo_section("package.metadata.generate-rpm");
+    assert!(has(&rpm, "license = \"MIT\""), "{rpm:?}");
+    assert!(read("LICENSE").starts_with("MIT License"));
+    for assets in [deb_assets(), rpm_assets()] {
+        assert!(
+            assets.iter().any(|(src, dest)| src == "LICENSE"
+                && dest.ends_with("/usr/share/doc/push-server/LICENSE")),
+            "LICENSE not shipped: {assets:?}"
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! Text publish on the pub socket (PROTOCOL §8.1, §8.2, §8.4, §8.9; checklist P-*, X-1).
+//! Text publish on the pub socket (docs/protocol.md#publishing-text-v3, docs/protocol.md#publishing-text-v3, docs/protocol.md#publishing-text-v3, docs/protocol.md#publishing-text-v3).
 
 mod common;
 
@@ -320,7 +320,7 @@ fn p2_p3_expiry_bounds_replay() {
         );
         gone_after.push(at);
     }
-    // L-2: with every stored message expired, a 304 still carries a 26-digit id.
+    // With every stored message expired, a 304 still carries a 26-digit id.
     let r = s.lp(&cid(&capped));
     assert_eq!(r.status, 304);
     let lmi = r.header("Last-Message-Id").unwrap_or("").to_string();

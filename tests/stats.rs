@@ -1,4 +1,4 @@
-//! Online queries, server stats and routing (PROTOCOL §1, §8.5, §8.6; checklist S-*, G-1, G-2).
+//! Online queries, server stats and routing (docs/protocol.md#routes-and-http, docs/protocol.md#online-query, docs/protocol.md#server-stats).
 
 mod common;
 

@@ -1,5 +1,5 @@
-//! The asynchronous store interface seen from outside (ARCHITECTURE.md rules 8-9, PROTOCOL
-//! §4.2-4.4, §8.1): requests that wait for a store answer (Busy), pipelined input behind them,
+//! The asynchronous store interface seen from outside (docs/loop.md#the-back-pressure-rule,
+//! docs/protocol.md#long-poll-4.4, docs/protocol.md#publishing-text-v3): requests that wait for a store answer (Busy), pipelined input behind them,
 //! backlog replay racing live publishes, and peers that hang up early.
 //!
 //! The embedded store answers within the loop pass, so every test here also checks that an
@@ -134,7 +134,7 @@ fn publish_completes_and_fans_out_when_php_hangs_up_at_once() {
     let ch = new_id();
     let mut ws = s.ws(&cid(&ch));
     for i in 0..5 {
-        // Request and FIN together; then the socket is gone before any answer (§8.1 (1)).
+        // Request and FIN together; then the socket is gone before any answer (docs/protocol.md#publishing-text-v3 (1)).
         let mut c = s.pub_conn();
         c.send(&publish_request(
             &ch,
@@ -215,7 +215,7 @@ fn flood(pubs: std::path::PathBuf, ch: String, stop: Arc<AtomicBool>) -> thread:
 #[test]
 fn lp_full_backlog_chunk_is_never_answered_together_with_live_messages() {
     // A poll whose backlog fills a whole chunk must be answered with that chunk only: a live
-    // message added to it would move the client's mid past the unread rest (§4.4, rule 9).
+    // message added to it would move the client's mid past the unread rest (docs/protocol.md#resuming-by-mid, docs/protocol.md#resuming-by-mid).
     let s = Server::start();
     let ch = new_id();
     let stored: Vec<String> = (0..210).map(|i| format!("{{\"k\":{i}}}")).collect();

@@ -1,6 +1,6 @@
-//! The v4 binary protocol (PROTOCOL §6, §8.3, §8.5; checklist L-4, W-3, W-6, W-7 (v4), W-11,
-//! B-1..B-11, S-4, S-5, S-6 binary part). Messages are encoded and decoded with the crate's
-//! own prost types; byte-exact checks use the hex of PROTOCOL §6.3.
+//! The v4 binary protocol (docs/protocol.md#v4-protobuf, docs/protocol.md#trusted-publish-php,
+//! docs/protocol.md#online-query). Messages are encoded and decoded with the crate's own prost
+//! types; byte-exact checks use the hex of docs/protocol.md#worked-examples.
 
 mod common;
 
@@ -10,7 +10,7 @@ use common::*;
 use prost::Message as _;
 use push_server::proto::{self, request, response};
 
-/// The ids of the PROTOCOL §3/§6.3 examples.
+/// The ids of docs/protocol.md#worked-examples.
 const PRIV: &str = "098f6bcd4621d373cade4e832627b4f6";
 const PUB: &str = "4c9184f37cff01bcdc32dc486ec36961";
 const T4013: &str = "4013: Wrong Request Data.";
@@ -198,7 +198,7 @@ fn assert_octet_stream(r: &Response) {
 }
 
 impl Ws {
-    /// Next data message, which must be binary (W-3), skipping pings.
+    /// Next data message, which must be binary (docs/protocol.md#websocket), skipping pings.
     fn next_binary(&mut self, timeout: Duration) -> Vec<u8> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
@@ -207,7 +207,9 @@ impl Ws {
                 WsEvent::Binary(b) => return b,
                 WsEvent::Ping | WsEvent::Pong => continue,
                 WsEvent::Timeout => panic!("no binary WebSocket message within {timeout:?}"),
-                WsEvent::Text(t) => panic!("a v4 socket must never get text (W-3): {t:?}"),
+                WsEvent::Text(t) => {
+                    panic!("a v4 socket must never get text (docs/protocol.md#websocket): {t:?}")
+                }
                 other => panic!("expected a binary WebSocket message, got {other:?}"),
             }
         }
@@ -321,7 +323,7 @@ fn w4_w6_v4_backlog_in_chunks_of_200_ascending() {
     assert_eq!(bodies(&got), sent);
     assert!(
         got.windows(2).all(|w| w[0].mid < w[1].mid),
-        "ascending mids within and across WS messages (W-6)"
+        "ascending mids within and across WS messages (docs/protocol.md#resuming-by-mid)"
     );
     // Live messages follow.
     s.publish_ok(&ch, "\"live\"", None);
@@ -491,7 +493,7 @@ fn b2_subscriber_example_is_reproduced_by_a_real_publish() {
     s.publish_ok(&ch, body, Some(86400));
     let raw = ws.next_binary(WAIT);
     let m = outgoing(&raw).remove(0);
-    // PROTOCOL §6.3 with this message's id and created substituted.
+    // docs/protocol.md#v4-protobuf with this message's id and created substituted.
     let want = unhex(&format!(
         "0a510a4f0a4d 0a0d {} 122f {} 1880a305 25 {} 2a020802",
         m.mid,
@@ -674,7 +676,7 @@ fn b7_every_request_of_a_batch_is_processed_in_order() {
         ]),
     );
     assert_eq!(bodies(&ws.v4_messages(2, WAIT).0), ["\"a\"", "\"b\""]);
-    // An invalid later request fails the whole batch: nothing of it is published (D11).
+    // An invalid later request fails the whole batch: nothing of it is published (docs/protocol.md#trusted-publish-php).
     let bad = batch(vec![
         messages(vec![incoming(vec![trusted(&ch, true)], b"\"never\"", 0)]),
         messages(vec![incoming(Vec::new(), b"\"never\"", 0)]),
@@ -694,7 +696,7 @@ fn b8_browser_example_reaches_every_subscriber_of_the_public_id() {
         pair(PRIV, PUB),
         format!("{PRIV}:{PUB}.e9d67434a2735d6a4865b3e64b514f7e648008d7")
     );
-    // Subscribers of 4c91…6961 (the public id of the PROTOCOL pair), in both modes.
+    // Subscribers of 4c91…6961 (the public id of the pair in docs/protocol.md#worked-examples), in both modes.
     let mut target_v4 = s.ws(&v4q(&pair(PRIV, PUB)));
     let mut target_v3 = s.ws(&v3q(&pair(PRIV, PUB)));
     // The publisher: another user's pair.

@@ -1,4 +1,4 @@
-//! WebSocket subscribers (PROTOCOL §4.3-4.5; checklist W-*).
+//! WebSocket subscribers (docs/protocol.md#websocket).
 
 mod common;
 
@@ -45,7 +45,11 @@ fn w1_bad_channel_handshake_then_close_4010() {
             &format!("/bitrix/subws/?CHANNEL_ID={}", enc(&item)),
             None,
         )
-        .unwrap_or_else(|e| panic!("a bad channel must still complete the handshake (D13): {e}"));
+        .unwrap_or_else(|e| {
+            panic!(
+                "a bad channel must still complete the handshake (docs/protocol.md#websocket): {e}"
+            )
+        });
         assert_eq!(resp.status().as_u16(), 101);
         let (code, reason) = ws.expect_close(WAIT);
         assert_eq!(

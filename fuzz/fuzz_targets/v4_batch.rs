@@ -21,7 +21,7 @@ use push_server::v4::{
     response_batch,
 };
 
-/// The public id whose signature the PROTOCOL.md examples carry.
+/// The public id whose signature docs/protocol.md#worked-examples carries.
 const PUB: [u8; 16] = [
     0x4c, 0x91, 0x84, 0xf3, 0x7c, 0xff, 0x01, 0xbc, 0xdc, 0x32, 0xdc, 0x48, 0x6e, 0xc3, 0x69, 0x61,
 ];

@@ -39,7 +39,7 @@ pub enum Phase {
     Closing,
 }
 
-/// Where a subscriber's replay from `mid` stands (PROTOCOL.md §4.4, ARCHITECTURE.md rule 9).
+/// Where a subscriber's replay from `mid` stands (docs/protocol.md#resuming-by-mid, docs/protocol.md#resuming-by-mid).
 /// Until it is `Done`, live messages are parked instead of sent, so the client's `mid` never
 /// moves past backlog it has not seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -282,14 +282,14 @@ impl Server {
                         }
                     }
                     Phase::WebSocket(ws) if ws.backlog.parks_live() => {
-                        // Sent after the backlog, so the client's mid never skips it (§4.4);
+                        // Sent after the backlog, so the client's mid never skips it (docs/protocol.md#resuming-by-mid);
                         // bounded in bytes, the rest is read from the store after the backlog.
                         ws.parked.push(msg, limit);
                     }
                     Phase::WebSocket(ws) if matches!(ws.backlog, Backlog::Sent(last) if msg.mid <= last) =>
                     {
                         // Already sent with the backlog: it was stored before the read, and
-                        // its announcement arrived after (W-4: each message once).
+                        // its announcement arrived after (docs/protocol.md#resuming-by-mid: each message once).
                         delivered -= 1;
                     }
                     Phase::WebSocket(ws) => {
@@ -352,7 +352,7 @@ impl Server {
     ) {
         self.enforce_conn_cap(&sub);
         self.touch(&sub.receivers);
-        // Registered before the backlog is read (D8): a publish in between is parked in
+        // Registered before the backlog is read (docs/protocol.md#resuming-by-mid): a publish in between is parked in
         // `pending` and answered together with the backlog.
         self.registry.subscribe(id, &sub.receivers);
         self.stats.pollings += 1;
@@ -449,7 +449,7 @@ impl Server {
             Ok(sub) => sub,
             Err(e) => {
                 // Handshake first, then the close code: the client reloads its config only
-                // on 4010, never on an HTTP error (D13).
+                // on 4010, never on an HTTP error (docs/protocol.md#websocket).
                 log::info!(
                     "{id}: websocket rejected from {}: {e}",
                     client.as_deref().unwrap_or("-")
@@ -462,7 +462,7 @@ impl Server {
         };
         self.enforce_conn_cap(&sub);
         self.touch(&sub.receivers);
-        // Registered before the backlog is read (D8); live messages are parked until it is.
+        // Registered before the backlog is read (docs/protocol.md#resuming-by-mid); live messages are parked until it is.
         self.registry.subscribe(id, &sub.receivers);
         self.stats.websockets += 1;
         let resume = sub.mid.map(|mid| (sub.receivers.clone(), mid));
@@ -479,7 +479,7 @@ impl Server {
     }
 
     /// Applies `MAX_CONN_PER_CHANNEL` to the private ids that come with a public id: the
-    /// oldest connections are closed with 4029 until there is room (§8.7).
+    /// oldest connections are closed with 4029 until there is room (docs/protocol.md#connection-cap).
     pub(super) fn enforce_conn_cap(&mut self, sub: &Subscription) {
         let max = self.cfg.limits.max_conn_per_channel;
         for ch in &sub.capped {
@@ -527,8 +527,8 @@ impl Server {
                 log::debug!("{id}: websocket closed by client");
                 self.close_ws(id, close::NORMAL, "");
             }
-            // v3 clients send nothing, and text is ignored on v4 too (W-7); a v4
-            // client's binary message is a client publish (§6.4).
+            // v3 clients send nothing, and text is ignored on v4 too (docs/protocol.md#websocket); a v4
+            // client's binary message is a client publish (docs/protocol.md#client-publishing).
             _ if ws.sub.binary => {
                 if let Some(message) = crate::v4::assemble_binary(&mut ws.partial, frame) {
                     self.ws_client_message(id, message);

@@ -246,7 +246,7 @@ impl Server {
         }
     }
 
-    /// Reads the backlog after `after` for a subscriber already registered (D8).
+    /// Reads the backlog after `after` for a subscriber already registered (docs/protocol.md#resuming-by-mid).
     pub(super) fn request_backlog(&mut self, id: ConnId, receivers: Vec<Receiver>, after: Mid) {
         let token = self.next_token();
         let job = Job::Backlog {
@@ -277,7 +277,7 @@ impl Server {
     /// stays (issue 4: an outage keeps long polls and WebSockets); its live messages stay
     /// parked, and the read is retried every sweep and when the store comes back. A held poll
     /// that times out meanwhile gets a 304 with its own `mid`, so the client neither skips the
-    /// backlog nor backs off as it would after a 4011 (§4.5: 15 s, 45 s, then 10 min).
+    /// backlog nor backs off as it would after a 4011 (docs/protocol.md#websocket: 15 s, 45 s, then 10 min).
     fn backlog_failed(&mut self, id: ConnId, after: Mid) {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
@@ -474,7 +474,7 @@ impl Server {
             Phase::WebSocket(ws) if ws.backlog == Backlog::Pending(token) => match result {
                 Ok(BacklogChunk { msgs, more }) => {
                     // Parked messages at or below the last id already sent went out with an
-                    // earlier chunk (D8: only the buffered messages above it follow).
+                    // earlier chunk (docs/protocol.md#resuming-by-mid: only the buffered messages above it follow).
                     ws.parked.messages.retain(|m| m.mid > after);
                     let receivers = ws.sub.receivers.clone();
                     let (batch, again) = if more {
@@ -514,7 +514,7 @@ impl Server {
         }
     }
 
-    /// One WebSocket message with `msgs` sorted by id, each once (W-4, W-6).
+    /// One WebSocket message with `msgs` sorted by id, each once (docs/protocol.md#resuming-by-mid, docs/protocol.md#resuming-by-mid).
     pub(super) fn send_ws_batch(&mut self, id: ConnId, mut msgs: Vec<Arc<Message>>) {
         if msgs.is_empty() {
             return;

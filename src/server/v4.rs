@@ -1,4 +1,4 @@
-//! v4 requests inside the loop (PROTOCOL.md §6.4, §8.3, §8.5): the trusted binary publish,
+//! v4 requests inside the loop (docs/protocol.md#client-publishing, docs/protocol.md#trusted-publish-php, docs/protocol.md#online-query): the trusted binary publish,
 //! client publishing over `/bitrix/rest/` and the subscriber WebSocket, and channel/server
 //! stats. Decoding and validation live in [`crate::v4`]; this part acts on validated commands.
 //!
@@ -64,7 +64,7 @@ impl Server {
         }
     }
 
-    /// `POST /bitrix/pub/?binaryMode=true` from PHP (§8.3).
+    /// `POST /bitrix/pub/?binaryMode=true` from PHP (docs/protocol.md#trusted-publish-php).
     pub(super) fn binary_publish(
         &mut self,
         id: ConnId,
@@ -81,7 +81,7 @@ impl Server {
         }
     }
 
-    /// `POST /bitrix/rest/?CHANNEL_ID=…` (or `/bitrix/pubweb/`): client publishing (§6.4).
+    /// `POST /bitrix/rest/?CHANNEL_ID=…` (or `/bitrix/pubweb/`): client publishing (docs/protocol.md#client-publishing).
     pub(super) fn rest_publish(
         &mut self,
         id: ConnId,
@@ -135,7 +135,7 @@ impl Server {
         }
     }
 
-    /// The legacy online query with `binaryMode=true` (§8.5): the channel stats answer.
+    /// The legacy online query with `binaryMode=true` (docs/protocol.md#online-query): the channel stats answer.
     pub(super) fn online_query_binary(
         &mut self,
         id: ConnId,
@@ -193,7 +193,7 @@ impl Server {
 
     /// A validated batch over HTTP. Without stats requests (what PHP sends) the answer is the
     /// publish's: an empty 200 once the store took the messages, 503 when it cannot, and the
-    /// fan-out after the answer (§8.1). With stats requests the answer is the `ResponseBatch`
+    /// fan-out after the answer (docs/protocol.md#publishing-text-v3). With stats requests the answer is the `ResponseBatch`
     /// of their results, and the messages are published alongside (refused as a whole, 503,
     /// while the store is down).
     fn run_http_batch(

@@ -121,7 +121,7 @@ impl MemoryStore {
 
 impl MemoryStore {
     /// How long `msg` is kept, in seconds: `min(expiry, message_ttl)`, or the grace window
-    /// for expiry 0 (PROTOCOL.md §8.4).
+    /// for expiry 0 (docs/protocol.md#publishing-text-v3).
     pub fn ttl(&self, msg: &Message) -> u32 {
         if msg.expiry == 0 {
             self.cfg.expiry0_grace

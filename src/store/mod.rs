@@ -56,7 +56,7 @@ pub struct Draft {
 #[derive(Debug)]
 pub enum Job {
     /// Mint ids (strictly increasing, in draft order), keep each message for
-    /// `min(expiry, message_ttl)` s or the grace window for expiry 0 (PROTOCOL.md §8.4), and
+    /// `min(expiry, message_ttl)` s or the grace window for expiry 0 (docs/protocol.md#publishing-text-v3), and
     /// announce them to every instance, this one included ([`Done::Deliver`]). Answered by
     /// [`Done::Published`] with a [`Minted`] per draft, in draft order; on error nothing of the
     /// batch is kept or announced.
@@ -190,7 +190,7 @@ pub struct StoreStats {
 pub trait Store {
     /// Queues `job`. A full queue hands the job back, and the caller refuses the request
     /// (503) or degrades (local data only, a later retry) rather than waiting
-    /// (ARCHITECTURE.md rule 8).
+    /// (docs/loop.md#the-back-pressure-rule).
     fn submit(&mut self, job: Job) -> Result<(), Job>;
 
     /// Moves every ready answer into `out`, in the order they happened.

@@ -37,7 +37,7 @@ use crate::config::{Config, StoreConfig};
 use crate::message::Mid;
 use codec::Keys;
 
-/// Jobs waiting for the worker; beyond this `submit` hands the job back (ARCHITECTURE.md rule 8).
+/// Jobs waiting for the worker; beyond this `submit` hands the job back (docs/loop.md#the-back-pressure-rule).
 pub const QUEUE_CAPACITY: usize = 10_000;
 /// Connecting, and every read or write on a connection: a publish answer never waits past
 /// PHP's 1 s timeout because of a stalled Redis.

@@ -25,7 +25,7 @@ use tungstenite::{Message, WebSocket};
 pub const KEY: &str = "testKey42";
 /// A valid 26-digit mid older than anything the server can assign (epoch 2001).
 pub const OLD_MID: &str = "10000000000000000000000001";
-/// The only `Expires` value the client accepts on a 304 (PROTOCOL §4.2).
+/// The only `Expires` value the client accepts on a 304 (docs/protocol.md#long-poll).
 pub const EXPIRES_304: &str = "Thu, 01 Jan 1973 11:11:01 GMT";
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_push-server");

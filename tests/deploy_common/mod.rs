@@ -178,6 +178,11 @@ impl PushServer {
         server
     }
 
+    /// Stops the server (SIGTERM, then SIGKILL after 5 s); dropping it later is harmless.
+    pub fn stop(&mut self) {
+        stop_child(&mut self.child, Duration::from_secs(5));
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }

@@ -13,7 +13,7 @@ use crate::message::{Message, Mid, Sender};
 use crate::proto::{self, SenderType};
 use crate::registry::Kind;
 
-/// `OutgoingMessage` (PROTOCOL.md §6.1) plus two fields that Node processes skip as unknown,
+/// `OutgoingMessage` (docs/protocol.md#v4-protobuf) plus two fields that Node processes skip as unknown,
 /// so that the v3 `tag` (milliseconds) and the stats `type` survive a round trip.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct StoredMessage {
@@ -304,7 +304,7 @@ mod tests {
         let plain = proto::OutgoingMessage::decode(full.as_slice()).unwrap();
         assert_eq!(plain.body, d.body.to_vec());
         assert_eq!(plain.sender.unwrap().r#type, SenderType::Backend as i32);
-        // Without the extras it is byte-identical to the PROTOCOL.md §6.3 message.
+        // Without the extras it is byte-identical to the docs/protocol.md#worked-examples message.
         let mut d0 = d.clone();
         d0.kind = None;
         d0.created_ms = 1_795_479_773_000;

@@ -27,9 +27,9 @@ const MAX_ROUND: usize = 500;
 /// A PING after this long without jobs notices a dead connection before a publish does.
 const IDLE_PING: Duration = Duration::from_millis(500);
 /// The channel index lives this long from its first message and is never refreshed
-/// (OPERATIONS.md §3.1); longer when the message TTL is configured longer.
+/// (docs/redis.md#keys); longer when the message TTL is configured longer.
 const CHANNEL_TTL: u32 = 86_400;
-/// `stats` entries older than this are another instance's leftovers (OPERATIONS.md §5.1).
+/// `stats` entries older than this are another instance's leftovers (docs/redis.md#stats).
 const STATS_STALE_MS: u64 = 70_000;
 /// A publish script that starts this long after its round was written refuses to publish
 /// (docs/redis.md, "Publish deadline"). The worker gives a round up (and answers its publishes
