@@ -63,7 +63,6 @@ impl Drop for Killed {
 }
 
 #[test]
-#[ignore = "passes once push-bench is out of the server crate (`cargo run` then has one binary); run with --ignored"]
 fn readme_run_command_from_a_fresh_clone_delivers_the_printed_curl_commands() {
     let command = readme_run_command();
     assert_eq!(
