@@ -15,6 +15,7 @@ pub mod config;
 pub mod conn;
 pub mod error;
 pub mod http;
+pub mod jwt;
 pub mod listener;
 pub mod logger;
 pub mod message;
