@@ -36,6 +36,7 @@ pub mod store;
 pub mod subscription;
 pub mod timers;
 pub mod v4;
+pub mod v5;
 pub mod websocket;
 
 /// Helpers shared by the unit tests.

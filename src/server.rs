@@ -42,6 +42,7 @@ mod requests;
 mod service;
 mod store_io;
 mod v4;
+mod v5;
 
 const SIGNAL_TOKEN: Token = Token(8);
 /// The Redis store's worker wakes the loop with this token when answers are ready.
@@ -117,6 +118,10 @@ pub struct Server {
     /// When a full store queue was last warned about (rate-limited, see `queue_full`).
     last_queue_warning: Option<Instant>,
     ping_frame: Bytes,
+    /// The v5 keep-alive: the text `ping` (docs/v5.md, "Keep-alive").
+    v5_ping_frame: Bytes,
+    /// v5 last-seen times (docs/v5.md, "Presence").
+    presence: v5::Presence,
 }
 
 /// How long a drain leaves connections without a request open: one accepted just before the
@@ -218,6 +223,8 @@ impl Server {
             last_pressure_warning: None,
             last_queue_warning: None,
             ping_frame: websocket::server_frame(OP_PING, WS_PING_PAYLOAD),
+            v5_ping_frame: websocket::server_frame(websocket::OP_TEXT, b"ping"),
+            presence: v5::Presence::default(),
         })
     }
 
@@ -501,10 +508,12 @@ impl Server {
                 self.registry.unsubscribe(id, &hold.sub.receivers);
                 self.stats.pollings -= 1;
                 self.touch(&hold.sub.receivers);
+                self.v5_left(hold.sub.user);
             }
             Phase::WebSocket(ws) => {
                 self.registry.unsubscribe(id, &ws.sub.receivers);
                 self.stats.websockets -= 1;
+                self.v5_left(ws.sub.user);
             }
             other => conn.phase = other,
         }
