@@ -870,8 +870,15 @@ mod tests {
         let plain = entry(1, b"{}", None, Sender::Backend);
         let mut v5 = entry(2, b"{}", Some("im_x"), Sender::Backend);
         v5.msg = Arc::new(
-            Message::new(v5.msg.mid, 1, 60, Sender::Backend, Bytes::from_static(b"{}"), None)
-                .with_user_params(Some(Bytes::from_static(br#"{"5":{"a":1}}"#))),
+            Message::new(
+                v5.msg.mid,
+                1,
+                60,
+                Sender::Backend,
+                Bytes::from_static(b"{}"),
+                None,
+            )
+            .with_user_params(Some(Bytes::from_static(br#"{"5":{"a":1}}"#))),
         );
         let mut rec = Vec::new();
         encode(&v5.msg, &v5.receivers, &mut rec);
