@@ -331,6 +331,7 @@ impl Server {
                 self.expire_waiters(now);
                 self.retry_failed_backlogs();
                 self.retry_catchup();
+                self.v5_sweep();
                 self.next_sweep = now + SWEEP_EVERY;
             }
             if now >= self.next_stats_put {
@@ -508,12 +509,12 @@ impl Server {
                 self.registry.unsubscribe(id, &hold.sub.receivers);
                 self.stats.pollings -= 1;
                 self.touch(&hold.sub.receivers);
-                self.v5_left(hold.sub.user);
+                self.v5_left(id, hold.sub.user);
             }
             Phase::WebSocket(ws) => {
                 self.registry.unsubscribe(id, &ws.sub.receivers);
                 self.stats.websockets -= 1;
-                self.v5_left(ws.sub.user);
+                self.v5_left(id, ws.sub.user);
             }
             other => conn.phase = other,
         }

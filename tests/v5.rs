@@ -385,3 +385,56 @@ fn keep_alive_and_client_requests() {
         ws.send_text("pong").unwrap();
     }
 }
+
+/// Next `incoming.message` on a v5 WebSocket, skipping pings and answers.
+fn next_message(ws: &mut Ws, within: Duration) -> Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let t = ws.next_text(left);
+        if t == "ping" {
+            continue;
+        }
+        let v: Value = serde_json::from_str(&t).unwrap();
+        if v["method"] == "incoming.message" {
+            return v;
+        }
+    }
+}
+
+#[test]
+fn watched_users_status_changes_are_pushed() {
+    let server = Server::builder().env("ONLINE_TTL", "1").start();
+    let mut watcher = server.ws(&v5q(&token(1, SHARED)));
+    watcher
+        .send_text(
+            r#"{"jsonrpc":"2.0","method":"subscribeStatusChange","params":{"userId":2},"id":1}"#,
+        )
+        .unwrap();
+    assert_eq!(
+        next_json(&mut watcher),
+        json!({"jsonrpc":"2.0","id":1,"result":{}})
+    );
+    let mut two = server.ws(&v5q(&token(2, SHARED)));
+    let m = next_message(&mut watcher, T);
+    let body = &m["params"]["body"];
+    assert_eq!(body["module_id"], "online");
+    assert_eq!(body["command"], "userStatusChange");
+    assert_eq!(body["params"], json!({"user_id": 2, "online": true}));
+    assert!(body["extra"]["server_time_unix"].as_f64().unwrap() > 1e9);
+    assert!(is_mid(m["params"]["mid"].as_str().unwrap()));
+    two.ws.close(None).ok();
+    let m = next_message(&mut watcher, Duration::from_secs(10));
+    assert_eq!(
+        m["params"]["body"]["params"],
+        json!({"user_id": 2, "online": false})
+    );
+    // After unsubscribing (the SDK re-sends the id as a string), nothing more comes.
+    watcher
+        .send_text(r#"{"jsonrpc":"2.0","method":"unsubscribeStatusChange","params":{"userId":"2"},"id":2}"#)
+        .unwrap();
+    assert_eq!(next_json(&mut watcher)["result"], json!({}));
+    let _two = server.ws(&v5q(&token(2, SHARED)));
+    wait_user_connected(&server, 2);
+    watcher.expect_silence(Duration::from_millis(500));
+}

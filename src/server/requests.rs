@@ -369,6 +369,7 @@ impl Server {
         // Registered before the backlog is read (D8): a publish in between is parked in
         // `pending` and answered together with the backlog.
         self.registry.subscribe(id, &sub.receivers);
+        self.v5_joined(sub.user);
         self.stats.pollings += 1;
         let resume = sub.mid.map(|mid| (sub.receivers.clone(), mid));
         let Some(conn) = self.conns.get_mut(id) else {
@@ -436,7 +437,7 @@ impl Server {
         self.registry.unsubscribe(id, &hold.sub.receivers);
         self.stats.pollings -= 1;
         self.touch(&hold.sub.receivers);
-        self.v5_left(hold.sub.user);
+        self.v5_left(id, hold.sub.user);
         let persist = if hold.keep_alive && !shutting_down && self.shutdown_deadline.is_none() {
             Persist::KeepAlive
         } else {
@@ -494,6 +495,7 @@ impl Server {
         self.touch(&sub.receivers);
         // Registered before the backlog is read (D8); live messages are parked until it is.
         self.registry.subscribe(id, &sub.receivers);
+        self.v5_joined(sub.user);
         self.stats.websockets += 1;
         let resume = sub.mid.map(|mid| (sub.receivers.clone(), mid));
         let Some(conn) = self.conns.get_mut(id) else {

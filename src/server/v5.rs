@@ -34,7 +34,17 @@ pub(super) struct Presence {
     /// Unix seconds of the last moment each user was known connected (the last connection
     /// closed or the last long poll ended) or reported by the portal.
     last_seen: HashMap<u64, u64>,
+    /// Users this instance counts online: `None` while they have a connection here,
+    /// `Some(t)` when the last one is gone and they go offline at unix time `t`.
+    online: HashMap<u64, Option<u64>>,
+    /// Watched user → the connections that asked (`subscribeStatusChange`).
+    watchers: HashMap<u64, Vec<ConnId>>,
+    /// Connection → the users it watches, at most [`MAX_WATCHED`].
+    watching: HashMap<ConnId, Vec<u64>>,
 }
+
+/// Users one connection may watch.
+const MAX_WATCHED: usize = 1000;
 
 impl Presence {
     /// Records `at` for `user` unless a newer time is known; bounded in count and age.
@@ -204,11 +214,108 @@ impl Server {
         Value::Object(out)
     }
 
-    /// A v5 subscriber's connection ended (or a long poll was answered): its user was seen now.
-    pub(super) fn v5_left(&mut self, user: Option<u64>) {
-        if let Some(u) = user {
-            self.presence.saw(u, now_ms() / 1000);
+    /// A v5 subscriber registered: its user is online, and watchers hear of it when it was
+    /// not before.
+    pub(super) fn v5_joined(&mut self, user: Option<u64>) {
+        let Some(u) = user else { return };
+        if self.presence.online.insert(u, None).is_none() {
+            self.push_status(u, true);
         }
+    }
+
+    /// A v5 subscriber's connection ended (or a long poll was answered): its user was seen
+    /// now, and goes offline ONLINE_TTL after its last connection here is gone.
+    pub(super) fn v5_left(&mut self, id: ConnId, user: Option<u64>) {
+        if let Some(watched) = self.presence.watching.remove(&id) {
+            for w in watched {
+                self.unwatch(id, w);
+            }
+        }
+        let Some(u) = user else { return };
+        let now = now_ms() / 1000;
+        self.presence.saw(u, now);
+        if self.registry.subscribers(&ChannelId::user(u)).is_empty() {
+            let at = now + u64::from(self.cfg.store.online_ttl);
+            self.presence.online.insert(u, Some(at));
+        }
+    }
+
+    /// Periodic: users whose last connection has been gone for ONLINE_TTL go offline.
+    pub(super) fn v5_sweep(&mut self) {
+        let now = now_ms() / 1000;
+        let gone: Vec<u64> = self
+            .presence
+            .online
+            .iter()
+            .filter(|(_, at)| at.is_some_and(|t| t <= now))
+            .map(|(&u, _)| u)
+            .collect();
+        for u in gone {
+            self.presence.online.remove(&u);
+            self.push_status(u, false);
+        }
+    }
+
+    fn unwatch(&mut self, id: ConnId, user: u64) {
+        if let Some(list) = self.presence.watchers.get_mut(&user) {
+            list.retain(|&c| c != id);
+            if list.is_empty() {
+                self.presence.watchers.remove(&user);
+            }
+        }
+    }
+
+    fn watch(&mut self, id: ConnId, user: u64, on: bool) -> bool {
+        let mine = self.presence.watching.entry(id).or_default();
+        if on {
+            if !mine.contains(&user) {
+                if mine.len() >= MAX_WATCHED {
+                    return false;
+                }
+                mine.push(user);
+                self.presence.watchers.entry(user).or_default().push(id);
+            }
+        } else {
+            mine.retain(|&w| w != user);
+            if mine.is_empty() {
+                self.presence.watching.remove(&id);
+            }
+            self.unwatch(id, user);
+        }
+        true
+    }
+
+    /// Tells the watchers of `user` that it went online or offline: a message to each
+    /// watcher's own user, through the store like any publish, so it has a real `mid` and
+    /// never moves a client's resume position past messages it has not seen.
+    fn push_status(&mut self, user: u64, online: bool) {
+        let Some(conns) = self.presence.watchers.get(&user) else {
+            return;
+        };
+        let mut receivers: Vec<Receiver> = Vec::new();
+        for &c in conns {
+            if let Some(Phase::WebSocket(ws)) = self.conns.get(c).map(|c| &c.phase)
+                && let Some(w) = ws.sub.user
+            {
+                let r = (ChannelId::user(w), Kind::Private);
+                if !receivers.contains(&r) {
+                    receivers.push(r);
+                }
+            }
+        }
+        if receivers.is_empty() {
+            return;
+        }
+        let body = serde_json::json!({
+            "module_id": "online",
+            "command": "userStatusChange",
+            "params": {"user_id": user, "online": online},
+            "extra": {"server_time_unix": now_ms() as f64 / 1000.0},
+        });
+        let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        let kind = Some("online_userStatusChange".to_owned());
+        let draft = Self::draft(body, 0, Sender::Backend, kind, receivers);
+        self.publish_batch(None, vec![draft]);
     }
 
     // ---- client requests over a v5 WebSocket ----
@@ -290,10 +397,11 @@ impl Server {
                 }
                 _ => v5::error(rpc_id, code::INVALID_PARAMS, "Invalid params"),
             },
-            Some("subscribeStatusChange") | Some("unsubscribeStatusChange") => {
+            Some(m @ ("subscribeStatusChange" | "unsubscribeStatusChange")) => {
+                let on = m == "subscribeStatusChange";
                 match params.get("userId").and_then(v5::user_id) {
-                    Some(_) => v5::result(rpc_id, empty()),
-                    None => v5::error(rpc_id, code::INVALID_PARAMS, "Invalid params"),
+                    Some(u) if self.watch(id, u, on) => v5::result(rpc_id, empty()),
+                    _ => v5::error(rpc_id, code::INVALID_PARAMS, "Invalid params"),
                 }
             }
             Some("publish") => match self.v5_client_publish(user, params) {
