@@ -121,6 +121,18 @@ v4 = {
 for name, (sel, hx) in v4.items():
     write("v4_batch", name, bytes([sel]) + bytes.fromhex(hx))
 
+# ---- v5: selector (% 2: JSON-RPC body, token), then the bytes --------------------------------
+v5 = {
+    "backend-publish": (0, b'[{"jsonrpc":"2.0","method":"publish","params":{"channelList":["098f6bcd4621d373cade4e832627b4f6"],"userList":[1,2],"body":{"module_id":"im","command":"message","params":[],"extra":{}},"dictionary":{"d":1},"user_params":{"1":{"u":1}},"expiry":0,"type":"im_message"}}]'),
+    "last-seen": (0, b'{"jsonrpc":"2.0","method":"getUsersLastSeen","params":{"userList":[1,7]}}'),
+    "client-publish": (0, b'{"jsonrpc":"2.0","method":"publish","params":{"channelList":[{"publicId":"4c9184f37cff01bcdc32dc486ec36961","signature":"59a5001be5603756b5e23b55b51ebe63ce91b661"}],"body":{"module_id":"m","command":"c"}},"id":3}'),
+    "deep": (0, b'[' * 70 + b']' * 70),
+    "token": (1, b"eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJhYmMiLCJpYXQiOjE3MDAwMDAwMDAsImV4cCI6MTcwMDA0MzIwMCwic3ViIjoiMSIsImNoYW4iOiIwOThmNmJjZDQ2MjFkMzczY2FkZTRlODMyNjI3YjRmNiJ9.rqF6C_TFzLqD4jF6vRFmEssXTyEVx_KNp7WOBlxf5eA"),
+    "token-alg-none": (3, b"eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0."),
+}
+for name, (sel, raw) in v5.items():
+    write("v5", name, bytes([sel]) + raw)
+
 # ---- config: the file content ----------------------------------------------------------------
 with open(os.path.join(HERE, "..", "systemd", "push-server-multi.example"), "rb") as f:
     example = f.read()

@@ -14,10 +14,10 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-TARGETS=(http_head ws_reader v4_batch config)
+TARGETS=(http_head ws_reader v4_batch config v5)
 # Runs per target in the default mode: about half of what one loaded core does in 30 s, so the
 # run count (not the clock) normally ends the run and the same inputs are tried every time.
-declare -A RUNS=([http_head]=3000000 [ws_reader]=1500000 [v4_batch]=4000000 [config]=400000)
+declare -A RUNS=([http_head]=3000000 [ws_reader]=1500000 [v4_batch]=4000000 [config]=400000 [v5]=1000000)
 LONG_RUNS=10000000
 
 long=0

@@ -74,7 +74,7 @@ status=${PIPESTATUS[0]}
 echo "== cargo test, Redis store (PUSH_TEST_STORE=redis)"
 PUSH_TEST_STORE=redis cargo test --no-fail-fast \
     --test longpoll --test websocket --test publish --test frames --test limits \
-    --test lifecycle --test restart --test stats --test store_async --test v4 --test interop --test ops --test hostile 2>&1 | tee -a "$log"
+    --test lifecycle --test restart --test stats --test store_async --test v4 --test v5 --test interop --test ops --test hostile 2>&1 | tee -a "$log"
 redis_status=${PIPESTATUS[0]}
 [ "$status" -ne 0 ] || status=$redis_status
 # The fuzz targets over their seed corpora, fixed seed and bounded runs (docs/fuzzing.md).

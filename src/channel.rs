@@ -65,7 +65,28 @@ impl ChannelId {
     pub fn to_hex(&self) -> String {
         self.to_string()
     }
+
+    /// The receiver a v5 user is reached through (docs/v5.md, "Users as receivers"): a fixed
+    /// 8-byte marker, then the user id big-endian. Registry, stores and fan-out treat it like
+    /// any other channel, so user-addressed messages get the channels' history, caps, resume
+    /// and cross-instance delivery.
+    pub fn user(user: u64) -> ChannelId {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(USER_MARKER);
+        id[8..].copy_from_slice(&user.to_be_bytes());
+        ChannelId(id)
+    }
+
+    /// The user id, when this is a [`ChannelId::user`] receiver.
+    pub fn as_user(&self) -> Option<u64> {
+        (&self.0[..8] == USER_MARKER)
+            .then(|| u64::from_be_bytes(self.0[8..].try_into().unwrap_or([0; 8])))
+    }
 }
+
+/// Marks a [`ChannelId::user`] id; no md5 that PHP turns into a channel id starts with it in
+/// practice (a 2^-64 chance per id).
+const USER_MARKER: &[u8; 8] = b"\xffv5user\xff";
 
 impl fmt::Display for ChannelId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -72,6 +72,9 @@ const NEW_KEYS: &[&str] = &[
     "STATE_FILE",
     "STATE_DIR",
     "STORE_FSYNC",
+    "JSONRPCPATH",
+    "HOST_ID",
+    "JWT_LEEWAY",
 ];
 
 /// Legacy keys that shipped files carry but that mean nothing here. Accepted silently in the
@@ -152,6 +155,11 @@ pub struct Config {
     /// `REDIS_WAIT_REPLICAS`: a publish waits (`WAIT`) for this many replicas (docs/redis.md).
     pub redis_wait_replicas: u32,
     pub paths: Paths,
+    /// `HOST_ID`: the portal's host id; when set, a v5 token's `iss` must equal it
+    /// (docs/v5.md).
+    pub host_id: Option<String>,
+    /// `JWT_LEEWAY`: how many seconds a v5 token's `iat` may lie in the future (docs/v5.md).
+    pub jwt_leeway: u64,
     pub log_level: LevelFilter,
     pub ip_list: Vec<String>,
     pub limits: Limits,
@@ -176,6 +184,8 @@ pub struct Paths {
     pub subws: String,
     pub publish: String,
     pub rest: String,
+    /// `JSONRPCPATH`: the v5 backend endpoint on the pub listener (docs/v5.md).
+    pub jsonrpc: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -714,7 +724,10 @@ impl Builder {
             subws: self.parse("SUBWSPATH", "/bitrix/subws/".into(), url_path)?,
             publish: self.parse("PUBPATH", "/bitrix/pub/".into(), url_path)?,
             rest: self.parse("RESTPATH", "/bitrix/rest/".into(), url_path)?,
+            jsonrpc: self.parse("JSONRPCPATH", "/bitrix/api/".into(), url_path)?,
         };
+        let host_id = self.parse_opt("HOST_ID", host_id)?;
+        let jwt_leeway = self.count("JWT_LEEWAY", 60, 0, 3600)?;
         let log_level = self.parse("LOG_LEVEL", LevelFilter::Info, log_level)?;
         let ip_list = self.parse("IP_LIST", vec!["127.0.0.1".to_string()], ip_list)?;
         let limits = self.limits()?;
@@ -740,6 +753,8 @@ impl Builder {
             redis_sentinel_password,
             redis_wait_replicas,
             paths,
+            host_id,
+            jwt_leeway,
             log_level,
             ip_list,
             limits,
@@ -1026,6 +1041,15 @@ fn describe(origin: &Origin, source: Option<&Path>) -> String {
     }
 }
 
+/// A portal host id as PHP makes it: letters and digits (lowercase in practice), at most 64.
+fn host_id(v: &str) -> Result<String, String> {
+    if v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(v.to_owned())
+    } else {
+        Err("expected the portal's host id (letters and digits, at most 64)".into())
+    }
+}
+
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
@@ -1285,6 +1309,9 @@ impl Config {
             ("SUBWSPATH", self.paths.subws.clone()),
             ("PUBPATH", self.paths.publish.clone()),
             ("RESTPATH", self.paths.rest.clone()),
+            ("JSONRPCPATH", self.paths.jsonrpc.clone()),
+            ("HOST_ID", self.host_id.clone().unwrap_or_default()),
+            ("JWT_LEEWAY", self.jwt_leeway.to_string()),
             ("LOG_LEVEL", self.log_level.as_str().to_ascii_lowercase()),
             ("IP_LIST", ip_list),
             ("MAX_PAYLOAD", l.max_payload.to_string()),

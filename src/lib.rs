@@ -15,6 +15,7 @@ pub mod config;
 pub mod conn;
 pub mod error;
 pub mod http;
+pub mod jwt;
 pub mod listener;
 pub mod logger;
 pub mod message;
@@ -37,6 +38,7 @@ pub mod store;
 pub mod subscription;
 pub mod timers;
 pub mod v4;
+pub mod v5;
 pub mod websocket;
 
 /// Helpers shared by the unit tests.

@@ -304,6 +304,12 @@ pub struct Message {
     /// The encoded v4 `OutgoingMessage` (no outer tag), spliced into every v4 batch, and a
     /// one-message v4 `ResponseBatch` of it in one WebSocket binary frame, for live fan-out.
     v4: OnceLock<Framed>,
+    /// v5 `user_params` (a JSON object keyed by user id), merged into `body.params` for each
+    /// recipient user (docs/v5.md, "Delivery"); `body` already has the `dictionary` merged.
+    pub user_params: Option<Bytes>,
+    /// The v5 form for a recipient without `user_params` of its own; `None` when the body is
+    /// not a JSON object (such messages are skipped for v5 subscribers).
+    v5: OnceLock<Option<Framed>>,
 }
 
 /// An encoding and its live WebSocket frame in one allocation: `ws` is
@@ -348,9 +354,62 @@ impl Message {
             sender,
             body,
             kind,
+            user_params: None,
             v3: OnceLock::new(),
             v4: OnceLock::new(),
+            v5: OnceLock::new(),
         }
+    }
+
+    /// Sets the v5 `user_params` (docs/v5.md); `None` or an empty object is no `user_params`.
+    pub fn with_user_params(mut self, user_params: Option<Bytes>) -> Message {
+        self.user_params = user_params.filter(|u| !u.is_empty());
+        self
+    }
+
+    /// The v5 `incoming.message` object for a recipient (`user`: the connection's user id),
+    /// as JSON text; `None` when the body is not a JSON object (docs/v5.md, "Delivery").
+    pub fn v5_json(&self, user: Option<u64>) -> Option<Bytes> {
+        match self.user_specific(user) {
+            Some(params) => crate::v5::incoming(self, Some(&params)).map(Bytes::from),
+            None => self.v5_framed().map(|f| f.payload.clone()),
+        }
+    }
+
+    /// [`Message::v5_json`] as one WebSocket text frame.
+    pub fn v5_ws_frame(&self, user: Option<u64>) -> Option<Bytes> {
+        match self.user_specific(user) {
+            Some(params) => {
+                let json = crate::v5::incoming(self, Some(&params))?;
+                Some(crate::websocket::server_frame(
+                    crate::websocket::OP_TEXT,
+                    &json,
+                ))
+            }
+            None => self.v5_framed().map(|f| f.ws.clone()),
+        }
+    }
+
+    /// The `user_params` entry of `user`, when it has one.
+    fn user_specific(
+        &self,
+        user: Option<u64>,
+    ) -> Option<serde_json::Map<String, serde_json::Value>> {
+        let (user, all) = (user?, self.user_params.as_ref()?);
+        crate::v5::user_params_of(all, user)
+    }
+
+    fn v5_framed(&self) -> Option<&Framed> {
+        self.v5
+            .get_or_init(|| {
+                let json = crate::v5::incoming(self, None)?;
+                let ws = crate::websocket::server_frame(crate::websocket::OP_TEXT, &json);
+                Some(Framed {
+                    payload: Bytes::from(json),
+                    ws,
+                })
+            })
+            .as_ref()
     }
 
     /// Creation time in unix seconds (saturates in 2106).

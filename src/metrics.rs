@@ -21,6 +21,12 @@ pub struct Metrics {
     pub publish_errors: BTreeMap<String, u64>,
     pub slow_consumer_disconnects: u64,
     pub signature_failures: u64,
+    /// v5 backend calls (`/bitrix/api/` requests), docs/v5.md.
+    pub v5_backend_requests: u64,
+    /// v5 client requests over WebSocket.
+    pub v5_client_requests: u64,
+    /// v5 calls answered with an error (JSON-RPC error or 4026).
+    pub v5_errors: u64,
     pub connections_accepted: u64,
     store_buckets: [u64; STORE_BUCKETS.len()],
     store_count: u64,
@@ -143,6 +149,28 @@ impl Metrics {
             "counter",
             "Subscriptions refused for a bad channel signature (often a SECURITY_KEY mismatch).",
             &one(self.signature_failures.to_string()),
+        );
+        let v5 = vec![
+            (
+                "{source=\"backend\"}".to_string(),
+                self.v5_backend_requests.to_string(),
+            ),
+            (
+                "{source=\"client\"}".to_string(),
+                self.v5_client_requests.to_string(),
+            ),
+        ];
+        metric(
+            "push_v5_requests_total",
+            "counter",
+            "Protocol v5 requests: backend calls to the JSON-RPC endpoint and client requests (docs/v5.md).",
+            &v5,
+        );
+        metric(
+            "push_v5_errors_total",
+            "counter",
+            "Protocol v5 calls answered with an error.",
+            &one(self.v5_errors.to_string()),
         );
         if let Some(st) = &g.stored {
             metric(

@@ -83,7 +83,7 @@ impl Registry {
     pub fn subscribe(&mut self, id: ConnId, receivers: &[(ChannelId, Kind)]) {
         for &(ch, kind) in receivers {
             let e = self.channels.entry(ch).or_default();
-            if e.conns.is_empty() && kind == Kind::Private {
+            if e.conns.is_empty() && kind == Kind::Private && ch.as_user().is_none() {
                 self.private_channels += 1;
             }
             if e.conns.is_empty() {
@@ -100,7 +100,7 @@ impl Registry {
             };
             e.remove(id);
             if e.conns.is_empty() {
-                if e.kind == Some(Kind::Private) {
+                if e.kind == Some(Kind::Private) && ch.as_user().is_none() {
                     self.private_channels -= 1;
                 }
                 self.channels.remove(&ch);

@@ -20,6 +20,8 @@ pub enum Route {
     Rest,
     /// Text publish (POST) and online query (GET).
     Publish,
+    /// The v5 backend endpoint (`/bitrix/api/`, docs/v5.md): trusted, so pub listener only.
+    JsonRpc,
     ServerStats,
     /// Liveness and store reachability for monitoring and load balancers.
     Health,
@@ -33,6 +35,7 @@ pub fn route(role: Role, path: &str, paths: &Paths) -> Route {
     match role {
         Role::Sub if under(&paths.subws) || under(&paths.sub) => Route::Subscribe,
         Role::Sub if under(&paths.rest) || under("/bitrix/pubweb/") => Route::Rest,
+        Role::Pub if under(&paths.jsonrpc) => Route::JsonRpc,
         Role::Pub if under(&paths.publish) => Route::Publish,
         Role::Pub if under("/server-stat") => Route::ServerStats,
         Role::Pub if path == "/health" => Route::Health,
@@ -51,6 +54,7 @@ mod tests {
             subws: "/bitrix/subws/".into(),
             publish: "/bitrix/pub/".into(),
             rest: "/bitrix/rest/".into(),
+            jsonrpc: "/bitrix/api/".into(),
         }
     }
 
@@ -69,5 +73,11 @@ mod tests {
         assert_eq!(route(Role::Pub, "/health", &p), Route::Health);
         assert_eq!(route(Role::Pub, "/metrics", &p), Route::Metrics);
         assert_eq!(route(Role::Sub, "/metrics", &p), Route::NotFound);
+        assert_eq!(route(Role::Pub, "/bitrix/api/", &p), Route::JsonRpc);
+        assert_eq!(
+            route(Role::Pub, "/bitrix/api/?hostId=x", &p),
+            Route::JsonRpc
+        );
+        assert_eq!(route(Role::Sub, "/bitrix/api/", &p), Route::NotFound);
     }
 }

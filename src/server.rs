@@ -42,6 +42,7 @@ mod requests;
 mod service;
 mod store_io;
 mod v4;
+mod v5;
 
 const SIGNAL_TOKEN: Token = Token(8);
 /// The Redis store's worker wakes the loop with this token when answers are ready.
@@ -119,6 +120,10 @@ pub struct Server {
     ping_frame: Bytes,
     /// Emptied outbox queues for reuse by the next fan-out (outbox.rs).
     spare_queues: crate::outbox::Spare,
+    /// The v5 keep-alive: the text `ping` (docs/v5.md, "Keep-alive").
+    v5_ping_frame: Bytes,
+    /// v5 last-seen times (docs/v5.md, "Presence").
+    presence: v5::Presence,
 }
 
 /// How long a drain leaves connections without a request open: one accepted just before the
@@ -221,6 +226,8 @@ impl Server {
             last_queue_warning: None,
             ping_frame: websocket::server_frame(OP_PING, WS_PING_PAYLOAD),
             spare_queues: Vec::new(),
+            v5_ping_frame: websocket::server_frame(websocket::OP_TEXT, b"ping"),
+            presence: v5::Presence::default(),
         })
     }
 
@@ -327,6 +334,7 @@ impl Server {
                 self.expire_waiters(now);
                 self.retry_failed_backlogs();
                 self.retry_catchup();
+                self.v5_sweep();
                 self.next_sweep = now + SWEEP_EVERY;
             }
             if now >= self.next_stats_put {
@@ -504,10 +512,12 @@ impl Server {
                 self.registry.unsubscribe(id, &hold.sub.receivers);
                 self.stats.pollings -= 1;
                 self.touch(&hold.sub.receivers);
+                self.v5_left(id, hold.sub.user);
             }
             Phase::WebSocket(ws) => {
                 self.registry.unsubscribe(id, &ws.sub.receivers);
                 self.stats.websockets -= 1;
+                self.v5_left(id, ws.sub.user);
             }
             other => conn.phase = other,
         }

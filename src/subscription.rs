@@ -3,12 +3,13 @@
 
 use crate::channel::{ChannelId, ChannelListError, Trust, parse_channel_list};
 use crate::error::ApiError;
+use crate::jwt;
 use crate::message::Mid;
 use crate::query;
 use crate::registry::Kind;
 use crate::signature::Signer;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Subscription {
     /// Every id the connection listens on, each once.
     pub receivers: Vec<(ChannelId, Kind)>,
@@ -20,6 +21,84 @@ pub struct Subscription {
     pub mid: Option<Mid>,
     /// `binaryMode=true`: v4 protobuf frames instead of v3 text (docs/protocol.md#versions, docs/protocol.md#websocket).
     pub binary: bool,
+    /// `jsonRpc=true`: v5 JSON-RPC text frames (docs/v5.md).
+    pub json_rpc: bool,
+    /// v5: the token's `sub`, reached through [`ChannelId::user`] (docs/v5.md).
+    pub user: Option<u64>,
+}
+
+/// The frames a subscriber gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// v3 text frames.
+    V3,
+    /// v4 protobuf.
+    V4,
+    /// v5 JSON-RPC, for the connection's user (docs/v5.md).
+    V5 { user: Option<u64> },
+}
+
+impl Subscription {
+    pub fn wire(&self) -> Wire {
+        if self.json_rpc {
+            Wire::V5 { user: self.user }
+        } else if self.binary {
+            Wire::V4
+        } else {
+            Wire::V3
+        }
+    }
+
+    /// Whether `msg` has a form this subscriber can be sent: a v5 subscriber gets only
+    /// messages whose body is a JSON object (docs/v5.md, "Delivery").
+    pub fn accepts(&self, msg: &crate::message::Message) -> bool {
+        !self.json_rpc || msg.v5_json(None).is_some()
+    }
+}
+
+/// Parses a subscriber query: a v5 token when `jsonRpc=true` comes with `token`
+/// (docs/v5.md), otherwise `CHANNEL_ID` as in v3/v4.
+pub fn parse_any(
+    query_string: &[u8],
+    signer: &Signer,
+    policy: &jwt::Policy,
+) -> Result<Subscription, ApiError> {
+    let json_rpc = query::flag(query_string, "jsonRpc");
+    let token = json_rpc
+        .then(|| query::param(query_string, "token"))
+        .flatten();
+    let Some(token) = token else {
+        let mut sub = parse(query_string, signer)?;
+        if json_rpc {
+            sub.json_rpc = true;
+            sub.binary = false;
+        }
+        return Ok(sub);
+    };
+    let claims = jwt::verify(&token, policy).map_err(|e| {
+        log::debug!("v5 token refused: {e}");
+        ApiError::WrongChannelId
+    })?;
+    // Every `chan` id is both a private and a public id: the registry and the stores look
+    // ids up by value, and a backlog read covers both kinds of each id.
+    let mut receivers: Vec<(ChannelId, Kind)> = claims
+        .channels
+        .iter()
+        .map(|&id| (id, Kind::Private))
+        .collect();
+    if let Some(user) = claims.user {
+        receivers.push((ChannelId::user(user), Kind::Private));
+    }
+    let mid = query::param(query_string, "mid").and_then(|m| Mid::parse(&m));
+    Ok(Subscription {
+        receivers,
+        capped: Vec::new(),
+        public_id: None,
+        mid,
+        binary: false,
+        json_rpc: true,
+        user: claims.user,
+    })
 }
 
 pub fn parse(query_string: &[u8], signer: &Signer) -> Result<Subscription, ApiError> {
@@ -55,6 +134,8 @@ pub fn parse(query_string: &[u8], signer: &Signer) -> Result<Subscription, ApiEr
         public_id,
         mid,
         binary: query::flag(query_string, "binaryMode"),
+        json_rpc: false,
+        user: None,
     })
 }
 

@@ -522,3 +522,45 @@ fn check_config_fails_on_an_unterminated_quote_and_lists_ignored_keys() {
         out.stdout
     );
 }
+
+/// docs/v5.md: JSONRPCPATH, HOST_ID and JWT_LEEWAY are shown with their defaults, read from
+/// the environment, and bad values are refused naming the key.
+#[test]
+fn v5_keys_defaults_overrides_and_refusals() {
+    let out = run(&["--check-config"], &[("SECURITY_KEY", "k")]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    for line in [
+        "JSONRPCPATH=/bitrix/api/  # default",
+        "HOST_ID=  # default",
+        "JWT_LEEWAY=60  # default",
+    ] {
+        assert!(out.stdout.contains(line), "{line} in {}", out.stdout);
+    }
+    let out = run(
+        &["--check-config"],
+        &[
+            ("SECURITY_KEY", "k"),
+            ("HOST_ID", "abc123"),
+            ("JWT_LEEWAY", "5"),
+            ("JSONRPCPATH", "/api/"),
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    for line in [
+        "JSONRPCPATH=/api/  # the environment",
+        "HOST_ID=abc123  # the environment",
+        "JWT_LEEWAY=5  # the environment",
+    ] {
+        assert!(out.stdout.contains(line), "{line} in {}", out.stdout);
+    }
+    for (key, value) in [
+        ("HOST_ID", "not a host!"),
+        ("JWT_LEEWAY", "-1"),
+        ("JWT_LEEWAY", "99999"),
+        ("JSONRPCPATH", "api"),
+    ] {
+        let out = run(&["--check-config"], &[("SECURITY_KEY", "k"), (key, value)]);
+        assert_eq!(out.code, Some(2), "{key}={value}: {out:?}");
+        assert!(out.stderr.contains(key), "{key}: {}", out.stderr);
+    }
+}

@@ -354,6 +354,30 @@ fn internal_server_and_public_routes() {
         );
     }
 
+    // The v5 backend endpoint (docs/v5.md): on the public site only for the portal's own
+    // address (here loopback), and on the internal server; both reach the pub socket.
+    let body = r#"{"jsonrpc":"2.0","method":"getUsersLastSeen","params":{"userList":[1]}}"#;
+    let signer = push_server::signature::Signer::new(
+        push_server::signature::Algo::Sha1,
+        stack.server.key.as_bytes(),
+    );
+    let path = format!(
+        "/bitrix/api/?signature={}",
+        signer.sign_hex(body.as_bytes())
+    );
+    for port in [stack.public, stack.internal] {
+        let r = request(port, "POST", &path, &[], body.as_bytes(), t);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.text(), r#"{"jsonrpc":"2.0","result":{}}"#, "{r:?}");
+        let r = request(port, "POST", "/bitrix/api/", &[], body.as_bytes(), t);
+        assert_eq!(r.text(), "4026: Wrong request signature.", "{r:?}");
+    }
+    let snippet = read_shipped("push-server-sub-locations.conf");
+    assert!(
+        snippet.contains("allow 127.0.0.1;\n    # allow") && snippet.contains("deny all;"),
+        "the public /bitrix/api/ location must stay restricted"
+    );
+
     // Body limit = MAX_PAYLOAD (1 MiB): nginx refuses on the Content-Length alone.
     let mut s = connect(stack.public, t);
     send_request(

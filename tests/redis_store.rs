@@ -243,6 +243,7 @@ fn draft(body: &str, receivers: Vec<Receiver>) -> Draft {
         kind: Some("im_message".into()),
         receivers,
         created_ms: now_ms(),
+        user_params: None,
     }
 }
 

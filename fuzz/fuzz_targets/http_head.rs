@@ -229,6 +229,7 @@ fuzz_target!(|data: &[u8]| {
             subws: "/bitrix/subws/".into(),
             publish: "/bitrix/pub/".into(),
             rest: "/bitrix/rest/".into(),
+            jsonrpc: "/bitrix/api/".into(),
         };
         for role in [Role::Sub, Role::Pub] {
             if route(role, head.path(), &paths) != Route::NotFound {

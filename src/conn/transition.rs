@@ -84,6 +84,7 @@ impl Conn {
         client: Option<Box<str>>,
         t: &Timings,
     ) -> Instant {
+        let interval = ping_interval(&sub, t);
         self.phase = Phase::WebSocket(Box::new(WsState {
             sub,
             backlog: Backlog::Done,
@@ -94,14 +95,17 @@ impl Conn {
             client,
             partial: None,
         }));
-        Instant::now() + t.ws_ping_interval
+        Instant::now() + interval
     }
 
     /// Sends a ping (the deadline was a ping tick, see [`Conn::on_deadline`]); the next tick
     /// checks for its pong and for write progress.
     pub fn ping(&mut self, frame: Bytes, t: &Timings, now: Instant) -> Instant {
         self.outbox.push(frame);
-        now + t.ws_ping_interval
+        match &self.phase {
+            Phase::WebSocket(ws) => now + ping_interval(&ws.sub, t),
+            _ => now + t.ws_ping_interval,
+        }
     }
 
     /// Ends a WebSocket with `code`: frames not yet started are dropped, so the close frame
@@ -126,6 +130,19 @@ impl Conn {
     /// deadline already set.
     pub fn drain_then_close(&mut self) {
         self.phase = Phase::Closing;
+    }
+}
+
+/// v5 clients expect the text `ping` at least every 10 s (their watchdog fires at 20 s,
+/// docs/v5.md, "Keep-alive").
+pub const V5_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The ping tick of a WebSocket carrying `sub`.
+pub fn ping_interval(sub: &Subscription, t: &Timings) -> std::time::Duration {
+    if sub.json_rpc {
+        t.ws_ping_interval.min(V5_PING_INTERVAL)
+    } else {
+        t.ws_ping_interval
     }
 }
 
@@ -192,13 +209,7 @@ mod tests {
         let (mut c, _peer) = conn();
         assert!(within(c.await_store(), BUSY_TIMEOUT));
         assert!(matches!(c.phase, Phase::Busy));
-        let sub = Subscription {
-            receivers: Vec::new(),
-            capped: Vec::new(),
-            public_id: None,
-            mid: None,
-            binary: false,
-        };
+        let sub = Subscription::default();
         let at = c.hold(sub.clone(), Persist::KeepAlive, None, &timings());
         assert!(within(at, Duration::from_secs(40)));
         assert!(matches!(&c.phase, Phase::Hold(h) if h.keep_alive && h.backlog == Backlog::Done));

@@ -19,7 +19,7 @@ use crate::route::{self, Route};
 use crate::slab::ConnId;
 use crate::stats;
 use crate::store::{Job, Receiver};
-use crate::subscription::{self, Subscription};
+use crate::subscription::{self, Subscription, Wire};
 use crate::websocket::{self, OP_CLOSE, OP_PING, OP_PONG};
 
 use super::Server;
@@ -70,6 +70,7 @@ impl Server {
             (Route::Rest, Method::Post) => self.rest_publish(id, &head, body, persist),
             (Route::Rest, Method::Options) => self.respond(id, response::options(persist), persist),
             (Route::Publish, Method::Post) => self.text_publish(id, &head, body, persist),
+            (Route::JsonRpc, Method::Post) => self.jsonrpc_endpoint(id, &head, body, persist),
             (Route::Publish, Method::Get) => self.online_query(id, &head, persist),
             (Route::ServerStats, Method::Get) => self.server_stats(id, persist),
             (Route::Health, Method::Get) => {
@@ -267,7 +268,9 @@ impl Server {
                 conn.last_seq = seq;
                 delivered += 1;
                 match &mut conn.phase {
-                    Phase::Hold(hold) if hold.sub.mid.is_some_and(|m| msg.mid <= m) => {
+                    Phase::Hold(hold)
+                        if hold.sub.mid.is_some_and(|m| msg.mid <= m) || !hold.sub.accepts(msg) =>
+                    {
                         // The client has it already (its announcement from a shared store came
                         // late); sending it would move the client's mid backwards.
                         delivered -= 1;
@@ -280,6 +283,10 @@ impl Server {
                             conn.dirty = true;
                             self.dirty.push(cid);
                         }
+                    }
+                    Phase::WebSocket(ws) if !ws.sub.accepts(msg) => {
+                        // A plain-text body has no v5 form (docs/v5.md, "Delivery").
+                        delivered -= 1;
                     }
                     Phase::WebSocket(ws) if ws.backlog.parks_live() => {
                         // Sent after the backlog, so the client's mid never skips it (docs/protocol.md#resuming-by-mid);
@@ -295,7 +302,19 @@ impl Server {
                     Phase::WebSocket(ws) => {
                         // Written now when nothing is queued; else queued behind the rest,
                         // and flush_dirty writes it at the end of the pass.
-                        let frame = msg.ws_frame(ws.sub.binary);
+                        let v5_frame;
+                        let frame = match ws.sub.wire() {
+                            Wire::V5 { user } => {
+                                v5_frame = msg.v5_ws_frame(user).unwrap_or_default();
+                                &v5_frame
+                            }
+                            _ => msg.ws_frame(ws.sub.binary),
+                        };
+                        if frame.is_empty() {
+                            // No form for this subscriber's protocol (docs/v5.md).
+                            delivered -= 1;
+                            continue;
+                        }
                         if conn.deliver(frame, &mut self.spare_queues) == Delivered::Written {
                             continue;
                         }
@@ -322,7 +341,13 @@ impl Server {
     // ---- subscribing ----
 
     pub(super) fn subscribe(&mut self, id: ConnId, head: RequestHead, persist: Persist) {
-        let parsed = subscription::parse(head.query(), &self.signer);
+        let policy = crate::jwt::Policy {
+            key: self.cfg.security_key.as_bytes(),
+            now: now_ms() / 1000,
+            leeway: self.cfg.jwt_leeway,
+            host_id: self.cfg.host_id.as_deref(),
+        };
+        let parsed = subscription::parse_any(head.query(), &self.signer, &policy);
         let client = head.client_ip;
         if parsed == Err(ApiError::WrongChannelId) {
             self.metrics.signature_failures += 1;
@@ -355,6 +380,7 @@ impl Server {
         // Registered before the backlog is read (docs/protocol.md#resuming-by-mid): a publish in between is parked in
         // `pending` and answered together with the backlog.
         self.registry.subscribe(id, &sub.receivers);
+        self.v5_joined(sub.user);
         self.stats.pollings += 1;
         let resume = sub.mid.map(|mid| (sub.receivers.clone(), mid));
         let Some(conn) = self.conns.get_mut(id) else {
@@ -368,17 +394,32 @@ impl Server {
     }
 
     /// A 200 carrying v3 frames: the small head plus the shared frame of each message; or,
-    /// for a `binary` (v4) poll, one `ResponseBatch`.
+    /// for a v4 poll, one `ResponseBatch`; or, for v5, one JSON-RPC object or an array.
     pub(super) fn answer_messages(
         &mut self,
         id: ConnId,
         mut messages: Vec<Arc<Message>>,
-        binary: bool,
+        wire: Wire,
         persist: Persist,
     ) {
         messages.sort_by_key(|m| m.mid);
         messages.dedup_by_key(|m| m.mid);
-        if binary {
+        if let Wire::V5 { user } = wire {
+            let items: Vec<Bytes> = messages.iter().filter_map(|m| m.v5_json(user)).collect();
+            if items.is_empty() {
+                // Never an empty 200 (§4.2): nothing here has a v5 form.
+                let last = messages.last().map_or(self.latest_mid, |m| m.mid);
+                let mut digits = Vec::with_capacity(26);
+                last.write_to(&mut digits);
+                self.respond(id, response::not_modified(&digits), persist);
+                return;
+            }
+            let body = crate::v5::batch(&items);
+            let r = response::full(200, "text/plain", &body, persist);
+            self.respond(id, r, persist);
+            return;
+        }
+        if wire == Wire::V4 {
             let body = crate::v4::outgoing_batch(&messages);
             let r = response::full(200, "application/octet-stream", &body, persist);
             self.respond(id, r, persist);
@@ -407,6 +448,7 @@ impl Server {
         self.registry.unsubscribe(id, &hold.sub.receivers);
         self.stats.pollings -= 1;
         self.touch(&hold.sub.receivers);
+        self.v5_left(id, hold.sub.user);
         let persist = if hold.keep_alive && !shutting_down && self.shutdown_deadline.is_none() {
             Persist::KeepAlive
         } else {
@@ -424,7 +466,7 @@ impl Server {
                 "{id}: long poll answered for {}",
                 hold.client.as_deref().unwrap_or("-")
             );
-            self.answer_messages(id, hold.pending.messages, hold.sub.binary, persist);
+            self.answer_messages(id, hold.pending.messages, hold.sub.wire(), persist);
         }
         // A keep-alive client may have pipelined its next request already.
         if persist == Persist::KeepAlive {
@@ -464,6 +506,7 @@ impl Server {
         self.touch(&sub.receivers);
         // Registered before the backlog is read (docs/protocol.md#resuming-by-mid); live messages are parked until it is.
         self.registry.subscribe(id, &sub.receivers);
+        self.v5_joined(sub.user);
         self.stats.websockets += 1;
         let resume = sub.mid.map(|mid| (sub.receivers.clone(), mid));
         let Some(conn) = self.conns.get_mut(id) else {
@@ -532,6 +575,20 @@ impl Server {
             _ if ws.sub.binary => {
                 if let Some(message) = crate::v4::assemble_binary(&mut ws.partial, frame) {
                     self.ws_client_message(id, message);
+                }
+            }
+            // v5 (docs/v5.md): any client text shows the client is there; `pong` and
+            // `mack:<mid>` need nothing else, JSON is a request.
+            _ if ws.sub.json_rpc => {
+                ws.ping_outstanding = false;
+                let Some(text) = crate::v5::assemble_text(&mut ws.partial, frame) else {
+                    return;
+                };
+                if text == b"pong" {
+                    let receivers = ws.sub.receivers.clone();
+                    self.touch(&receivers);
+                } else if !text.starts_with(b"mack:") {
+                    self.v5_client_request(id, &text);
                 }
             }
             _ => {}

@@ -226,7 +226,13 @@ impl Server {
                 }
                 Expired::HoldTimeout => self.finish_hold(id, false),
                 Expired::Ping => {
-                    let at = conn.ping(self.ping_frame.clone(), &self.cfg.timings, now);
+                    let v5 = matches!(&conn.phase, Phase::WebSocket(ws) if ws.sub.json_rpc);
+                    let frame = if v5 {
+                        self.v5_ping_frame.clone()
+                    } else {
+                        self.ping_frame.clone()
+                    };
+                    let at = conn.ping(frame, &self.cfg.timings, now);
                     self.mark_dirty(id);
                     self.set_deadline(id, Some(at));
                 }

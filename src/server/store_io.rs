@@ -33,7 +33,11 @@ const QUEUE_WARN_EVERY: Duration = Duration::from_secs(60);
 pub(super) enum Waiter {
     /// A publish: `reply` is the HTTP request to answer (none for a WebSocket client publish).
     /// Its messages are delivered from the store's `Done::Deliver`.
-    Publish { reply: Option<(ConnId, Persist)> },
+    Publish {
+        reply: Option<(ConnId, Persist)>,
+        /// v5 backend calls: the JSON answers for success and for a store failure.
+        json: Option<Box<(Vec<u8>, Vec<u8>)>>,
+    },
     /// The next backlog chunk of a subscriber, read after `after`: the last id it was sent
     /// (or its `mid`).
     Backlog { conn: ConnId, after: Mid },
@@ -152,13 +156,40 @@ impl Server {
             self.refuse_publish(reply, why);
             return;
         }
-        let waiter = Waiter::Publish { reply };
+        let waiter = Waiter::Publish { reply, json: None };
         if self.submit(|token| Job::Publish { token, drafts }, waiter) {
             if let Some((id, _)) = reply {
                 self.set_busy(id);
             }
         } else {
             self.refuse_publish(reply, ApiError::StoreUnavailable);
+        }
+    }
+
+    /// [`Server::publish_batch`] for a v5 backend call: answered 200 with `ok` once stored, or
+    /// with `failed` (JSON-RPC errors) when the store cannot take it (docs/v5.md).
+    pub(super) fn publish_json(
+        &mut self,
+        reply: Option<(ConnId, Persist)>,
+        drafts: Vec<Draft>,
+        ok: Vec<u8>,
+        failed: Vec<u8>,
+    ) {
+        let refused = self.publish_refusal().is_some();
+        let waiter = Waiter::Publish {
+            reply,
+            json: Some(Box::new((ok, failed.clone()))),
+        };
+        if !refused && self.submit(|token| Job::Publish { token, drafts }, waiter) {
+            if let Some((id, _)) = reply {
+                self.set_busy(id);
+            }
+            return;
+        }
+        self.metrics.v5_errors += 1;
+        if let Some((id, persist)) = reply {
+            let r = response::full(200, "application/json", &failed, persist);
+            self.respond(id, r, persist);
         }
     }
 
@@ -192,6 +223,7 @@ impl Server {
             kind,
             receivers,
             created_ms: now_ms(),
+            user_params: None,
         }
     }
 
@@ -342,7 +374,9 @@ impl Server {
 
     fn answer(&mut self, token: Token, waiter: Waiter, outcome: Outcome) {
         match (waiter, outcome) {
-            (Waiter::Publish { reply }, Outcome::Published(r)) => self.on_published(reply, r),
+            (Waiter::Publish { reply, json }, Outcome::Published(r)) => {
+                self.on_published(reply, json, r)
+            }
             (Waiter::Backlog { conn, after }, Outcome::Backlog(r)) => {
                 self.on_backlog(token, conn, after, r)
             }
@@ -402,6 +436,7 @@ impl Server {
     fn on_published(
         &mut self,
         reply: Option<(ConnId, Persist)>,
+        json: Option<Box<(Vec<u8>, Vec<u8>)>>,
         result: Result<Vec<Minted>, StoreError>,
     ) {
         let reply = reply.filter(|(id, _)| {
@@ -411,8 +446,12 @@ impl Server {
         });
         match result {
             Ok(msgs) => {
-                if let Some((id, persist)) = reply {
-                    self.respond_published(id, persist);
+                match (reply, &json) {
+                    (Some((id, persist)), Some(bodies)) => self.answer_busy(id, persist, |p| {
+                        response::full(200, "application/json", &bodies.0, p)
+                    }),
+                    (Some((id, persist)), None) => self.respond_published(id, persist),
+                    _ => {}
                 }
                 // Delivered from the store's Done::Deliver, in the order it minted the ids.
                 for msg in &msgs {
@@ -426,7 +465,15 @@ impl Server {
             }
             Err(e) => {
                 log::info!("publish not stored, answered 503: {e}");
-                self.refuse_busy_publish(reply);
+                match (reply, json) {
+                    (Some((id, persist)), Some(bodies)) => {
+                        self.metrics.v5_errors += 1;
+                        self.answer_busy(id, persist, |p| {
+                            response::full(200, "application/json", &bodies.1, p)
+                        })
+                    }
+                    (reply, _) => self.refuse_busy_publish(reply),
+                }
             }
         }
     }
@@ -521,11 +568,18 @@ impl Server {
         }
         msgs.sort_by_key(|m| m.mid);
         msgs.dedup_by_key(|m| m.mid);
-        let binary = self
-            .conns
-            .get(id)
-            .is_some_and(|c| matches!(&c.phase, Phase::WebSocket(ws) if ws.sub.binary));
-        let frame = if binary {
+        let wire = match self.conns.get(id).map(|c| &c.phase) {
+            Some(Phase::WebSocket(ws)) => ws.sub.wire(),
+            _ => crate::subscription::Wire::V3,
+        };
+        let frame = if let crate::subscription::Wire::V5 { user } = wire {
+            let items: Vec<tungstenite::Bytes> =
+                msgs.iter().filter_map(|m| m.v5_json(user)).collect();
+            if items.is_empty() {
+                return;
+            }
+            websocket::server_frame(websocket::OP_TEXT, &crate::v5::batch(&items))
+        } else if wire == crate::subscription::Wire::V4 {
             let batch = crate::v4::outgoing_batch(&msgs);
             websocket::server_frame(websocket::OP_BINARY, &batch)
         } else {

@@ -40,6 +40,9 @@ pub const FRAME_LEN: usize = 8;
 const MAX_RECORD: u32 = 1 << 30;
 /// Record type of a stored message.
 const REC_MESSAGE: u8 = 1;
+/// [`REC_MESSAGE`] followed by the v5 `user_params` (u32 length, bytes; docs/v5.md). A
+/// version that does not know it skips the record, as it skips every unknown type.
+const REC_MESSAGE_V5: u8 = 2;
 /// The journal's file name in STATE_DIR.
 pub const FILE_NAME: &str = "journal";
 /// How long the journal thread waits between checks on a running compaction.
@@ -99,7 +102,11 @@ pub fn header() -> [u8; HEADER_LEN] {
 pub fn encode(msg: &Message, receivers: &[Receiver], out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; FRAME_LEN]);
-    out.push(REC_MESSAGE);
+    out.push(if msg.user_params.is_some() {
+        REC_MESSAGE_V5
+    } else {
+        REC_MESSAGE
+    });
     out.extend_from_slice(&msg.mid.to_binary());
     out.extend_from_slice(&msg.created_ms.to_le_bytes());
     out.extend_from_slice(&msg.expiry.to_le_bytes());
@@ -133,6 +140,10 @@ pub fn encode(msg: &Message, receivers: &[Receiver], out: &mut Vec<u8>) {
     }
     out.extend_from_slice(&(msg.body.len() as u32).to_le_bytes());
     out.extend_from_slice(&msg.body);
+    if let Some(u) = &msg.user_params {
+        out.extend_from_slice(&(u.len() as u32).to_le_bytes());
+        out.extend_from_slice(u);
+    }
     let payload = &out[start + FRAME_LEN..];
     let len = payload.len() as u32;
     let crc = crc32(payload);
@@ -159,6 +170,7 @@ pub fn encoded_len(msg: &Message, receivers: usize) -> usize {
         + 17 * receivers
         + 4
         + msg.body.len()
+        + msg.user_params.as_ref().map_or(0, |u| 4 + u.len())
 }
 
 struct Cursor<'a>(&'a [u8]);
@@ -199,9 +211,11 @@ impl<'a> Cursor<'a> {
 /// version does not know, skipped.
 pub fn decode(payload: &[u8]) -> Result<Option<Entry>, String> {
     let mut c = Cursor(payload);
-    if c.u8()? != REC_MESSAGE {
-        return Ok(None);
-    }
+    let v5 = match c.u8()? {
+        REC_MESSAGE => false,
+        REC_MESSAGE_V5 => true,
+        _ => return Ok(None),
+    };
     let mid = Mid::from_binary(c.take(13)?).ok_or("bad message id")?;
     let created_ms = c.u64()?;
     let expiry = c.u32()?;
@@ -235,11 +249,19 @@ pub fn decode(payload: &[u8]) -> Result<Option<Entry>, String> {
     }
     let len = c.u32()? as usize;
     let body = Bytes::copy_from_slice(c.take(len)?);
+    let user_params = if v5 {
+        let n = c.u32()? as usize;
+        Some(Bytes::copy_from_slice(c.take(n)?))
+    } else {
+        None
+    };
     if !c.0.is_empty() {
         return Err("trailing bytes in record".into());
     }
     Ok(Some(Entry {
-        msg: Arc::new(Message::new(mid, created_ms, expiry, sender, body, kind)),
+        msg: Arc::new(
+            Message::new(mid, created_ms, expiry, sender, body, kind).with_user_params(user_params),
+        ),
         receivers: receivers.into(),
     }))
 }
@@ -839,7 +861,34 @@ mod tests {
             && x.sender == y.sender
             && x.body == y.body
             && x.kind == y.kind
+            && x.user_params == y.user_params
             && a.receivers == b.receivers
+    }
+
+    #[test]
+    fn v5_user_params_round_trip_in_their_own_record_type() {
+        let plain = entry(1, b"{}", None, Sender::Backend);
+        let mut v5 = entry(2, b"{}", Some("im_x"), Sender::Backend);
+        v5.msg = Arc::new(
+            Message::new(
+                v5.msg.mid,
+                1,
+                60,
+                Sender::Backend,
+                Bytes::from_static(b"{}"),
+                None,
+            )
+            .with_user_params(Some(Bytes::from_static(br#"{"5":{"a":1}}"#))),
+        );
+        let mut rec = Vec::new();
+        encode(&v5.msg, &v5.receivers, &mut rec);
+        assert_eq!(rec.len(), encoded_len(&v5.msg, v5.receivers.len()));
+        assert_eq!(rec[FRAME_LEN], REC_MESSAGE_V5);
+        let bytes = journal(&[plain.clone(), v5.clone()]);
+        let (got, _) = read(&bytes);
+        assert_eq!(got.len(), 2);
+        assert!(same(&got[0], &plain) && same(&got[1], &v5));
+        assert!(got[0].msg.user_params.is_none());
     }
 
     fn journal(entries: &[Entry]) -> Vec<u8> {

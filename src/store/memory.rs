@@ -502,14 +502,17 @@ impl Store for Embedded {
                 let msgs: Vec<(Arc<Message>, Arc<[Receiver]>)> = drafts
                     .into_iter()
                     .map(|d| {
-                        let msg = Arc::new(Message::new(
-                            self.mids.next(),
-                            d.created_ms,
-                            d.expiry,
-                            d.sender,
-                            d.body,
-                            d.kind,
-                        ));
+                        let msg = Arc::new(
+                            Message::new(
+                                self.mids.next(),
+                                d.created_ms,
+                                d.expiry,
+                                d.sender,
+                                d.body,
+                                d.kind,
+                            )
+                            .with_user_params(d.user_params),
+                        );
                         let receivers: Arc<[Receiver]> = d.receivers.into();
                         if self.journal.is_some() {
                             journal::encode(&msg, &receivers, &mut bytes);
@@ -840,6 +843,7 @@ mod tests {
             kind: kind.map(str::to_owned),
             receivers: vec![(ChannelId([1; 16]), crate::registry::Kind::Private)],
             created_ms: 1234,
+            user_params: None,
         };
         let job = Job::Publish {
             token: 7,

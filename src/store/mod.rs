@@ -51,6 +51,8 @@ pub struct Draft {
     pub kind: Option<String>,
     pub receivers: Vec<Receiver>,
     pub created_ms: u64,
+    /// v5 `user_params` (docs/v5.md); kept with the message by both stores.
+    pub user_params: Option<Bytes>,
 }
 
 #[derive(Debug)]

@@ -33,6 +33,9 @@ pub struct StoredMessage {
     /// Creation time in unix milliseconds (`created` has seconds only).
     #[prost(uint64, tag = "15")]
     pub created_ms: u64,
+    /// v5 `user_params` as JSON text (docs/v5.md), absent for other publishes.
+    #[prost(bytes = "vec", optional, tag = "16")]
+    pub user_params: Option<Vec<u8>>,
 }
 
 /// The repeated `receivers` field of an `IPCMessage`, encoded on its own: the publish script
@@ -186,6 +189,7 @@ pub fn encode_rest(d: &Draft) -> Vec<u8> {
         sender: Some(sender_proto(d.sender)),
         kind: d.kind.as_ref().map(|k| k.as_bytes().to_vec()),
         created_ms: d.created_ms,
+        user_params: d.user_params.as_ref().map(|u| u.to_vec()),
     }
     .encode_to_vec()
 }
@@ -220,14 +224,10 @@ fn message_from(m: StoredMessage, fallback_id: &[u8]) -> Option<Arc<Message>> {
         u64::from(m.created) * 1000
     };
     let kind = m.kind.map(|k| String::from_utf8_lossy(&k).into_owned());
-    Some(Arc::new(Message::new(
-        mid,
-        created_ms,
-        m.expiry,
-        sender,
-        Bytes::from(m.body),
-        kind,
-    )))
+    Some(Arc::new(
+        Message::new(mid, created_ms, m.expiry, sender, Bytes::from(m.body), kind)
+            .with_user_params(m.user_params.map(Bytes::from)),
+    ))
 }
 
 /// A stored `message:<id>` value; `None` when it is not one (never fails a whole backlog).
@@ -285,6 +285,7 @@ mod tests {
             kind: Some("im_test".into()),
             receivers,
             created_ms: 1_795_479_773_123,
+            user_params: None,
         }
     }
 
