@@ -14,7 +14,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver as ChanReceiver, RecvTimeoutError, Sender as ChanSender};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -380,16 +380,19 @@ pub fn read_file(path: &Path, each: impl FnMut(Entry)) -> Result<Scanned, OpenEr
 
 /// Writes a journal of `entries` to `tmp` (header and records, then synced), ready to be
 /// renamed over the journal. Returns the file, open for appending, and its length.
-fn write_snapshot(tmp: &Path, entries: &[Entry]) -> io::Result<(File, u64)> {
+fn write_snapshot(
+    tmp: &Path,
+    entries: impl Iterator<Item = (Arc<Message>, Arc<[Receiver]>)>,
+) -> io::Result<(File, u64)> {
     let _ = fs::remove_file(tmp);
     let f = OpenOptions::new().append(true).create_new(true).open(tmp)?;
     let mut w = BufWriter::with_capacity(1 << 20, &f);
     w.write_all(&header())?;
     let mut len = HEADER_LEN as u64;
     let mut buf = Vec::new();
-    for e in entries {
+    for (msg, receivers) in entries {
         buf.clear();
-        encode(&e.msg, &e.receivers, &mut buf);
+        encode(&msg, &receivers, &mut buf);
         w.write_all(&buf)?;
         len += buf.len() as u64;
     }
@@ -398,6 +401,10 @@ fn write_snapshot(tmp: &Path, entries: &[Entry]) -> io::Result<(File, u64)> {
     f.sync_data()?;
     Ok((f, len))
 }
+
+/// A snapshot entry on its way to the compaction thread: the message held weakly (and
+/// strongly too while its publish is not answered), its receivers.
+type HeldEntry = (Weak<Message>, Option<Arc<Message>>, Arc<[Receiver]>);
 
 /// Makes a rename in `dir` durable.
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -408,7 +415,10 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 /// fsync of the directory), at start, before the loop runs.
 pub fn rewrite(path: &Path, entries: &[Entry]) -> io::Result<(File, u64)> {
     let tmp = tmp_path(path);
-    let (f, len) = write_snapshot(&tmp, entries)?;
+    let all = entries
+        .iter()
+        .map(|e| (Arc::clone(&e.msg), Arc::clone(&e.receivers)));
+    let (f, len) = write_snapshot(&tmp, all)?;
     fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
         sync_dir(dir)?;
@@ -745,15 +755,27 @@ impl Worker {
             // One at a time; the store asks again if still needed.
             return;
         }
-        let snapshot: Vec<Entry> = snapshot
+        // Stored messages (seq 0) are held weakly: one the store evicts while the snapshot is
+        // written is freed at once and left out, instead of kept alive by the compaction
+        // (with large messages that doubled the store's memory for the time of a write).
+        // Publishes not answered yet are held strongly; they are not in the store yet.
+        let snapshot: Vec<HeldEntry> = snapshot
             .into_iter()
             .filter(|(seq, _)| *seq == 0 || !failed.contains(seq))
-            .map(|(_, e)| e)
+            .map(|(seq, e)| {
+                let strong = (seq != 0).then(|| Arc::clone(&e.msg));
+                (Arc::downgrade(&e.msg), strong, e.receivers)
+            })
             .collect();
         let tmp = tmp_path(&self.path);
         let spawned = thread::Builder::new()
             .name("journal-compact".into())
-            .spawn(move || write_snapshot(&tmp, &snapshot));
+            .spawn(move || {
+                let live = snapshot
+                    .into_iter()
+                    .filter_map(|(weak, _strong, receivers)| Some((weak.upgrade()?, receivers)));
+                write_snapshot(&tmp, live)
+            });
         match spawned {
             Ok(thread) => {
                 self.compaction = Some(Compaction {
