@@ -49,7 +49,10 @@ struct Inst {
 
 /// One `poll` wait. A signal (the test harness's, a child's exit) may cut it short with
 /// EINTR, which mio passes on; that is an early wake-up, not a failure.
-fn poll_once(poll: &mut Poll, events: &mut Events, timeout: Duration) {
+/// The jobs submitted so far go to the worker first, as the server's loop does before it
+/// sleeps (`Store::flush`).
+fn poll_once(store: &mut RedisStore, poll: &mut Poll, events: &mut Events, timeout: Duration) {
+    store.flush();
     match poll.poll(events, Some(timeout)) {
         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => events.clear(),
         r => r.unwrap(),
@@ -99,7 +102,7 @@ impl Inst {
                 "timed out waiting for {what}; have {:?}",
                 self.got
             );
-            poll_once(&mut self.poll, &mut self.events, left);
+            poll_once(&mut self.store, &mut self.poll, &mut self.events, left);
             self.store.drain(&mut self.got);
         }
     }
@@ -848,7 +851,7 @@ fn bench_single_message_publishes() {
                         .unwrap();
                     sent += 1;
                 }
-                poll_once(&mut a.poll, &mut a.events, WAIT);
+                poll_once(&mut a.store, &mut a.poll, &mut a.events, WAIT);
                 a.store.drain(&mut a.got);
                 for d in a.got.drain(..) {
                     if let Done::Published { result, .. } = d {
@@ -1130,7 +1133,12 @@ fn a_burst_of_mixed_jobs_is_answered_once_each_in_order() {
     let mut published = Vec::new();
     let deadline = Instant::now() + WAIT;
     while answered.len() < tokens.len() && Instant::now() < deadline {
-        poll_once(&mut a.poll, &mut a.events, Duration::from_millis(100));
+        poll_once(
+            &mut a.store,
+            &mut a.poll,
+            &mut a.events,
+            Duration::from_millis(100),
+        );
         a.store.drain(&mut a.got);
         for d in a.got.drain(..) {
             match d {
@@ -1324,7 +1332,12 @@ fn a_publish_answered_with_an_error_never_runs_later() {
         // One round of publishes every 5 ms.
         let next = start + Duration::from_millis(5 * (n as u64 / 2 + 1));
         while Instant::now() < next {
-            poll_once(&mut a.poll, &mut a.events, next - Instant::now());
+            poll_once(
+                &mut a.store,
+                &mut a.poll,
+                &mut a.events,
+                next - Instant::now(),
+            );
         }
         written_while_frozen += absorb(&mut a, &mut sent);
     }
@@ -1333,7 +1346,12 @@ fn a_publish_answered_with_an_error_never_runs_later() {
     let deadline = Instant::now() + WAIT;
     while sent.values().any(|(_, r, _)| r.is_none()) {
         assert!(Instant::now() < deadline, "publishes left unanswered");
-        poll_once(&mut a.poll, &mut a.events, Duration::from_millis(50));
+        poll_once(
+            &mut a.store,
+            &mut a.poll,
+            &mut a.events,
+            Duration::from_millis(50),
+        );
         written_while_frozen += absorb(&mut a, &mut sent);
     }
     let deadline = Instant::now() + WAIT;

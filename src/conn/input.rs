@@ -6,6 +6,7 @@
 //! repeatedly and acts on each [`Input`] before asking for the next; nothing here calls back
 //! into the loop, so pipelined input cannot deepen the stack (docs/loop.md).
 
+use bytes::{Buf, BytesMut};
 use tungstenite::Bytes;
 
 use super::Phase;
@@ -57,7 +58,7 @@ pub fn read_cap(phase: &Phase, limits: InputLimits) -> usize {
 }
 
 /// Takes the next step out of `rbuf` for a connection in `phase`, consuming what it used.
-pub fn next_input(phase: &mut Phase, rbuf: &mut Vec<u8>, limits: InputLimits) -> Input {
+pub fn next_input(phase: &mut Phase, rbuf: &mut BytesMut, limits: InputLimits) -> Input {
     loop {
         match phase {
             Phase::Request(None) => {
@@ -67,13 +68,13 @@ pub fn next_input(phase: &mut Phase, rbuf: &mut Vec<u8>, limits: InputLimits) ->
                 match http::parse_head(rbuf, limits.max_head) {
                     Ok(None) => return Input::Wait,
                     Err(e) => {
-                        *rbuf = Vec::new();
+                        *rbuf = BytesMut::new();
                         return Input::BadRequest(e);
                     }
                     Ok(Some((head, len))) => {
                         consume(rbuf, len);
                         if head.content_length > limits.max_payload {
-                            *rbuf = Vec::new();
+                            *rbuf = BytesMut::new();
                             return Input::BadRequest(HttpError::PayloadTooLarge);
                         }
                         *phase = Phase::Request(Some(Box::new(head)));
@@ -101,7 +102,7 @@ pub fn next_input(phase: &mut Phase, rbuf: &mut Vec<u8>, limits: InputLimits) ->
                         Input::Frame(frame)
                     }
                     Err(websocket::Violation(code)) => {
-                        *rbuf = Vec::new();
+                        *rbuf = BytesMut::new();
                         Input::Violation(code)
                     }
                 };
@@ -112,7 +113,7 @@ pub fn next_input(phase: &mut Phase, rbuf: &mut Vec<u8>, limits: InputLimits) ->
             Phase::Hold(_) if rbuf.len() > READ_AHEAD => return Input::Overrun,
             Phase::Hold(_) => return Input::Wait,
             Phase::Closing => {
-                *rbuf = Vec::new();
+                *rbuf = BytesMut::new();
                 return Input::Wait;
             }
         }
@@ -129,12 +130,14 @@ pub fn violation_reason(code: u16) -> &'static str {
 }
 
 /// Drops consumed input and frees the buffer once it is empty, so an idle connection holds
-/// no read buffer.
-fn consume(rbuf: &mut Vec<u8>, n: usize) {
+/// no read buffer. Consuming from the front only moves the start (`BytesMut::advance`): with
+/// many pipelined requests buffered, shifting the rest down for each one cost a copy of the
+/// whole buffer per request. The space is reclaimed when the buffer next grows.
+fn consume(rbuf: &mut BytesMut, n: usize) {
     if n >= rbuf.len() {
-        *rbuf = Vec::new();
+        *rbuf = BytesMut::new();
     } else {
-        rbuf.drain(..n);
+        rbuf.advance(n);
     }
 }
 
@@ -151,7 +154,7 @@ mod tests {
     /// nothing left, the way the loop does. Requests move the phase back to Request(None).
     fn run(stream: &[u8], step: usize) -> Vec<String> {
         let mut phase = Phase::Request(None);
-        let mut rbuf = Vec::new();
+        let mut rbuf = BytesMut::new();
         let mut out = Vec::new();
         for piece in stream.chunks(step) {
             rbuf.extend_from_slice(piece);
@@ -203,7 +206,7 @@ mod tests {
     #[test]
     fn a_held_poll_accepts_a_little_pipelined_input_only() {
         let mut phase = Phase::Busy;
-        let mut rbuf = vec![0u8; READ_AHEAD + 1];
+        let mut rbuf = BytesMut::from(&vec![0u8; READ_AHEAD + 1][..]);
         assert!(matches!(
             next_input(&mut phase, &mut rbuf, LIMITS),
             Input::Wait

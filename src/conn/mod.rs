@@ -130,7 +130,7 @@ pub struct Conn {
     pub role: Role,
     pub phase: Phase,
     /// Unparsed input; capacity 0 while idle.
-    pub rbuf: Vec<u8>,
+    pub rbuf: bytes::BytesMut,
     pub outbox: Outbox,
     /// The one deadline that matters in the current phase; timer entries that differ are stale.
     pub deadline: Option<Instant>,
@@ -203,7 +203,7 @@ impl Conn {
             stream,
             role,
             phase: Phase::Request(None),
-            rbuf: Vec::new(),
+            rbuf: bytes::BytesMut::new(),
             outbox: Outbox::default(),
             deadline: None,
             last_seq: 0,

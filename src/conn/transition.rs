@@ -122,7 +122,7 @@ impl Conn {
     pub fn refuse_websocket(&mut self, code: u16, reason: &str) -> Instant {
         self.outbox.push(websocket::close_frame(code, reason));
         self.phase = Phase::Closing;
-        self.rbuf = Vec::new();
+        self.rbuf = bytes::BytesMut::new();
         Instant::now() + CLOSE_LINGER
     }
 

@@ -195,6 +195,12 @@ pub trait Store {
     /// (docs/loop.md#the-back-pressure-rule).
     fn submit(&mut self, job: Job) -> Result<(), Job>;
 
+    /// Hands the jobs submitted since the last call to the store's own thread, all at once.
+    /// The loop calls it once per pass, before it sleeps: one wake-up of the Redis worker per
+    /// pass instead of one per request, and one pipeline for every publish of the pass. A
+    /// store that answers on the loop thread has nothing to do.
+    fn flush(&mut self) {}
+
     /// Moves every ready answer into `out`, in the order they happened.
     fn drain(&mut self, out: &mut Vec<Done>);
 

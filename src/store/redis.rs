@@ -178,6 +178,9 @@ struct Shared {
     /// can be reported up again.
     verify: AtomicBool,
     rejected: AtomicU64,
+    /// Jobs sent to the worker and not taken yet: with the jobs held for the next flush,
+    /// what `submit` compares with [`QUEUE_CAPACITY`] to hand a job back at once.
+    queued: std::sync::atomic::AtomicUsize,
     /// Publishes the script refused because they reached Redis after their deadline.
     late: AtomicU64,
     /// The newest id this instance has seen minted (its own or another instance's); the
@@ -358,7 +361,13 @@ pub struct RedisStore {
     done: ChanReceiver<Done>,
     /// Answers given in `submit` itself (while Redis is down).
     local: Vec<Done>,
+    /// Jobs of this pass, sent to the worker by [`Store::flush`].
+    held: Vec<Job>,
 }
+
+/// Jobs held for one flush at most; past it they are sent at once (a pass that parsed a
+/// flood of pipelined requests should not hold them all).
+const HELD_MAX: usize = 512;
 
 impl RedisStore {
     /// Starts the worker and the subscriber. `waker` is woken whenever answers are ready to
@@ -400,6 +409,7 @@ impl RedisStore {
             stop: AtomicBool::new(false),
             verify: AtomicBool::new(false),
             rejected: AtomicU64::new(0),
+            queued: std::sync::atomic::AtomicUsize::new(0),
             late: AtomicU64::new(0),
             last_seen: Mutex::new(Mid::new(saved_epoch, 0)),
             saved_epoch: Mutex::new(saved_epoch),
@@ -419,6 +429,7 @@ impl RedisStore {
             jobs: job_tx,
             done: done_rx,
             local: Vec::new(),
+            held: Vec::new(),
         })
     }
 
@@ -446,20 +457,42 @@ impl Store for RedisStore {
             }
             return Ok(());
         }
-        match self.jobs.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(job)) => {
-                self.shared.rejected.fetch_add(1, Ordering::Relaxed);
-                Err(job)
-            }
-            Err(TrySendError::Disconnected(job)) => {
-                let err = StoreError("Redis worker stopped".into());
-                if let Some(done) = failed(job, &err) {
-                    self.local.push(done);
-                    let _ = self.shared.waker.wake();
+        if self.shared.queued.load(Ordering::Acquire) + self.held.len() >= QUEUE_CAPACITY {
+            self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(job);
+        }
+        self.held.push(job);
+        if self.held.len() >= HELD_MAX {
+            self.flush();
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) {
+        let mut rejected = 0;
+        for job in self.held.drain(..) {
+            let refused = match self.jobs.try_send(job) {
+                Ok(()) => {
+                    self.shared.queued.fetch_add(1, Ordering::AcqRel);
+                    continue;
                 }
-                Ok(())
+                Err(TrySendError::Full(job)) => {
+                    rejected += 1;
+                    self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+                    (job, "Redis store queue full")
+                }
+                Err(TrySendError::Disconnected(job)) => (job, "Redis worker stopped"),
+            };
+            // Answered as a failure before reaching Redis: nothing of it ran.
+            if let Some(done) = failed(refused.0, &StoreError(refused.1.into())) {
+                self.local.push(done);
             }
+        }
+        if !self.local.is_empty() {
+            let _ = self.shared.waker.wake();
+        }
+        if rejected > 0 {
+            warn!("Redis store queue full: {rejected} jobs refused (answered 503 or dropped)");
         }
     }
 

@@ -165,7 +165,12 @@ pub(super) fn run(shared: Arc<Shared>, info: Endpoint, jobs: ChanReceiver<Job>) 
                     // Down: answer at once, nothing waits for Redis to come back.
                     let err = w.shared.unavailable();
                     let mut done: Vec<Done> = failed(job, &err).into_iter().collect();
-                    done.extend(jobs.try_iter().filter_map(|j| failed(j, &err)));
+                    let mut taken = 1;
+                    done.extend(jobs.try_iter().filter_map(|j| {
+                        taken += 1;
+                        failed(j, &err)
+                    }));
+                    w.shared.queued.fetch_sub(taken, Ordering::AcqRel);
                     w.shared.send_all(done);
                 }
                 Err(RecvTimeoutError::Timeout) => w.connect(),
@@ -177,6 +182,7 @@ pub(super) fn run(shared: Arc<Shared>, info: Endpoint, jobs: ChanReceiver<Job>) 
             Ok(first) => {
                 let mut round = vec![first];
                 round.extend(jobs.try_iter().take(MAX_ROUND - 1));
+                w.shared.queued.fetch_sub(round.len(), Ordering::AcqRel);
                 if w.shared.verify.swap(false, Ordering::AcqRel) {
                     w.refresh();
                 }
