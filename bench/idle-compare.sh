@@ -18,7 +18,7 @@ trap cleanup EXIT
 run() { # run BINARY TRANSPORT -> bytes per connection
     local d=$TMP/run
     rm -rf "$d" && mkdir -p "$d"
-    RUN_DIR=$d SECURITY_KEY=idleKey SUB_LISTEN= PUB_LISTEN= LOG_LEVEL=warn "$1" >"$d/log" 2>&1 &
+    RUN_DIR=$d STATE_DIR=$d/state SECURITY_KEY=idleKey SUB_LISTEN= PUB_LISTEN= LOG_LEVEL=warn "$1" >"$d/log" 2>&1 &
     PID=$!
     for _ in $(seq 100); do [ -S "$d/sub.sock" ] && [ -S "$d/pub.sock" ] && break; sleep 0.1; done
     "$BENCH" idle --conns "$CONNS" --transport "$2" --sub "$d/sub.sock" --pub "$d/pub.sock" \

@@ -36,8 +36,10 @@ pub enum Flush {
 
 /// Emptied queues kept for reuse (see [`Outbox::push_reusing`]); at most [`SPARE_MAX`].
 pub type Spare = Vec<VecDeque<Bytes>>;
-/// About 1 MiB of queues at most: enough for a fan-out to several thousand subscribers.
-pub const SPARE_MAX: usize = 8192;
+/// A few dozen KiB at most. Idle connections hold no queue, and the pool must not hold one
+/// per idle connection instead (a full pool of thousands showed as +144 B per idle
+/// WebSocket); direct writes (`Conn::deliver`) leave only bursts needing queues.
+pub const SPARE_MAX: usize = 256;
 
 impl Outbox {
     pub fn push(&mut self, chunk: Bytes) {
