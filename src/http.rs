@@ -38,6 +38,9 @@ pub struct RequestHead {
     pub message_expiry: u32,
     /// Client address from `X-Real-IP` or the first `X-Forwarded-For` entry, for logs only.
     pub client_ip: Option<Box<str>>,
+    /// `X-HostId`: older Bitrix modules name their host id there instead of in the query
+    /// of a v5 backend call (docs/v5.md, "The backend endpoint").
+    pub host_id: Option<Box<str>>,
 }
 
 impl RequestHead {
@@ -120,6 +123,7 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<(RequestHead, us
     let mut message_expiry = 0;
     let mut real_ip = None;
     let mut forwarded = None;
+    let mut host_id = None;
     for h in req.headers.iter() {
         let name = h.name;
         let value = h.value;
@@ -150,6 +154,8 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<(RequestHead, us
                 .unwrap_or(0);
         } else if name.eq_ignore_ascii_case("x-real-ip") {
             real_ip = std::str::from_utf8(value.trim_ascii()).ok().map(Box::from);
+        } else if name.eq_ignore_ascii_case("x-hostid") {
+            host_id = std::str::from_utf8(value.trim_ascii()).ok().map(Box::from);
         } else if name.eq_ignore_ascii_case("x-forwarded-for") {
             forwarded = std::str::from_utf8(value)
                 .ok()
@@ -182,6 +188,7 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<(RequestHead, us
             ws_key,
             message_expiry,
             client_ip: real_ip.or(forwarded),
+            host_id,
         },
         len,
     )))

@@ -89,10 +89,19 @@ pub fn parse_any(
     if let Some(user) = claims.user {
         receivers.push((ChannelId::user(user), Kind::Private));
     }
+    // MAX_CONN_PER_CHANNEL (docs/v5.md, "Limits"): per user for a user token; for a token
+    // without a user (a guest's `private,public`) on its first id, the private one that
+    // comes with a public id, as in v3/v4. Never on a user token's `chan`: that is the
+    // portal's shared channel, held by every user.
+    let capped = match claims.user {
+        Some(user) => vec![ChannelId::user(user)],
+        None if claims.channels.len() >= 2 => vec![claims.channels[0]],
+        None => Vec::new(),
+    };
     let mid = query::param(query_string, "mid").and_then(|m| Mid::parse(&m));
     Ok(Subscription {
         receivers,
-        capped: Vec::new(),
+        capped,
         public_id: None,
         mid,
         binary: false,

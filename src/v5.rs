@@ -339,6 +339,15 @@ pub fn publish_error(id: Option<&Value>, e: ApiError) -> Value {
     error(id, code::INVALID_PARAMS, &e.to_string())
 }
 
+/// `pong` or `mack:<mid>`: what a v5 client sends besides requests (docs/v5.md,
+/// "Keep-alive").
+pub fn is_keepalive_text(text: &[u8]) -> bool {
+    text == b"pong"
+        || text.strip_prefix(b"mack:").is_some_and(|mid| {
+            !mid.is_empty() && mid.len() <= 26 && mid.iter().all(u8::is_ascii_digit)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

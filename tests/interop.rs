@@ -10,6 +10,9 @@
 //! script checks every message arrived once and in order, that it logged no parse error or
 //! duplicate, that the reconnect carried the last mid, and prints a JSON summary asserted here.
 //!
+//! v5 (`js_sdk_v5_*`, tests/interop/pull-client-v5.mjs; docs/v5.md, "The official client"): the
+//! same client with a token, driven through `/bitrix/api/`, on WebSocket and long poll.
+//!
 //! Needs node >= 20 and `npm ci` in tests/interop (scripts/test.sh does both); without them the
 //! tests fail with a message saying so.
 
@@ -30,6 +33,8 @@ use std::time::{Duration, Instant};
 
 /// Deadline for the script's whole run; each mode takes about 1-2 s.
 const NODE_TIMEOUT: Duration = Duration::from_secs(25);
+/// The v5 WebSocket run keeps its first connection open past the client's 20 s watchdog.
+const V5_NODE_TIMEOUT: Duration = Duration::from_secs(70);
 
 fn interop_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
@@ -95,16 +100,26 @@ impl Node {
         // v4: the client publishes to its own public channel once it has message 5 (after the
         // reconnect), and must receive it back as a CLIENT message.
         let client_publish_at = if mode.starts_with("v4") { "5" } else { "0" };
+        let timeout = (NODE_TIMEOUT.as_millis() - 2000).to_string();
+        Node::spawn_script(
+            "pull-client.mjs",
+            &[
+                ("MODE", mode),
+                ("SUB_URL", sub_url),
+                ("CHANNEL_PRIVATE", private),
+                ("CHANNEL_SHARED", shared),
+                ("PUBLIC_ID", public),
+                ("CLIENT_PUBLISH_AT", client_publish_at),
+                ("TIMEOUT_MS", &timeout),
+            ],
+        )
+    }
+
+    fn spawn_script(script: &str, envs: &[(&str, &str)]) -> Node {
         let mut child = Command::new("node")
-            .arg("pull-client.mjs")
+            .arg(script)
             .current_dir(interop_dir())
-            .env("MODE", mode)
-            .env("SUB_URL", sub_url)
-            .env("CHANNEL_PRIVATE", private)
-            .env("CHANNEL_SHARED", shared)
-            .env("PUBLIC_ID", public)
-            .env("CLIENT_PUBLISH_AT", client_publish_at)
-            .env("TIMEOUT_MS", (NODE_TIMEOUT.as_millis() - 2000).to_string())
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -196,6 +211,17 @@ impl Node {
         );
     }
 
+    /// Like `wait_event`, but an event already read (while waiting for another) counts too.
+    fn seen_or_wait(&mut self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) {
+        let seen = self
+            .transcript
+            .iter()
+            .any(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| pred(&v)));
+        if !seen {
+            self.wait_event(what, timeout, pred);
+        }
+    }
+
     /// Like `wait_event`, but returns `None` on timeout instead of panicking (still panics if
     /// the script exited).
     fn try_event(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
@@ -217,7 +243,7 @@ impl Node {
 
     /// Waits for the summary and the exit; returns the summary and whether it exited 0.
     fn finish(&mut self) -> (Value, bool) {
-        let deadline = Instant::now() + NODE_TIMEOUT;
+        let deadline = Instant::now() + V5_NODE_TIMEOUT;
         while self.summary.is_none() && self.next(deadline).is_some() {}
         let Some(summary) = self.summary.clone() else {
             panic!("node client printed no summary\n{}", self.report());
@@ -515,4 +541,340 @@ fn js_sdk_v4_websocket() {
 #[test]
 fn js_sdk_v4_long_polling() {
     run("v4-lp");
+}
+
+// ---------------------------------------------------------------------------------------------
+// v5 (docs/v5.md): the same client with `server.version` 5 and a `jwt`, driven through the
+// backend endpoint (tests/interop/pull-client-v5.mjs)
+
+/// `POST /bitrix/api/` as PHP sends it; asserts 200 and returns the JSON answer.
+fn backend(s: &Server, body: &Value) -> Value {
+    let body = body.to_string();
+    let raw = format!(
+        "POST /bitrix/api/?hostId=host1&signature={}&hostname=portal.test HTTP/1.1\r\nHost: portal.test\r\nContent-Type: application/x-www-form-urlencoded\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        sign(&body),
+        body.len()
+    );
+    let r = s.pub_request(raw.as_bytes());
+    assert_eq!(r.status, 200, "backend call {body}: {}", r.body_str());
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{e}: {:?}", r.body_str()))
+}
+
+/// A backend `publish` of an `interop` message to users and/or channels, answered `result`.
+fn backend_publish(s: &Server, users: &[u64], channels: &[&str], command: &str, params: Value) {
+    let a = backend(
+        s,
+        &serde_json::json!([{"jsonrpc": "2.0", "method": "publish", "params": {
+            "userList": users,
+            "channelList": channels,
+            "body": {"module_id": "interop", "command": command, "params": params,
+                     "extra": {"server_time_unix": now_secs(), "revision_web": 19}},
+            "expiry": 86400,
+        }}]),
+    );
+    assert_eq!(a[0]["result"], serde_json::json!({}), "{a}");
+}
+
+fn v5_token(user: u64, chan: &str) -> String {
+    let mut claims =
+        serde_json::json!({"iss": "host1", "iat": now_secs(), "exp": now_secs() + 43200});
+    if user > 0 {
+        claims["sub"] = Value::from(user.to_string());
+    }
+    claims["chan"] = Value::from(chan);
+    push_server::jwt::sign(&claims.to_string(), KEY.as_bytes())
+}
+
+fn v5_query(token: &str) -> String {
+    format!("token={}&jsonRpc=true&revision=19", enc(token))
+}
+
+fn user_connected(s: &Server, user: u64) -> bool {
+    let a = backend(
+        s,
+        &serde_json::json!({"jsonrpc":"2.0","method":"getUsersLastSeen","params":{"userList":[user]}}),
+    );
+    a["result"][user.to_string()] == 0
+}
+
+/// Next `incoming.message` on a raw v5 WebSocket, skipping `ping` and answers.
+fn v5_next_message(ws: &mut Ws) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let t = ws.next_text(deadline.saturating_duration_since(Instant::now()));
+        if t == "ping" {
+            continue;
+        }
+        let v: Value = serde_json::from_str(&t).expect("JSON-RPC text");
+        if v["method"] == "incoming.message" {
+            return v;
+        }
+    }
+}
+
+fn run_v5(websocket: bool) {
+    preflight();
+    const USER: u64 = 1;
+    let port = free_port();
+    let mut builder = Server::builder()
+        .env("SUB_LISTEN", format!("127.0.0.1:{port}"))
+        .env("HOST_ID", "host1")
+        .env("MAX_CONN_PER_CHANNEL", "1")
+        .env("ONLINE_TTL", "1");
+    if !websocket {
+        builder = builder.env("LONG_POLL_TIMEOUT", "0.5");
+    }
+    let s = builder.start();
+    assert!(
+        wait_until(WAIT, || TcpStream::connect(("127.0.0.1", port)).is_ok()),
+        "SUB_LISTEN 127.0.0.1:{port} does not accept"
+    );
+    let shared = new_id();
+    let token = v5_token(USER, &shared);
+    let mode = if websocket { "v5-ws" } else { "v5-lp" };
+    let timeout = (V5_NODE_TIMEOUT.as_millis() - 5000).to_string();
+    let mut node = Node::spawn_script(
+        "pull-client-v5.mjs",
+        &[
+            ("MODE", mode),
+            ("SUB_URL", &format!("http://127.0.0.1:{port}")),
+            ("JWT", &token),
+            ("USER_ID", &USER.to_string()),
+            ("CHANNEL_PRIVATE", &signed(&new_id())),
+            ("CHANNEL_SHARED", &signed(&shared)),
+            ("TIMEOUT_MS", &timeout),
+        ],
+    );
+    let opened = Instant::now();
+    assert!(
+        wait_until(WAIT, || user_connected(&s, USER)),
+        "the client's user never connected\n{}",
+        node.report()
+    );
+
+    // 1. live: to its user, and to a channel of its token
+    backend_publish(&s, &[USER], &[], "seq", serde_json::json!({"seq": 1}));
+    backend_publish(&s, &[], &[&shared], "seq", serde_json::json!({"seq": 2}));
+    node.wait_msg(2);
+
+    let action = |node: &mut Node, s: &Server, what: &str, params: Value| -> Value {
+        backend_publish(s, &[USER], &[], "do", params);
+        node.wait_event(&format!("action {what}"), WAIT, |v| {
+            v["ev"] == "action" && v["action"] == what
+        })
+    };
+    if websocket {
+        // 2. getUsersLastSeen: 0 for itself (connected), the portal's time for user 2, and user
+        //    3 left out (the SDK asks the portal's REST for it)
+        let a = backend(
+            &s,
+            &serde_json::json!({"jsonrpc":"2.0","method":"updateUsersLastSeen","params":{"2": now_secs() - 300}}),
+        );
+        assert_eq!(a["result"], serde_json::json!({}), "{a}");
+        let done = action(
+            &mut node,
+            &s,
+            "lastSeen",
+            serde_json::json!({"action": "lastSeen", "users": [USER, 2, 3]}),
+        );
+        assert_eq!(done["error"], Value::Null, "{done}\n{}", node.report());
+        let answer = node
+            .transcript
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["ev"] == "rpc-answer")
+            .map(|v| v["answer"].clone())
+            .find(|a| a["result"].get("1").is_some())
+            .unwrap_or_else(|| panic!("no getUsersLastSeen answer seen\n{}", node.report()));
+        assert_eq!(answer["result"]["1"], 0, "{answer}");
+        let ago = answer["result"]["2"].as_u64().expect("user 2");
+        assert!((300..310).contains(&ago), "{answer}");
+        assert!(answer["result"].get("3").is_none(), "{answer}");
+
+        // 3. a watched user's status changes
+        let done = action(
+            &mut node,
+            &s,
+            "watch",
+            serde_json::json!({"action": "watch", "user": 2}),
+        );
+        assert_eq!(done["error"], Value::Null, "{done}");
+        let mut two = s.ws(&v5_query(&v5_token(2, &new_id())));
+        node.wait_event("user 2 online", WAIT, |v| {
+            v["ev"] == "user-status" && v["userId"] == 2 && v["isOnline"] == true
+        });
+        two.ws.close(None).ok();
+        node.wait_event("user 2 offline", Duration::from_secs(10), |v| {
+            v["ev"] == "user-status" && v["userId"] == 2 && v["isOnline"] == false
+        });
+
+        // 4. it publishes: to its own user (it comes back to it as a client message), and to
+        //    a public id that a guest connection holds
+        let done = action(
+            &mut node,
+            &s,
+            "publishSelf",
+            serde_json::json!({"action": "publishSelf"}),
+        );
+        assert_eq!(done["result"], serde_json::json!({}), "{done}");
+        node.seen_or_wait("its own publish coming back", WAIT, |v| {
+            v["ev"] == "client-msg" && v["command"] == "fromClient"
+        });
+        let (guest_priv, guest_pub) = (new_id(), new_id());
+        let mut guest = s.ws(&v5_query(&v5_token(
+            0,
+            &format!("{guest_priv},{guest_pub}"),
+        )));
+        s.wait_online(&guest_pub);
+        let item = format!("{guest_pub}.{}", sign(&format!("public:{guest_pub}")));
+        let done = action(
+            &mut node,
+            &s,
+            "publishChannel",
+            serde_json::json!({"action": "publishChannel", "channel": item}),
+        );
+        assert_eq!(done["result"], serde_json::json!({}), "{done}");
+        let m = v5_next_message(&mut guest);
+        assert_eq!(m["params"]["body"]["command"], "toChannel", "{m}");
+        assert_eq!(
+            m["params"]["sender"],
+            serde_json::json!({"type": 1, "id": "1"}),
+            "{m}"
+        );
+
+        // 5. the watchdog (20 s without a `ping`) never fires: keep the first connection
+        //    open for 25 s, watching for a close
+        let left = Duration::from_secs(25).saturating_sub(opened.elapsed());
+        let closed = node.try_event(left, |v| v["ev"] == "ws-close" || v["ev"] == "failure");
+        assert!(
+            closed.is_none(),
+            "the client's first connection ended: {closed:?}\n{}",
+            node.report()
+        );
+    }
+
+    // 6. a server-side close: a second connection of the same user closes the oldest (4029,
+    //    or 429 for a held poll; a poll between requests evicts the intruder instead: retry)
+    let deadline = Instant::now() + WAIT;
+    let mut intruders = Vec::new();
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the client was never closed by MAX_CONN_PER_CHANNEL\n{}",
+            node.report()
+        );
+        intruders.push(s.ws(&v5_query(&token)));
+        let closed = node.try_event(Duration::from_secs(1), |v| {
+            (v["ev"] == "ws-close" && v["code"] == 4029)
+                || (v["ev"] == "lp-response" && v["status"] == 429)
+        });
+        if closed.is_some() {
+            break;
+        }
+    }
+    // 7. published while it is away, then live again
+    backend_publish(&s, &[USER], &[], "seq", serde_json::json!({"seq": 3}));
+    backend_publish(&s, &[], &[&shared], "seq", serde_json::json!({"seq": 4}));
+    node.wait_msg(4);
+    backend_publish(
+        &s,
+        &[USER],
+        &[&shared],
+        "seq",
+        serde_json::json!({"seq": 5}),
+    );
+    node.wait_msg(5);
+    backend_publish(&s, &[USER], &[], "end", serde_json::json!({"count": 5}));
+    let (summary, exit_ok) = node.finish();
+    drop(intruders);
+
+    let pretty = serde_json::to_string_pretty(&summary).unwrap_or_default();
+    eprintln!("{mode} summary (shown with --nocapture): {pretty}");
+    assert!(
+        summary["ok"] == true && exit_ok,
+        "official client in mode {mode} reported failures: {}\n{}",
+        summary["failures"],
+        node.report()
+    );
+    assert_eq!(
+        summary["seqs"],
+        serde_json::json!([1, 2, 3, 4, 5]),
+        "{pretty}"
+    );
+    let msgs = summary["messages"].as_array().expect("messages");
+    for m in msgs {
+        assert_eq!(m["sender"]["type"], 2, "backend sender expected: {pretty}");
+    }
+    // The reconnect resumed by the last mid it had; seq 3 and 4 came as its backlog, in one
+    // transport message.
+    let m3 = msgs.iter().find(|m| m["seq"] == 3).expect("seq 3");
+    let m4 = msgs.iter().find(|m| m["seq"] == 4).expect("seq 4");
+    assert_eq!(m3["conn"], m4["conn"], "{pretty}");
+    assert_eq!(m3["transportMessage"], m4["transportMessage"], "{pretty}");
+    let resume = summary["resumes"]
+        .as_array()
+        .expect("resumes")
+        .iter()
+        .find(|r| r["conn"] == m3["conn"])
+        .cloned()
+        .unwrap_or_else(|| panic!("no resume entry for the reconnect: {pretty}"));
+    assert!(
+        resume["mid"].as_str().is_some_and(is_mid),
+        "the reconnect carried no mid: {pretty}"
+    );
+    assert_eq!(resume["mid"], resume["lastMidBefore"], "{pretty}");
+    if websocket {
+        let closes = summary["serverCloses"].as_array().expect("serverCloses");
+        assert_eq!(closes[0]["code"], 4029, "{pretty}");
+        // Every `ping` answered with `pong`, at most 10 s apart, and the first connection
+        // lived past the 20 s watchdog.
+        let pings = summary["pings"].as_u64().unwrap_or(0);
+        assert!(pings >= 2, "{pretty}");
+        assert_eq!(summary["sent"]["pong"], pings, "{pretty}");
+        for gap in summary["pingGaps"].as_array().expect("pingGaps") {
+            assert!(gap.as_u64().is_some_and(|g| g <= 10_500), "{pretty}");
+        }
+        let first = &summary["connections"][0];
+        let lived = closes[0]["at"].as_u64().unwrap_or(0) - first["opened"].as_u64().unwrap_or(0);
+        assert!(
+            lived > 20_000,
+            "first connection lived {lived} ms: {pretty}"
+        );
+        let cm = &summary["clientMessages"];
+        assert_eq!(
+            cm[0]["sender"],
+            serde_json::json!({"type": 1, "id": "1"}),
+            "{pretty}"
+        );
+        assert_eq!(
+            summary["statusChanges"],
+            serde_json::json!([{"userId": 2, "isOnline": true}, {"userId": 2, "isOnline": false}]),
+            "{pretty}"
+        );
+    } else {
+        let closes = summary["connections"]
+            .as_array()
+            .expect("connections")
+            .iter()
+            .filter(|c| c["status"] == 429)
+            .count();
+        assert!(closes >= 1, "{pretty}");
+        assert_eq!(summary["pings"], 0, "a long poll gets no ping: {pretty}");
+        // Its `mack:`s go to the publish URL: accepted quietly.
+        let posts = summary["posts"].as_array().expect("posts");
+        assert!(!posts.is_empty(), "{pretty}");
+        for p in posts {
+            assert_eq!(p["status"], 200, "{pretty}");
+        }
+    }
+}
+
+#[test]
+fn js_sdk_v5_websocket() {
+    run_v5(true);
+}
+
+#[test]
+fn js_sdk_v5_long_polling() {
+    run_v5(false);
 }

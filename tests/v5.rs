@@ -438,3 +438,86 @@ fn watched_users_status_changes_are_pushed() {
     wait_user_connected(&server, 2);
     watcher.expect_silence(Duration::from_millis(500));
 }
+
+#[test]
+fn a_silent_v5_socket_is_closed_after_two_unanswered_pings() {
+    // WS_PING_INTERVAL=1: v5 pings every second, and the patience is WS_PING_INTERVAL but at
+    // least two pings (docs/v5.md, "Keep-alive"): the close comes after the second ping.
+    let server = Server::builder().env("WS_PING_INTERVAL", "1").start();
+    let mut ws = server.ws(&v5q(&token(3, SHARED)));
+    let mut pings = 0;
+    let deadline = std::time::Instant::now() + T;
+    let close = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(!left.is_zero(), "no close within {T:?} ({pings} pings)");
+        match ws.recv(left) {
+            WsEvent::Text(t) if t == "ping" => pings += 1,
+            WsEvent::Close(code, reason) => break (code, reason),
+            WsEvent::Timeout => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(close.0, 1001, "{close:?}");
+    assert_eq!(pings, 2, "closed after {pings} unanswered pings");
+}
+
+#[test]
+fn backend_calls_must_name_host_id_when_it_is_set() {
+    let server = Server::builder().env("HOST_ID", "host1").start();
+    let mut ws = server.ws(&v5q(&token(4, SHARED)));
+    wait_user_connected(&server, 4);
+    let call = |query_host: Option<&str>, header_host: Option<&str>, command: &str| {
+        let body = publish(json!({"userList": [4], "body": {"module_id":"m","command":command}}))
+            .to_string();
+        let mut target = format!("/bitrix/api/?signature={}", sign(&body));
+        if let Some(h) = query_host {
+            target.push_str(&format!("&hostId={h}"));
+        }
+        let header = header_host.map_or(String::new(), |h| format!("X-HostId: {h}\r\n"));
+        let raw = format!(
+            "POST {target} HTTP/1.1\r\nHost: portal\r\n{header}Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let r = server.pub_request(raw.as_bytes());
+        assert_eq!(r.status, 200, "{}", r.body_str());
+        serde_json::from_slice::<Value>(&r.body).unwrap()
+    };
+    for (q, h) in [(Some("host2"), None), (None, Some("host2")), (None, None)] {
+        let a = call(q, h, "refused");
+        assert_eq!(a["error"]["code"], -32600, "{q:?} {h:?}: {a}");
+        assert_eq!(a["error"]["message"], "Wrong host id");
+    }
+    assert_eq!(call(Some("host1"), None, "query")[0]["result"], json!({}));
+    assert_eq!(call(None, Some("host1"), "header")[0]["result"], json!({}));
+    let cmds: Vec<Value> = (0..2)
+        .map(|_| next_message(&mut ws, T)["params"]["body"]["command"].clone())
+        .collect();
+    assert_eq!(
+        cmds,
+        [json!("query"), json!("header")],
+        "nothing refused arrives"
+    );
+}
+
+#[test]
+fn max_conn_per_channel_caps_v5_connections_per_user_and_guest_channel() {
+    let server = Server::builder().env("MAX_CONN_PER_CHANNEL", "1").start();
+    // Two users on the portal's shared channel: the shared id is never capped.
+    let mut five = server.ws(&v5q(&token(5, SHARED)));
+    let mut six = server.ws(&v5q(&token(6, SHARED)));
+    wait_user_connected(&server, 5);
+    wait_user_connected(&server, 6);
+    // A second connection of user 5 closes the oldest.
+    let _five_again = server.ws(&v5q(&token(5, SHARED)));
+    assert_eq!(
+        five.expect_close(T),
+        (4029, "4029: Too many connections".to_owned())
+    );
+    six.expect_silence(Duration::from_millis(300));
+    // A guest token (`private,public`, no user): capped on its private id.
+    let guest = format!("{PRIV},4c9184f37cff01bcdc32dc486ec36961");
+    let mut g1 = server.ws(&v5q(&token(0, &guest)));
+    server.wait_online(PRIV);
+    let _g2 = server.ws(&v5q(&token(0, &guest)));
+    assert_eq!(g1.expect_close(T).0, 4029);
+}

@@ -116,8 +116,11 @@ pub struct WsState {
     /// Live messages that came while the backlog was being read; sent after it.
     pub parked: Held,
     pub reader: websocket::Reader,
-    /// A Ping went out and no Pong came back yet.
-    pub ping_outstanding: bool,
+    /// Pings sent since the peer last answered (a Pong; on v5 any text).
+    pub unanswered: u16,
+    /// Unanswered pings after which the next tick closes with 1001: 1 on v3/v4, more on v5
+    /// (`ping_patience` in `conn/transition.rs`).
+    pub patience: u16,
     /// The outbox made no progress since the last ping tick (send stall detection).
     pub stalled: bool,
     pub client: Option<Box<str>>,
@@ -309,11 +312,11 @@ impl Conn {
             Phase::Request(None) if self.rbuf.is_empty() => Expired::Idle,
             Phase::Request(_) => Expired::RequestTimeout,
             Phase::Hold(_) => Expired::HoldTimeout,
-            Phase::WebSocket(ws) if ws.ping_outstanding => Expired::MissedPong,
+            Phase::WebSocket(ws) if ws.unanswered >= ws.patience => Expired::MissedPong,
             Phase::WebSocket(ws) if ws.stalled && !self.outbox.is_empty() => Expired::Stalled,
             Phase::WebSocket(ws) => {
                 ws.stalled = !self.outbox.is_empty();
-                ws.ping_outstanding = true;
+                ws.unanswered = ws.unanswered.saturating_add(1);
                 Expired::Ping
             }
             Phase::Busy => Expired::StoreLost,

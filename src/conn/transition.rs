@@ -85,12 +85,14 @@ impl Conn {
         t: &Timings,
     ) -> Instant {
         let interval = ping_interval(&sub, t);
+        let patience = ping_patience(&sub, t);
         self.phase = Phase::WebSocket(Box::new(WsState {
             sub,
             backlog: Backlog::Done,
             parked: Default::default(),
             reader: websocket::Reader::default(),
-            ping_outstanding: false,
+            unanswered: 0,
+            patience,
             stalled: false,
             client,
             partial: None,
@@ -136,6 +138,24 @@ impl Conn {
 /// v5 clients expect the text `ping` at least every 10 s (their watchdog fires at 20 s,
 /// docs/v5.md, "Keep-alive").
 pub const V5_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Unanswered pings a WebSocket carrying `sub` is allowed before it is closed with 1001.
+///
+/// v3/v4: one. The browser's network stack answers a control Ping itself, so a pong missing
+/// for a whole `WS_PING_INTERVAL` means a dead peer. v5: the `pong` is sent by the page's own
+/// script, from the handler of the text `ping`, which does not run while the page is busy or
+/// frozen in the background (docs/v5.md, "Keep-alive"). So a v5 socket gets the same
+/// `WS_PING_INTERVAL` of silence as v3/v4 (pings every 10 s), and never fewer than two pings:
+/// the client itself gives the server 20 s (its watchdog), the server gives it at least as
+/// long.
+pub fn ping_patience(sub: &Subscription, t: &Timings) -> u16 {
+    if !sub.json_rpc {
+        return 1;
+    }
+    let interval = ping_interval(sub, t).as_millis().max(1);
+    let n = t.ws_ping_interval.as_millis().div_ceil(interval);
+    u16::try_from(n).unwrap_or(u16::MAX).max(2)
+}
 
 /// The ping tick of a WebSocket carrying `sub`.
 pub fn ping_interval(sub: &Subscription, t: &Timings) -> std::time::Duration {

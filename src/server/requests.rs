@@ -560,7 +560,7 @@ impl Server {
                 self.mark_dirty(id);
             }
             OP_PONG => {
-                ws.ping_outstanding = false;
+                ws.unanswered = 0;
                 // Presence lives as long as the online TTL; a pong (every ping interval)
                 // renews it, as the references do.
                 let receivers = ws.sub.receivers.clone();
@@ -580,7 +580,7 @@ impl Server {
             // v5 (docs/v5.md): any client text shows the client is there; `pong` and
             // `mack:<mid>` need nothing else, JSON is a request.
             _ if ws.sub.json_rpc => {
-                ws.ping_outstanding = false;
+                ws.unanswered = 0;
                 let Some(text) = crate::v5::assemble_text(&mut ws.partial, frame) else {
                     return;
                 };

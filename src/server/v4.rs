@@ -89,6 +89,13 @@ impl Server {
         body: Bytes,
         persist: Persist,
     ) {
+        // A v5 client on long poll sends its acknowledgements (`mack:<mid>`) here, the
+        // publish URL, since its poll cannot carry them (docs/v5.md, "Keep-alive"): nothing
+        // to do, and no reason to log a refusal for every message it receives.
+        if crate::v5::is_keepalive_text(&body) {
+            let r = http_response::full(200, "text/plain", b"", persist);
+            return self.respond(id, r, persist);
+        }
         let public_id = subscription::parse(head.query(), &self.signer)
             .ok()
             .and_then(|s| s.public_id);

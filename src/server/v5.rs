@@ -90,6 +90,19 @@ impl Server {
             self.respond_error(id, ApiError::WrongSignature, persist);
             return;
         }
+        // With HOST_ID set, the call must name it (the query's `hostId`, or older modules'
+        // `X-HostId`): a portal signing with the same key for another host id is refused.
+        // Not a signature failure, so 200 with a JSON-RPC error (docs/v5.md).
+        if let Some(want) = self.cfg.host_id.as_deref() {
+            let given = query::param(head.query(), "hostId")
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+                .or_else(|| head.host_id.as_deref().map(str::to_owned));
+            if given.as_deref() != Some(want) {
+                log::info!("{id}: v5 backend call for host id {given:?}, not HOST_ID");
+                let e = v5::error(None, code::INVALID_REQUEST, "Wrong host id");
+                return self.json_answer(id, &e, persist);
+            }
+        }
         let parsed = if v5::too_deep(&body) {
             None
         } else {
