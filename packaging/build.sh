@@ -4,12 +4,12 @@
 #     packaging/build.sh            # both
 #     packaging/build.sh deb        # only the .deb (or: rpm)
 #
-# Installs cargo-deb and cargo-generate-rpm from crates.io (`cargo install --locked`) when they
-# are missing. The package contents are declared in Cargo.toml ([package.metadata.deb],
+# Installs cargo-deb and cargo-generate-rpm from crates.io (`cargo install --locked`), and zig
+# with cargo-zigbuild from PyPI (`pip install ziglang cargo-zigbuild`), when they are missing.
+# The package contents are declared in Cargo.toml ([package.metadata.deb],
 # [package.metadata.generate-rpm]); packaging/check.sh lists and checks the result.
-# Builds on the machine it runs on: the packages target its architecture and glibc, so build on
-# the oldest distribution you deploy to (e.g. a Rocky 8 container for RHEL 8/9, Debian 11 for
-# Debian 11/12 and Ubuntu 22.04+).
+# The binary is built against glibc 2.17 (packaging/zigbuild.sh), whatever the build machine
+# runs, so the packages install on Rocky/Alma 8+ and Debian 11+ (packaging/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,9 +27,22 @@ ensure_cargo_tool() {
     fi
 }
 
-# Stripped release binary, used by both packages (cargo-generate-rpm does not strip by itself).
-echo "== cargo build --release"
-CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release --locked --bin push-server
+# zig and cargo-zigbuild from PyPI. Debian's own python refuses system-wide pip installs
+# (PEP 668) unless told otherwise.
+ensure_zigbuild() {
+    if cargo-zigbuild --version >/dev/null 2>&1; then
+        return 0
+    fi
+    echo "build.sh: installing zig and cargo-zigbuild (pip install ziglang cargo-zigbuild)"
+    python3 -m pip install --quiet ziglang cargo-zigbuild 2>/dev/null ||
+        python3 -m pip install --quiet --break-system-packages ziglang cargo-zigbuild
+}
+
+# Stripped release binary for glibc 2.17, used by both packages (Cargo.toml names its path,
+# target/zigbuild/x86_64-unknown-linux-gnu/release/push-server).
+ensure_zigbuild
+echo "== packaging/zigbuild.sh (cargo zigbuild --release --target x86_64-unknown-linux-gnu.2.17)"
+packaging/zigbuild.sh
 
 if [ "$what" = all ] || [ "$what" = deb ]; then
     ensure_cargo_tool deb cargo-deb

@@ -44,14 +44,29 @@ if [ "$node_major" -lt 20 ]; then
     exit 1
 fi
 ensure_pkg systemd-socket-activate systemd  # tests/restart.rs: restarts under socket activation
-
-# tests/interop: install the pinned npm packages when missing or older than the lockfile.
-interop=tests/interop
-if [ ! -f "$interop/node_modules/.package-lock.json" ] ||
-    [ "$interop/package-lock.json" -nt "$interop/node_modules/.package-lock.json" ]; then
-    echo "test.sh: installing npm packages in $interop (npm ci)"
-    (cd "$interop" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+ensure_pkg chromium            # tests/browser.rs: the official client in a real browser
+ensure_pkg objdump binutils    # tests/packaging.rs: the GLIBC versions the packaged binary needs
+# tests/packaging.rs: the glibc 2.17 build of the packaged binary (packaging/zigbuild.sh) needs
+# zig and cargo-zigbuild, from PyPI. Debian's python refuses system-wide pip installs (PEP 668)
+# unless told otherwise.
+if ! cargo-zigbuild --version >/dev/null 2>&1; then
+    echo "test.sh: cargo-zigbuild missing, installing ziglang and cargo-zigbuild with pip"
+    ensure_pkg python3
+    python3 -m pip --version >/dev/null 2>&1 || ensure_pkg pip3 python3-pip
+    python3 -m pip install --quiet ziglang cargo-zigbuild 2>/dev/null ||
+        python3 -m pip install --quiet --break-system-packages ziglang cargo-zigbuild
 fi
+
+# tests/interop, tests/browser: install the pinned npm packages when missing or older than the
+# lockfile. playwright-core downloads no browser (tests/browser.rs starts /usr/bin/chromium).
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+for npmdir in tests/interop tests/browser; do
+    if [ ! -f "$npmdir/node_modules/.package-lock.json" ] ||
+        [ "$npmdir/package-lock.json" -nt "$npmdir/node_modules/.package-lock.json" ]; then
+        echo "test.sh: installing npm packages in $npmdir (npm ci)"
+        (cd "$npmdir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    fi
+done
 
 # --- checks ----------------------------------------------------------------------------------
 echo "== cargo fmt --check"

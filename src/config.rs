@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io::Read;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -32,7 +32,6 @@ const LEGACY_KEYS: &[&str] = &[
     "SUBPATH",
     "SUBWSPATH",
     "RESTPATH",
-    "IP_LIST",
 ];
 
 /// The replacement's own keys; read from the file and the environment.
@@ -62,7 +61,6 @@ const NEW_KEYS: &[&str] = &[
     "HEADER_TIMEOUT",
     "KEEPALIVE_TIMEOUT",
     "WS_PING_INTERVAL",
-    "SEND_TIMEOUT",
     "SHUTDOWN_TIMEOUT",
     "MESSAGE_TTL",
     "EXPIRY0_GRACE",
@@ -78,7 +76,11 @@ const NEW_KEYS: &[&str] = &[
 ];
 
 /// Legacy keys that shipped files carry but that mean nothing here. Accepted silently in the
-/// file and never read from the environment (`USER` is set by every login shell).
+/// file and never read from the environment (`USER` is set by every login shell). `IP_LIST`
+/// chose the clients whose requests the Node.js server logged to debug files; `LOG_LEVEL=debug`
+/// logs every request with its client address here. `SEND_TIMEOUT` was this server's own key,
+/// never used: slow consumers are bounded by `OUTBOX_LIMIT` and the ping rule
+/// (docs/operations.md, "Failure behaviour").
 const IGNORED_KEYS: &[&str] = &[
     "USER",
     "VAR_DIR",
@@ -99,6 +101,8 @@ const IGNORED_KEYS: &[&str] = &[
     "STACK_LIMITS",
     "MAX_MEMORY",
     "DEBUG",
+    "IP_LIST",
+    "SEND_TIMEOUT",
 ];
 
 /// Any of these in the environment means an operator configured the server on purpose, so a
@@ -161,7 +165,6 @@ pub struct Config {
     /// `JWT_LEEWAY`: how many seconds a v5 token's `iat` may lie in the future (docs/v5.md).
     pub jwt_leeway: u64,
     pub log_level: LevelFilter,
-    pub ip_list: Vec<String>,
     pub limits: Limits,
     pub timings: Timings,
     pub store: StoreConfig,
@@ -205,7 +208,6 @@ pub struct Timings {
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub ws_ping_interval: Duration,
-    pub send_timeout: Duration,
     pub shutdown_timeout: Duration,
 }
 
@@ -294,7 +296,6 @@ impl fmt::Debug for Config {
             .field("redis_wait_replicas", &self.redis_wait_replicas)
             .field("paths", &self.paths)
             .field("log_level", &self.log_level)
-            .field("ip_list", &self.ip_list)
             .field("limits", &self.limits)
             .field("timings", &self.timings)
             .field("store", &self.store)
@@ -729,7 +730,6 @@ impl Builder {
         let host_id = self.parse_opt("HOST_ID", host_id)?;
         let jwt_leeway = self.count("JWT_LEEWAY", 60, 0, 3600)?;
         let log_level = self.parse("LOG_LEVEL", LevelFilter::Info, log_level)?;
-        let ip_list = self.parse("IP_LIST", vec!["127.0.0.1".to_string()], ip_list)?;
         let limits = self.limits()?;
         let timings = self.timings()?;
         let store = self.store(&run_dir, zero_config, &limits)?;
@@ -756,7 +756,6 @@ impl Builder {
             host_id,
             jwt_leeway,
             log_level,
-            ip_list,
             limits,
             timings,
             store,
@@ -879,7 +878,6 @@ impl Builder {
             header_timeout: self.parse("HEADER_TIMEOUT", secs(10), seconds)?,
             keepalive_timeout: self.parse("KEEPALIVE_TIMEOUT", secs(75), seconds)?,
             ws_ping_interval: self.parse("WS_PING_INTERVAL", secs(120), seconds)?,
-            send_timeout: self.parse("SEND_TIMEOUT", secs(60), seconds)?,
             shutdown_timeout: self.parse("SHUTDOWN_TIMEOUT", secs(5), seconds)?,
         })
     }
@@ -1184,36 +1182,6 @@ fn log_level(v: &str) -> Result<LevelFilter, String> {
     }
 }
 
-/// The legacy JSON-list fragment `"127.0.0.1", "10.0.0.0/24"`; bare entries are accepted too.
-fn ip_list(v: &str) -> Result<Vec<String>, String> {
-    let mut list = Vec::new();
-    for item in v.split([',', ' ', '\t']) {
-        let item = item.trim().trim_matches('"');
-        if item.is_empty() {
-            continue;
-        }
-        if !is_ip_or_cidr(item) {
-            return Err(format!(
-                "{item:?} is not an IP address or CIDR block; expected e.g. '\"127.0.0.1\", \"10.0.0.0/24\"'"
-            ));
-        }
-        list.push(item.to_string());
-    }
-    Ok(list)
-}
-
-fn is_ip_or_cidr(item: &str) -> bool {
-    let (ip, prefix) = match item.split_once('/') {
-        Some((ip, prefix)) => (ip, Some(prefix)),
-        None => (item, None),
-    };
-    let Ok(ip) = ip.parse::<IpAddr>() else {
-        return false;
-    };
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    prefix.is_none_or(|p| integer(p).is_some_and(|n| n <= max))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Rendering
 
@@ -1264,12 +1232,6 @@ impl Config {
     /// Effective configuration, one `KEY=value  # source` line per key, the key masked; for
     /// `--check-config` and the startup log.
     pub fn render(&self) -> String {
-        let ip_list = self
-            .ip_list
-            .iter()
-            .map(|ip| format!("\"{ip}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
         let t = &self.timings;
         let l = &self.limits;
         let s = &self.store;
@@ -1313,7 +1275,6 @@ impl Config {
             ("HOST_ID", self.host_id.clone().unwrap_or_default()),
             ("JWT_LEEWAY", self.jwt_leeway.to_string()),
             ("LOG_LEVEL", self.log_level.as_str().to_ascii_lowercase()),
-            ("IP_LIST", ip_list),
             ("MAX_PAYLOAD", l.max_payload.to_string()),
             ("MAX_CONN_PER_CHANNEL", l.max_conn_per_channel.to_string()),
             (
@@ -1331,7 +1292,6 @@ impl Config {
             ("HEADER_TIMEOUT", fmt_duration(t.header_timeout)),
             ("KEEPALIVE_TIMEOUT", fmt_duration(t.keepalive_timeout)),
             ("WS_PING_INTERVAL", fmt_duration(t.ws_ping_interval)),
-            ("SEND_TIMEOUT", fmt_duration(t.send_timeout)),
             ("SHUTDOWN_TIMEOUT", fmt_duration(t.shutdown_timeout)),
             ("MESSAGE_TTL", s.message_ttl.to_string()),
             ("EXPIRY0_GRACE", s.expiry0_grace.to_string()),
@@ -1472,7 +1432,11 @@ SECURITY_KEY=AbCdEf0123456789xyz
             "the last assignment wins"
         );
         assert_eq!(c.origins["SECURITY_KEY"], Origin::File { line: 32 });
-        assert_eq!(c.ip_list, ["127.0.0.1", "10.0.0.0/24"]);
+        assert!(
+            c.ignored_keys.iter().any(|k| k.starts_with("IP_LIST ")),
+            "{:?}",
+            c.ignored_keys
+        );
         assert_eq!(c.sock_group.as_deref(), Some("www-data"));
         assert_eq!(c.run_dir, Path::new("/tmp/push-server"));
         assert_eq!(c.sub_sock, Path::new("/tmp/push-server/sub.sock"));
@@ -1503,7 +1467,6 @@ SECURITY_KEY=AbCdEf0123456789xyz
         assert_eq!(c.redis_url, None);
         assert_eq!(c.redis_prefix, "");
         assert_eq!(c.log_level, LevelFilter::Info);
-        assert_eq!(c.ip_list, ["127.0.0.1"]);
         assert_eq!(
             c.limits,
             Limits {
@@ -1523,7 +1486,6 @@ SECURITY_KEY=AbCdEf0123456789xyz
                 header_timeout: secs(10),
                 keepalive_timeout: secs(75),
                 ws_ping_interval: secs(120),
-                send_timeout: secs(60),
                 shutdown_timeout: secs(5),
             }
         );
@@ -1647,18 +1609,13 @@ SECURITY_KEY=AbCdEf0123456789xyz
     fn environment_file_copies_do_not_override() {
         // What `EnvironmentFile=` makes of the same file: comments stay inside the values.
         let c = load_text(
-            "SECURITY_KEY=abc   # the key\nLOG_LEVEL=\"debug\"\nIP_LIST='\"10.1.2.3\"'\n",
-            &[
-                ("SECURITY_KEY", "abc   # the key"),
-                ("LOG_LEVEL", "debug"),
-                ("IP_LIST", "\"10.1.2.3\""),
-            ],
+            "SECURITY_KEY=abc   # the key\nLOG_LEVEL=\"debug\"\n",
+            &[("SECURITY_KEY", "abc   # the key"), ("LOG_LEVEL", "debug")],
         )
         .expect("loads");
         assert_eq!(c.security_key, "abc");
         assert_eq!(c.origins["SECURITY_KEY"], Origin::File { line: 1 });
         assert_eq!(c.log_level, LevelFilter::Debug);
-        assert_eq!(c.ip_list, ["10.1.2.3"]);
     }
 
     #[test]
@@ -1773,8 +1730,6 @@ SECURITY_KEY=AbCdEf0123456789xyz
             ("SUBPATH", "bitrix/sub/"),
             ("PUBPATH", "/a b/"),
             ("LOG_LEVEL", "verbose"),
-            ("IP_LIST", "\"300.1.1.1\""),
-            ("IP_LIST", "\"10.0.0.0/33\""),
             ("MAX_PAYLOAD", "67108865"),
             ("MAX_PAYLOAD", "-1"),
             ("MAX_CONNECTIONS", "0"),
@@ -1789,7 +1744,6 @@ SECURITY_KEY=AbCdEf0123456789xyz
             ("LONG_POLL_TIMEOUT", "inf"),
             ("LONG_POLL_TIMEOUT", "1."),
             ("LONG_POLL_TIMEOUT", "0.0000000001"),
-            ("SEND_TIMEOUT", "604801"),
             ("STATE_FILE", "state"),
             ("STATE_DIR", "var/lib"),
             ("STORE_FSYNC", "sometimes"),
@@ -1813,7 +1767,6 @@ SECURITY_KEY=AbCdEf0123456789xyz
                 ("REDIS_URL", "redis://:pw@10.0.0.5:6379"),
                 ("REDIS_PREFIX", "ps2:"),
                 ("LOG_LEVEL", "TRACE"),
-                ("IP_LIST", "10.0.0.1 ::1, \"fd00::/8\","),
                 ("HEADER_TIMEOUT", ".25"),
                 ("EXPIRY0_GRACE", "0"),
                 ("MAX_HEADER_SIZE", "65536"),
@@ -1827,7 +1780,6 @@ SECURITY_KEY=AbCdEf0123456789xyz
         assert_eq!(c.redis_url.as_deref(), Some("redis://:pw@10.0.0.5:6379"));
         assert_eq!(c.redis_prefix, "ps2:");
         assert_eq!(c.log_level, LevelFilter::Trace);
-        assert_eq!(c.ip_list, ["10.0.0.1", "::1", "fd00::/8"]);
         assert_eq!(c.timings.header_timeout, Duration::from_millis(250));
         assert_eq!(c.store.expiry0_grace, 0);
         assert_eq!(c.limits.max_header_size, 65536);
@@ -1944,7 +1896,6 @@ SECURITY_KEY=AbCdEf0123456789xyz
         let again = load_text(&format!("{again}SECURITY_KEY=AbCdEf0123456789xyz\n"), &[])
             .expect("rendered config loads");
         assert!(again.warnings.is_empty(), "{:?}", again.warnings);
-        assert_eq!(again.ip_list, c.ip_list);
         assert_eq!(again.limits, c.limits);
         assert_eq!(again.timings, c.timings);
         assert_eq!(again.store, c.store);

@@ -167,7 +167,7 @@ fn main() -> ExitCode {
         if !cfg.ignored_keys.is_empty() {
             let _ = writeln!(
                 out,
-                "# ignored: keys of the Node.js server that set nothing here: {}\n\
+                "# ignored: keys that set nothing here (from the Node.js server, or retired): {}\n\
                  #   (ports and sockets are SUB_LISTEN/PUB_LISTEN and SUB_SOCK/PUB_SOCK)",
                 cfg.ignored_keys.join(", ")
             );

@@ -508,7 +508,7 @@ fn check_config_fails_on_an_unterminated_quote_and_lists_ignored_keys() {
         &dir,
         "cfg2",
         &format!(
-            "SECURITY_KEY=k1\nRUN_DIR={}\nBASE_SUB=8010\nWS_PORT=1337\nID_PUB=0\n",
+            "SECURITY_KEY=k1\nRUN_DIR={}\nBASE_SUB=8010\nWS_PORT=1337\nID_PUB=0\nIP_LIST='\"127.0.0.1\"'\nSEND_TIMEOUT=60\n",
             dir.path.display()
         ),
     );
@@ -516,7 +516,7 @@ fn check_config_fails_on_an_unterminated_quote_and_lists_ignored_keys() {
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(
         out.stdout.contains(
-            "# ignored: keys of the Node.js server that set nothing here: BASE_SUB (line 3), WS_PORT (line 4), ID_PUB (line 5)"
+            "# ignored: keys that set nothing here (from the Node.js server, or retired): BASE_SUB (line 3), WS_PORT (line 4), ID_PUB (line 5), IP_LIST (line 6), SEND_TIMEOUT (line 7)"
         ),
         "{}",
         out.stdout

@@ -1,5 +1,8 @@
-//! Static checks of the deployment files (no package is built here: `packaging/build.sh` and
-//! `packaging/check.sh` do that, too slow for every test run):
+//! Checks of the deployment files (no package is built here: `packaging/build.sh` and
+//! `packaging/check.sh` do that, too slow for every test run; only the binary the packages ship
+//! is built, once, and cached in target/zigbuild/):
+//! - the glibc 2.17 build of `packaging/zigbuild.sh` needs no GLIBC symbol version newer than
+//!   2.17 (skipped, with the reason, without zig and cargo-zigbuild);
 //! - the package metadata in Cargo.toml lists every shipped file, both packages install the same
 //!   paths, and every listed source exists;
 //! - the unit, the tmpfiles entry, the example sysconfig and the nginx snippets agree on the run
@@ -341,4 +344,124 @@ fn package_metadata_licence_maintainer_and_rust_version() {
             "LICENSE not shipped: {assets:?}"
         );
     }
+}
+
+/// The newest glibc the packages may need (packaging/README.md: Rocky/Alma 8+, Debian 11+).
+const GLIBC_MAX: (u32, u32) = (2, 17);
+
+/// Why the glibc 2.17 build cannot be made here, or `None` when it can.
+fn zigbuild_missing() -> Option<String> {
+    let runs = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !runs("cargo-zigbuild", &["--version"]) {
+        return Some("cargo-zigbuild is not installed (pip install ziglang cargo-zigbuild)".into());
+    }
+    if !runs("zig", &["version"]) && !runs("python3", &["-m", "ziglang", "version"]) {
+        return Some("zig is not installed (pip install ziglang)".into());
+    }
+    None
+}
+
+/// Every `GLIBC_x.y` version the ELF file needs, from `objdump -T` or `readelf --version-info`.
+fn glibc_versions(bin: &std::path::Path) -> Vec<(u32, u32)> {
+    let dump = [
+        ("objdump", &["-T"][..]),
+        ("readelf", &["--wide", "--version-info"][..]),
+    ]
+    .iter()
+    .find_map(|(tool, args)| {
+        let out = Command::new(tool).args(*args).arg(bin).output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    })
+    .expect("neither objdump nor readelf could read the binary (Debian: apt-get install binutils)");
+    let mut versions: Vec<(u32, u32)> = dump
+        .split("GLIBC_")
+        .skip(1)
+        .filter_map(|rest| {
+            let v: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+            Some((parts.next()??, parts.next().flatten().unwrap_or(0)))
+        })
+        .collect();
+    versions.sort_unstable();
+    versions.dedup();
+    versions
+}
+
+/// The binary the packages ship (`packaging/zigbuild.sh`, glibc 2.17 through zig) needs no
+/// glibc newer than 2.17, so the packages run on Rocky/Alma 8 and Debian 11. The build is
+/// cached in target/zigbuild/ (a fresh one takes about 90 s on two cores; then seconds).
+#[test]
+fn packaged_binary_needs_no_glibc_newer_than_2_17() {
+    // Both packages ship that build, not the host's target/release one.
+    for assets in [deb_assets(), rpm_assets()] {
+        let src = assets
+            .iter()
+            .find(|(_, dest)| dest == "/usr/bin/push-server")
+            .map(|(src, _)| src.as_str());
+        assert_eq!(
+            src,
+            Some("target/zigbuild/x86_64-unknown-linux-gnu/release/push-server"),
+            "the packaged binary must be the one packaging/zigbuild.sh builds"
+        );
+    }
+    // The deb's glibc dependency is written out: dpkg-shlibdeps would ask for the build
+    // machine's glibc (packaging/check.sh reads it from the built .deb).
+    let deb = cargo_section("package.metadata.deb");
+    assert!(
+        deb.iter()
+            .any(|l| l.trim() == r#"depends = "libc6 (>= 2.17), passwd""#),
+        "deb depends: {deb:?}"
+    );
+    if let Some(why) = zigbuild_missing() {
+        println!(
+            "SKIP packaged_binary_needs_no_glibc_newer_than_2_17: {why}; scripts/test.sh installs it"
+        );
+        return;
+    }
+    let out = Command::new("bash")
+        .arg(repo_root().join("packaging/zigbuild.sh"))
+        .current_dir(repo_root())
+        .output()
+        .expect("run packaging/zigbuild.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "packaging/zigbuild.sh failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = repo_root().join(stdout.lines().last().expect("the binary's path").trim());
+    assert!(bin.is_file(), "{} was not built", bin.display());
+    let versions = glibc_versions(&bin);
+    let newest = *versions.last().unwrap_or_else(|| {
+        panic!(
+            "{}: no GLIBC symbol versions: not a glibc binary?",
+            bin.display()
+        )
+    });
+    assert!(
+        newest <= GLIBC_MAX,
+        "{} needs GLIBC_{}.{} (all: {versions:?}); the packages promise glibc {}.{}",
+        bin.display(),
+        newest.0,
+        newest.1,
+        GLIBC_MAX.0,
+        GLIBC_MAX.1
+    );
+    let version = Command::new(&bin).arg("--version").output().unwrap();
+    assert!(
+        version.status.success()
+            && String::from_utf8_lossy(&version.stdout).starts_with("push-server "),
+        "the glibc 2.17 build does not run here: {version:?}"
+    );
 }

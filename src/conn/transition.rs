@@ -179,7 +179,6 @@ mod tests {
             header_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(75),
             ws_ping_interval: Duration::from_secs(20),
-            send_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(5),
         }
     }

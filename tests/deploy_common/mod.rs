@@ -203,11 +203,16 @@ impl PushServer {
 
     /// `<id>.<hex hmac-sha1(key, id)>`, the signed CHANNEL_ID value of a subscriber.
     pub fn signed(&self, id: &str) -> String {
+        format!("{id}.{}", self.sign(id))
+    }
+
+    /// The hex HMAC-SHA1 of `input` with the server's key (pairs `priv:pub`, `public:<pub>`).
+    pub fn sign(&self, input: &str) -> String {
         let signer = push_server::signature::Signer::new(
             push_server::signature::Algo::Sha1,
             self.key.as_bytes(),
         );
-        format!("{id}.{}", signer.sign_hex(id.as_bytes()))
+        signer.sign_hex(input.as_bytes())
     }
 }
 
@@ -250,6 +255,75 @@ pub fn nginx_binary() -> PathBuf {
         }
     }
     panic!("nginx not found: run scripts/test.sh, which installs it (apt-get install nginx)");
+}
+
+/// Renders the shipped snippets (`nginx/`, the socket layout) for a private nginx in front of
+/// `server`: the three files go to `<dir>/nginx/`, and the returned nginx.conf includes them,
+/// with the public server on `public` (plus `public_extra` inside its `server { }`) and the
+/// internal publish server on `internal` instead of 8895. Panics when a shipped default it
+/// replaces has moved, so a changed snippet breaks the test instead of testing something else.
+pub fn shipped_nginx_conf(
+    dir: &TempDir,
+    server: &PushServer,
+    public: u16,
+    internal: u16,
+    public_extra: &str,
+) -> String {
+    let read = |name: &str| {
+        let path = repo_root().join("nginx").join(name);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let ndir = dir.join("nginx");
+    std::fs::create_dir_all(&ndir).unwrap();
+    let http = replace_required(
+        &read("push-server-http.conf"),
+        "unix:/tmp/push-server/sub.sock",
+        &format!("unix:{}", server.sub_sock.display()),
+    );
+    let http = replace_required(
+        &http,
+        "unix:/tmp/push-server/pub.sock",
+        &format!("unix:{}", server.pub_sock.display()),
+    );
+    let pub_server = replace_required(
+        &read("push-server-pub-server.conf"),
+        "listen 127.0.0.1:8895",
+        &format!("listen 127.0.0.1:{internal}"),
+    );
+    std::fs::write(ndir.join("push-server-http.conf"), http).unwrap();
+    std::fs::write(
+        ndir.join("push-server-sub-locations.conf"),
+        read("push-server-sub-locations.conf"),
+    )
+    .unwrap();
+    std::fs::write(ndir.join("push-server-pub-server.conf"), pub_server).unwrap();
+    let n = ndir.display();
+    format!(
+        "worker_processes 1;
+master_process off;
+daemon off;
+pid {n}/nginx.pid;
+error_log {n}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {n}/access.log;
+    client_body_temp_path {n}/tmp/client_body;
+    proxy_temp_path {n}/tmp/proxy;
+    fastcgi_temp_path {n}/tmp/fastcgi;
+    uwsgi_temp_path {n}/tmp/uwsgi;
+    scgi_temp_path {n}/tmp/scgi;
+    include {n}/push-server-http.conf;
+    include {n}/push-server-pub-server.conf;
+    server {{
+        listen 127.0.0.1:{public};
+        server_name _;
+        include {n}/push-server-sub-locations.conf;
+{public_extra}
+        location / {{ return 404; }}
+    }}
+}}
+"
+    )
 }
 
 pub struct Nginx {
