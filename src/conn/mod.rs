@@ -107,6 +107,10 @@ pub struct Hold {
     pub pending: Held,
     pub backlog: Backlog,
     pub keep_alive: bool,
+    /// The poll came without a `mid`: `sub.mid` holds the newest id this instance had seen
+    /// when it subscribed, so an earlier message announced late (Redis delivers a publish's
+    /// announcement after its 200) is not taken for a new one; its 304 names the newest id.
+    pub mid_absent: bool,
     pub client: Option<Box<str>>,
 }
 
@@ -153,6 +157,9 @@ pub struct Conn {
     pub peer_closed: bool,
     /// The request being answered is a HEAD: its answer goes out without the body.
     pub head_only: bool,
+    /// A WebSocket's 101 may not be out yet: a close must not drop it (the client would read
+    /// a close frame where it expects the handshake answer).
+    pub handshake_pending: bool,
     /// `WRITABLE` is in the socket's epoll interest: only while a write is blocked
     /// (docs/loop.md, "Write interest").
     pub write_interest: bool,
@@ -217,6 +224,7 @@ impl Conn {
             peer_closed: false,
             head_only: false,
             write_interest: false,
+            handshake_pending: false,
         }
     }
 
@@ -282,6 +290,9 @@ impl Conn {
     ) -> io::Result<bool> {
         let (state, written) = self.outbox.flush_to(&mut self.stream)?;
         self.outbox.release(spare);
+        if state == Flush::Drained {
+            self.handshake_pending = false;
+        }
         if written > 0
             && let Phase::WebSocket(ws) = &mut self.phase
         {

@@ -71,6 +71,7 @@ impl Conn {
             pending: Default::default(),
             backlog: Backlog::Done,
             keep_alive: persist == Persist::KeepAlive,
+            mid_absent: false,
             client,
         }));
         Instant::now() + t.long_poll_timeout
@@ -114,7 +115,11 @@ impl Conn {
     /// follows at most the half-written one and a client that reads again sees the code
     /// before EOF. Input from now on is discarded.
     pub fn close_websocket(&mut self, code: u16, reason: &str) -> Instant {
-        self.outbox.truncate_unstarted();
+        // Never the handshake answer itself: a socket closed in the pass that opened it
+        // (evicted by a newer connection at once) still gets its 101 first.
+        if !self.handshake_pending {
+            self.outbox.truncate_unstarted();
+        }
         self.refuse_websocket(code, reason)
     }
 
@@ -221,6 +226,28 @@ mod tests {
         assert!(within(at, CLOSE_LINGER));
         assert_eq!(c.outbox.queued(), 19);
         assert!(!c.head_only, "HEAD applies to one answer");
+    }
+
+    #[test]
+    fn a_close_right_after_the_handshake_keeps_the_101() {
+        let (mut c, _peer) = conn();
+        c.outbox.push(Bytes::from_static(
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        ));
+        c.handshake_pending = true;
+        c.outbox.push(Bytes::from_static(b"frame"));
+        c.close_websocket(4029, "Too many connections");
+        // The 101 (38 bytes) and, since nothing may be dropped before it is out, the frame,
+        // then the close frame.
+        assert!(c.outbox.queued() > 38 + 5, "{}", c.outbox.queued());
+        c.handshake_pending = false;
+        c.outbox.push(Bytes::from_static(b"more"));
+        let before = c.outbox.queued();
+        c.close_websocket(1008, "slow");
+        assert!(
+            c.outbox.queued() < before,
+            "once the 101 is out, unsent frames go"
+        );
     }
 
     #[test]

@@ -386,7 +386,16 @@ impl Server {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
+        let mid_absent = sub.mid.is_none();
+        let mut sub = sub;
+        if mid_absent {
+            // Live messages from now on only (see `Hold::mid_absent`).
+            sub.mid = Some(self.latest_mid);
+        }
         let at = conn.hold(sub, persist, client, &self.cfg.timings);
+        if let Phase::Hold(hold) = &mut conn.phase {
+            hold.mid_absent = mid_absent;
+        }
         self.set_deadline(id, Some(at));
         if let Some((receivers, mid)) = resume {
             self.request_backlog(id, receivers, mid);
@@ -457,7 +466,10 @@ impl Server {
         // Live messages parked behind an unread backlog are not sent: the client keeps its
         // mid and gets them, stored, with the backlog on its next poll.
         if hold.pending.is_empty() || hold.backlog != Backlog::Done {
-            let last = hold.sub.mid.unwrap_or(self.latest_mid);
+            let last = match hold.sub.mid {
+                Some(m) if !hold.mid_absent => m,
+                _ => self.latest_mid,
+            };
             let mut digits = Vec::with_capacity(26);
             last.write_to(&mut digits);
             self.respond(id, response::not_modified(&digits), persist);
@@ -487,6 +499,7 @@ impl Server {
         };
         conn.outbox
             .push(Bytes::from(response::switching_protocols(&accept)));
+        conn.handshake_pending = true;
         let sub = match parsed {
             Ok(sub) => sub,
             Err(e) => {
@@ -509,10 +522,18 @@ impl Server {
         self.v5_joined(sub.user);
         self.stats.websockets += 1;
         let resume = sub.mid.map(|mid| (sub.receivers.clone(), mid));
+        let latest = self.latest_mid;
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         let at = conn.open_websocket(sub, client, &self.cfg.timings);
+        if resume.is_none()
+            && let Phase::WebSocket(ws) = &mut conn.phase
+        {
+            // Without a mid, live messages from now on only: one published before and
+            // announced late (Redis announces after the 200) counts as sent already.
+            ws.backlog = Backlog::Sent(latest);
+        }
         self.set_deadline(id, Some(at));
         self.mark_dirty(id);
         // Last: a refused read closes the socket, and its linger deadline must stand.
