@@ -93,7 +93,10 @@ pub struct Key {
 /// Declares each key as a constant of that name and lists them all in [`KEYS`], in the
 /// order `--check-config` prints them.
 macro_rules! keys {
-    ($(#[doc = $doc:literal] $name:ident = $default:literal, $parse:expr, $render:expr;)+) => {
+    ($(
+        #[doc = $doc:literal]
+        $name:ident { default: $default:literal, parse: $parse:expr, render: $render:expr, }
+    )+) => {
         $(
             #[doc = $doc]
             pub const $name: Key = Key {
@@ -110,110 +113,276 @@ macro_rules! keys {
 }
 
 keys! {
-    /// HMAC key for channel signatures: the portal's `signature_key`; required except in zero-config mode.
-    SECURITY_KEY = "", Parse::SecurityKey, Some(|c| mask_key(&c.security_key));
+    /// HMAC key of channel signatures, the portal's `signature_key`; required but in zero-config.
+    SECURITY_KEY {
+        default: "",
+        parse: Parse::SecurityKey,
+        render: Some(|c| mask_key(&c.security_key)),
+    }
     /// HMAC hash, the portal's `signature_algo`.
-    SECURITY_ALGO = "sha1", Parse::Choice(&["sha1", "sha256"]), Some(|c| c.algo.name().into());
+    SECURITY_ALGO {
+        default: "sha1",
+        parse: Parse::Choice(&["sha1", "sha256"]),
+        render: Some(|c| c.algo.name().into()),
+    }
     /// Directory of the Unix sockets; created at startup if missing.
-    RUN_DIR = "/tmp/push-server", Parse::AbsolutePath, Some(|c| c.run_dir.display().to_string());
+    RUN_DIR {
+        default: "/tmp/push-server",
+        parse: Parse::AbsolutePath,
+        render: Some(|c| c.run_dir.display().to_string()),
+    }
     /// Unix socket for subscribers and client publishing.
-    SUB_SOCK = "$RUN_DIR/sub.sock", Parse::SocketPath, Some(|c| c.sub_sock.display().to_string());
+    SUB_SOCK {
+        default: "$RUN_DIR/sub.sock",
+        parse: Parse::SocketPath,
+        render: Some(|c| c.sub_sock.display().to_string()),
+    }
     /// Unix socket for publishing, statistics, health and metrics.
-    PUB_SOCK = "$RUN_DIR/pub.sock", Parse::SocketPath, Some(|c| c.pub_sock.display().to_string());
+    PUB_SOCK {
+        default: "$RUN_DIR/pub.sock",
+        parse: Parse::SocketPath,
+        render: Some(|c| c.pub_sock.display().to_string()),
+    }
     /// Optional TCP listener (IP:port) for subscribers.
-    SUB_LISTEN = "", Parse::Listen, Some(|c| opt_display(&c.sub_listen));
+    SUB_LISTEN {
+        default: "",
+        parse: Parse::Listen,
+        render: Some(|c| opt_display(&c.sub_listen)),
+    }
     /// Optional TCP listener (IP:port) for publishing; keep it on loopback.
-    PUB_LISTEN = "", Parse::Listen, Some(|c| opt_display(&c.pub_listen));
+    PUB_LISTEN {
+        default: "",
+        parse: Parse::Listen,
+        render: Some(|c| opt_display(&c.pub_listen)),
+    }
     /// Group of the socket files; defaults to GROUP.
-    SOCK_GROUP = "", Parse::Group, Some(|c| c.sock_group.clone().unwrap_or_default());
+    SOCK_GROUP {
+        default: "",
+        parse: Parse::Group,
+        render: Some(|c| c.sock_group.clone().unwrap_or_default()),
+    }
     /// Group of the socket files (the 0.4.0 name); SOCK_GROUP wins.
-    GROUP = "", Parse::Group, None;
+    GROUP {
+        default: "",
+        parse: Parse::Group,
+        render: None,
+    }
     /// Octal mode of the socket files.
-    SOCK_MODE = "0660", Parse::Mode, Some(|c| format!("{:04o}", c.sock_mode));
+    SOCK_MODE {
+        default: "0660",
+        parse: Parse::Mode,
+        render: Some(|c| format!("{:04o}", c.sock_mode)),
+    }
     /// Redis Unix socket; unset: the embedded store.
-    REDIS_SOCK = "", Parse::AbsolutePath, Some(|c| {
-        c.redis_sock.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
-    });
+    REDIS_SOCK {
+        default: "",
+        parse: Parse::AbsolutePath,
+        render: Some(|c| opt_display(&c.redis_sock.as_ref().map(|p| p.display()))),
+    }
     /// Redis over TCP (or unix://) instead of REDIS_SOCK.
-    REDIS_URL = "", Parse::RedisUrl, Some(|c| c.redis_url.as_deref().map(mask_url).unwrap_or_default());
+    REDIS_URL {
+        default: "",
+        parse: Parse::RedisUrl,
+        render: Some(|c| c.redis_url.as_deref().map(mask_url).unwrap_or_default()),
+    }
     /// Prefix of every Redis key and pub/sub channel.
-    REDIS_PREFIX = "", Parse::Name, Some(|c| c.redis_prefix.clone());
+    REDIS_PREFIX {
+        default: "",
+        parse: Parse::Name,
+        render: Some(|c| c.redis_prefix.clone()),
+    }
     /// host:port of each Redis Sentinel, comma-separated.
-    REDIS_SENTINELS = "", Parse::Sentinels, Some(|c| c.redis_sentinels.join(","));
+    REDIS_SENTINELS {
+        default: "",
+        parse: Parse::Sentinels,
+        render: Some(|c| c.redis_sentinels.join(",")),
+    }
     /// The name the Sentinels monitor the master under.
-    REDIS_MASTER_NAME = "", Parse::Name, Some(|c| c.redis_master_name.clone());
+    REDIS_MASTER_NAME {
+        default: "",
+        parse: Parse::Name,
+        render: Some(|c| c.redis_master_name.clone()),
+    }
     /// The Sentinels' password.
-    REDIS_SENTINEL_PASSWORD = "", Parse::Secret, Some(|c| {
-        c.redis_sentinel_password.as_ref().map(|_| "***".to_string()).unwrap_or_default()
-    });
+    REDIS_SENTINEL_PASSWORD {
+        default: "",
+        parse: Parse::Secret,
+        render: Some(|c| opt_display(&c.redis_sentinel_password.as_ref().map(|_| "***"))),
+    }
     /// Replicas a publish waits for (Redis WAIT); 0: none.
-    REDIS_WAIT_REPLICAS = "0", Parse::Count { min: 0, max: 64 }, Some(|c| c.redis_wait_replicas.to_string());
+    REDIS_WAIT_REPLICAS {
+        default: "0",
+        parse: Parse::Count { min: 0, max: 64 },
+        render: Some(|c| c.redis_wait_replicas.to_string()),
+    }
     /// Route prefix of long polling.
-    SUBPATH = "/bitrix/sub/", Parse::UrlPath, Some(|c| c.paths.sub.clone());
+    SUBPATH {
+        default: "/bitrix/sub/",
+        parse: Parse::UrlPath,
+        render: Some(|c| c.paths.sub.clone()),
+    }
     /// Route prefix of WebSockets.
-    SUBWSPATH = "/bitrix/subws/", Parse::UrlPath, Some(|c| c.paths.subws.clone());
+    SUBWSPATH {
+        default: "/bitrix/subws/",
+        parse: Parse::UrlPath,
+        render: Some(|c| c.paths.subws.clone()),
+    }
     /// Route prefix of publishing.
-    PUBPATH = "/bitrix/pub/", Parse::UrlPath, Some(|c| c.paths.publish.clone());
+    PUBPATH {
+        default: "/bitrix/pub/",
+        parse: Parse::UrlPath,
+        render: Some(|c| c.paths.publish.clone()),
+    }
     /// Route prefix of client publishing.
-    RESTPATH = "/bitrix/rest/", Parse::UrlPath, Some(|c| c.paths.rest.clone());
+    RESTPATH {
+        default: "/bitrix/rest/",
+        parse: Parse::UrlPath,
+        render: Some(|c| c.paths.rest.clone()),
+    }
     /// The v5 backend endpoint on the publish listener.
-    JSONRPCPATH = "/bitrix/api/", Parse::UrlPath, Some(|c| c.paths.jsonrpc.clone());
+    JSONRPCPATH {
+        default: "/bitrix/api/",
+        parse: Parse::UrlPath,
+        render: Some(|c| c.paths.jsonrpc.clone()),
+    }
     /// The portal's host id; when set, v5 tokens must name it.
-    HOST_ID = "", Parse::HostId, Some(|c| c.host_id.clone().unwrap_or_default());
+    HOST_ID {
+        default: "",
+        parse: Parse::HostId,
+        render: Some(|c| c.host_id.clone().unwrap_or_default()),
+    }
     /// Seconds a v5 token's issue time may lie in the future.
-    JWT_LEEWAY = "60", Parse::Count { min: 0, max: 3600 }, Some(|c| c.jwt_leeway.to_string());
+    JWT_LEEWAY {
+        default: "60",
+        parse: Parse::Count { min: 0, max: 3600 },
+        render: Some(|c| c.jwt_leeway.to_string()),
+    }
     /// Log level.
-    LOG_LEVEL = "info", Parse::Choice(&["error", "warn", "info", "debug", "trace"]), Some(|c| {
-        c.log_level.as_str().to_ascii_lowercase()
-    });
+    LOG_LEVEL {
+        default: "info",
+        parse: Parse::Choice(&["error", "warn", "info", "debug", "trace"]),
+        render: Some(|c| c.log_level.as_str().to_ascii_lowercase()),
+    }
     /// Bytes of an HTTP body or WebSocket message.
-    MAX_PAYLOAD = "1048576", Parse::Count { min: 1, max: 64 * MIB }, Some(|c| c.limits.max_payload.to_string());
+    MAX_PAYLOAD {
+        default: "1048576",
+        parse: Parse::Count { min: 1, max: 64 * MIB },
+        render: Some(|c| c.limits.max_payload.to_string()),
+    }
     /// Connections per private channel.
-    MAX_CONN_PER_CHANNEL = "100", Parse::Count { min: 1, max: U32 }, Some(|c| {
-        c.limits.max_conn_per_channel.to_string()
-    });
+    MAX_CONN_PER_CHANNEL {
+        default: "100",
+        parse: Parse::Count { min: 1, max: U32 },
+        render: Some(|c| c.limits.max_conn_per_channel.to_string()),
+    }
     /// Messages per publish request.
-    MAX_MESSAGES_PER_REQUEST = "100", Parse::Count { min: 1, max: U32 }, Some(|c| {
-        c.limits.max_messages_per_request.to_string()
-    });
+    MAX_MESSAGES_PER_REQUEST {
+        default: "100",
+        parse: Parse::Count { min: 1, max: U32 },
+        render: Some(|c| c.limits.max_messages_per_request.to_string()),
+    }
     /// Channels per request.
-    MAX_CHANNELS_PER_REQUEST = "100", Parse::Count { min: 1, max: U32 }, Some(|c| {
-        c.limits.max_channels_per_request.to_string()
-    });
+    MAX_CHANNELS_PER_REQUEST {
+        default: "100",
+        parse: Parse::Count { min: 1, max: U32 },
+        render: Some(|c| c.limits.max_channels_per_request.to_string()),
+    }
     /// Bytes of request line plus headers.
-    MAX_HEADER_SIZE = "8192", Parse::Count { min: 1024, max: 65536 }, Some(|c| c.limits.max_header_size.to_string());
+    MAX_HEADER_SIZE {
+        default: "8192",
+        parse: Parse::Count { min: 1024, max: 65536 },
+        render: Some(|c| c.limits.max_header_size.to_string()),
+    }
     /// Bytes queued for one connection before it counts as a slow consumer.
-    OUTBOX_LIMIT = "4194304", Parse::Count { min: 1, max: ANY }, Some(|c| c.limits.outbox_limit.to_string());
+    OUTBOX_LIMIT {
+        default: "4194304",
+        parse: Parse::Count { min: 1, max: ANY },
+        render: Some(|c| c.limits.outbox_limit.to_string()),
+    }
     /// Open client connections in total.
-    MAX_CONNECTIONS = "50000", Parse::Count { min: 1, max: U32 }, Some(|c| c.limits.max_connections.to_string());
+    MAX_CONNECTIONS {
+        default: "50000",
+        parse: Parse::Count { min: 1, max: U32 },
+        render: Some(|c| c.limits.max_connections.to_string()),
+    }
     /// Seconds a long poll is held before 304.
-    LONG_POLL_TIMEOUT = "40", Parse::Seconds, Some(|c| fmt_duration(c.timings.long_poll_timeout));
+    LONG_POLL_TIMEOUT {
+        default: "40",
+        parse: Parse::Seconds,
+        render: Some(|c| fmt_duration(c.timings.long_poll_timeout)),
+    }
     /// Seconds for a request head and body to arrive.
-    HEADER_TIMEOUT = "10", Parse::Seconds, Some(|c| fmt_duration(c.timings.header_timeout));
+    HEADER_TIMEOUT {
+        default: "10",
+        parse: Parse::Seconds,
+        render: Some(|c| fmt_duration(c.timings.header_timeout)),
+    }
     /// Seconds an idle keep-alive connection is kept.
-    KEEPALIVE_TIMEOUT = "75", Parse::Seconds, Some(|c| fmt_duration(c.timings.keepalive_timeout));
+    KEEPALIVE_TIMEOUT {
+        default: "75",
+        parse: Parse::Seconds,
+        render: Some(|c| fmt_duration(c.timings.keepalive_timeout)),
+    }
     /// Seconds between WebSocket pings.
-    WS_PING_INTERVAL = "120", Parse::Seconds, Some(|c| fmt_duration(c.timings.ws_ping_interval));
+    WS_PING_INTERVAL {
+        default: "120",
+        parse: Parse::Seconds,
+        render: Some(|c| fmt_duration(c.timings.ws_ping_interval)),
+    }
     /// Seconds to drain connections on SIGTERM.
-    SHUTDOWN_TIMEOUT = "5", Parse::Seconds, Some(|c| fmt_duration(c.timings.shutdown_timeout));
+    SHUTDOWN_TIMEOUT {
+        default: "5",
+        parse: Parse::Seconds,
+        render: Some(|c| fmt_duration(c.timings.shutdown_timeout)),
+    }
     /// Longest time a message is kept, in seconds.
-    MESSAGE_TTL = "86400", Parse::Count { min: 1, max: MAX_SECONDS }, Some(|c| c.store.message_ttl.to_string());
+    MESSAGE_TTL {
+        default: "86400",
+        parse: Parse::Count { min: 1, max: MAX_SECONDS },
+        render: Some(|c| c.store.message_ttl.to_string()),
+    }
     /// Seconds an expiry-0 message stays replayable.
-    EXPIRY0_GRACE = "60", Parse::Count { min: 0, max: 86_400 }, Some(|c| c.store.expiry0_grace.to_string());
+    EXPIRY0_GRACE {
+        default: "60",
+        parse: Parse::Count { min: 0, max: 86_400 },
+        render: Some(|c| c.store.expiry0_grace.to_string()),
+    }
     /// Seconds a channel stays online after its long poll ended.
-    ONLINE_TTL = "130", Parse::Count { min: 1, max: 86_400 }, Some(|c| c.store.online_ttl.to_string());
+    ONLINE_TTL {
+        default: "130",
+        parse: Parse::Count { min: 1, max: 86_400 },
+        render: Some(|c| c.store.online_ttl.to_string()),
+    }
     /// Messages kept per channel.
-    CHANNEL_HISTORY = "1000", Parse::Count { min: 1, max: U32 }, Some(|c| c.store.channel_history.to_string());
+    CHANNEL_HISTORY {
+        default: "1000",
+        parse: Parse::Count { min: 1, max: U32 },
+        render: Some(|c| c.store.channel_history.to_string()),
+    }
     /// Total bytes of stored message bodies.
-    STORE_MAX_BYTES = "268435456", Parse::Count { min: 1, max: ANY }, Some(|c| c.store.max_bytes.to_string());
+    STORE_MAX_BYTES {
+        default: "268435456",
+        parse: Parse::Count { min: 1, max: ANY },
+        render: Some(|c| c.store.max_bytes.to_string()),
+    }
     /// File that keeps the message-id epoch across restarts.
-    STATE_FILE = "$STATE_DIR/push-server.state", Parse::AbsolutePath, Some(|c| {
-        c.store.state_file.display().to_string()
-    });
+    STATE_FILE {
+        default: "$STATE_DIR/push-server.state",
+        parse: Parse::AbsolutePath,
+        render: Some(|c| c.store.state_file.display().to_string()),
+    }
     /// Directory of the embedded store's journal and of the state file.
-    STATE_DIR = "/var/lib/push-server", Parse::AbsolutePath, Some(|c| c.store.state_dir.display().to_string());
+    STATE_DIR {
+        default: "/var/lib/push-server",
+        parse: Parse::AbsolutePath,
+        render: Some(|c| c.store.state_dir.display().to_string()),
+    }
     /// When the journal is flushed to the disk.
-    STORE_FSYNC = "everysec", Parse::Choice(&["always", "everysec", "no"]), Some(|c| c.store.fsync.name().into());
+    STORE_FSYNC {
+        default: "everysec",
+        parse: Parse::Choice(&["always", "everysec", "no"]),
+        render: Some(|c| c.store.fsync.name().into()),
+    }
 }
 
 /// Legacy keys that shipped files carry but that mean nothing here. Accepted silently in the
