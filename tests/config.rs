@@ -567,16 +567,13 @@ fn v5_keys_defaults_overrides_and_refusals() {
 
 // ---- The documents against the key table (src/config/keys.rs) -----------------------------
 
+use push_server::config::keys::key as table_key;
 use push_server::config::{IGNORED_KEYS, KEYS};
 
 /// A key table default with `$RUN_DIR`/`$STATE_DIR` replaced by those keys' defaults: what
 /// the example file writes.
 fn expanded_default(default: &str) -> String {
-    let of = |name: &str| {
-        KEYS.iter()
-            .find(|k| k.name == name)
-            .map_or("", |k| k.default)
-    };
+    let of = |name: &str| table_key(name).map_or("", |k| k.default);
     default
         .replace("$RUN_DIR", of("RUN_DIR"))
         .replace("$STATE_DIR", of("STATE_DIR"))
@@ -624,9 +621,7 @@ fn example_file_documents_exactly_the_keys_with_their_defaults() {
         {
             continue;
         }
-        let k = KEYS
-            .iter()
-            .find(|k| k.name == key)
+        let k = table_key(key)
             .unwrap_or_else(|| panic!("the example documents {key}, which is not a key"));
         assert!(!documented.contains(&key), "{key} is documented twice");
         documented.push(key);
@@ -662,7 +657,7 @@ fn example_file_documents_exactly_the_keys_with_their_defaults() {
     }
     for word in key_like_words(ignored) {
         assert!(
-            IGNORED_KEYS.contains(&word) || KEYS.iter().any(|k| k.name == word),
+            IGNORED_KEYS.contains(&word) || table_key(word).is_some(),
             "the example lists {word} as ignored, which is no key"
         );
     }
@@ -711,9 +706,7 @@ fn readme_table_documents_exactly_the_keys_with_their_defaults() {
             defaults.len()
         );
         for (i, key) in keys.iter().enumerate() {
-            let k = KEYS
-                .iter()
-                .find(|k| k.name == *key)
+            let k = table_key(key)
                 .unwrap_or_else(|| panic!("the README documents {key}, which is not a key"));
             assert!(!documented.contains(key), "{key} is in the README twice");
             documented.push(*key);
