@@ -564,3 +564,188 @@ fn v5_keys_defaults_overrides_and_refusals() {
         assert!(out.stderr.contains(key), "{key}: {}", out.stderr);
     }
 }
+
+// ---- The documents against the key table (src/config/keys.rs) -----------------------------
+
+use push_server::config::keys::key as table_key;
+use push_server::config::{IGNORED_KEYS, KEYS};
+
+/// A key table default with `$RUN_DIR`/`$STATE_DIR` replaced by those keys' defaults: what
+/// the example file writes.
+fn expanded_default(default: &str) -> String {
+    let of = |name: &str| table_key(name).map_or("", |k| k.default);
+    default
+        .replace("$RUN_DIR", of("RUN_DIR"))
+        .replace("$STATE_DIR", of("STATE_DIR"))
+}
+
+/// Upper-case words of `text` that look like key names (`A_B`, at least three letters).
+fn key_like_words(text: &str) -> Vec<&str> {
+    text.split(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+        .filter(|w| w.len() >= 3 && w.starts_with(|c: char| c.is_ascii_uppercase()))
+        .collect()
+}
+
+#[test]
+fn key_table_defaults_are_valid_and_names_unique() {
+    let mut names: Vec<&str> = KEYS
+        .iter()
+        .map(|k| k.name)
+        .chain(IGNORED_KEYS.iter().copied())
+        .collect();
+    let all = names.len();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), all, "a key is declared twice");
+    for k in KEYS {
+        assert!(!k.doc.is_empty(), "{} has no doc line", k.name);
+        let default = expanded_default(k.default);
+        if !default.is_empty() {
+            assert_eq!(k.parse.check(&default), Ok(()), "default of {}", k.name);
+        }
+    }
+}
+
+#[test]
+fn example_file_documents_exactly_the_keys_with_their_defaults() {
+    let example = include_str!("../systemd/push-server-multi.example");
+    let mut documented = Vec::new();
+    for line in example.lines() {
+        let Some((key, value)) = line.strip_prefix('#').and_then(|l| l.split_once('=')) else {
+            continue;
+        };
+        if key.is_empty()
+            || !key
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        {
+            continue;
+        }
+        let k = table_key(key)
+            .unwrap_or_else(|| panic!("the example documents {key}, which is not a key"));
+        assert!(!documented.contains(&key), "{key} is documented twice");
+        documented.push(key);
+        if key == "REDIS_SOCK" {
+            // The example names the usual socket path as a sample; the default is unset.
+            assert_eq!(k.default, "");
+            assert_eq!(k.parse.check(value), Ok(()), "{line}");
+        } else {
+            assert_eq!(
+                value,
+                expanded_default(k.default),
+                "default of {key} in the example"
+            );
+        }
+    }
+    for k in KEYS {
+        assert!(
+            documented.contains(&k.name),
+            "{} is not in the example",
+            k.name
+        );
+    }
+    let ignored = example
+        .split("# Accepted for compatibility and ignored:")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .expect("the example lists the ignored keys");
+    for key in IGNORED_KEYS {
+        assert!(
+            key_like_words(ignored).contains(key),
+            "{key} is not listed as ignored in the example"
+        );
+    }
+    for word in key_like_words(ignored) {
+        assert!(
+            IGNORED_KEYS.contains(&word) || table_key(word).is_some(),
+            "the example lists {word} as ignored, which is no key"
+        );
+    }
+}
+
+#[test]
+fn readme_table_documents_exactly_the_keys_with_their_defaults() {
+    let readme = include_str!("../README.md");
+    let table = readme
+        .split("| key | default | meaning |\n|---|---|---|\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .expect("the README has the configuration table");
+    let mut documented = Vec::new();
+    for row in table.lines() {
+        let cells: Vec<&str> = row.split(" | ").collect();
+        assert!(cells.len() >= 3, "{row}");
+        let keys: Vec<&str> = cells[0]
+            .trim_start_matches("| ")
+            .split(['`', ',', '/', ' '])
+            .filter(|s| !s.is_empty())
+            .collect();
+        // The default column without its parenthesised remarks, one value per key or one for all.
+        let mut column = String::new();
+        let mut depth = 0;
+        for c in cells[1].chars() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                c if depth == 0 => column.push(c),
+                _ => {}
+            }
+        }
+        let defaults: Vec<String> = column
+            .split(" / ")
+            .flat_map(|s| s.split(", "))
+            .map(|s| match s.trim().trim_matches('`') {
+                "empty" | "unset" | "service group" | "—" => String::new(),
+                v => v.to_string(),
+            })
+            .collect();
+        assert!(
+            defaults.len() == keys.len() || defaults.len() == 1,
+            "{row}: {} keys, {} defaults",
+            keys.len(),
+            defaults.len()
+        );
+        for (i, key) in keys.iter().enumerate() {
+            let k = table_key(key)
+                .unwrap_or_else(|| panic!("the README documents {key}, which is not a key"));
+            assert!(!documented.contains(key), "{key} is in the README twice");
+            documented.push(*key);
+            let default = &defaults[i.min(defaults.len() - 1)];
+            assert_eq!(default, k.default, "default of {key} in the README");
+        }
+    }
+    for k in KEYS {
+        assert!(
+            documented.contains(&k.name),
+            "{} is not in the README's table",
+            k.name
+        );
+    }
+    let legacy = readme
+        .split("Legacy keys of the Node server (")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .expect("the README names the ignored keys");
+    for word in key_like_words(legacy) {
+        assert!(
+            IGNORED_KEYS.contains(&word),
+            "the README calls {word} ignored, which it is not"
+        );
+    }
+}
+
+#[test]
+fn operations_guide_lists_every_ignored_key() {
+    let ops = include_str!("../docs/operations.md");
+    let section = ops
+        .split("## Configuration")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("docs/operations.md has a Configuration section");
+    for key in IGNORED_KEYS {
+        assert!(
+            section.contains(&format!("`{key}`")),
+            "{key} is not in docs/operations.md"
+        );
+    }
+}
