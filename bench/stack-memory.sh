@@ -23,6 +23,8 @@ tune=""
 sed "s|/tmp/push-server/|$RUN/|g" nginx/push-server-http.conf >"$D/http.conf"
 cat >"$D/nginx.conf" <<CONF
 daemon on;
+# The bench runs as root; the worker must reach the 0660 sockets.
+user root;
 worker_processes 1;
 worker_rlimit_nofile 19500;
 pid $D/nginx.pid;
@@ -56,11 +58,12 @@ run() {
     local pid=$SP
     [ "$2" = nginx ] && pid=$WORKER
     "$BENCH" idle --sub "127.0.0.1:$PORT" --pub "$RUN/pub.sock" --key stackKey --pid "$pid" \
-        --conns "$CONNS" --transport "$1" --timeout 120 2>/dev/null | tail -1 | jq -r '.bytes_per_conn // "failed"'
+        --conns "$CONNS" --transport "$1" --timeout 120 2>"$D/bench.err" | tail -1 | jq -r '.bytes_per_conn // "failed"'
     kill "$SP"; wait "$SP" 2>/dev/null || true
 }
 for transport in ws lp; do
     n=$(run "$transport" nginx)
     o=$(run "$transport" ours)
+    tail -2 "$D/bench.err" >&2
     echo "$transport ($CONNS idle, tuned=$TUNED): nginx worker $n B + push-server $o B per connection"
 done
