@@ -700,12 +700,16 @@ fn unix_now() -> u64 {
 }
 
 fn v5_ws(s: &Server, user: u64) -> Ws {
+    s.ws(&v5_query(user))
+}
+
+fn v5_query(user: u64) -> String {
     let claims = serde_json::json!({
         "iss": "host1", "iat": unix_now(), "exp": unix_now() + 43200,
         "sub": user.to_string(), "chan": V5_SHARED,
     });
     let token = push_server::jwt::sign(&claims.to_string(), KEY.as_bytes());
-    s.ws(&format!("token={}&jsonRpc=true&revision=19", enc(&token)))
+    format!("token={}&jsonRpc=true&revision=19", enc(&token))
 }
 
 fn v5_backend(s: &Server, body: &serde_json::Value) -> serde_json::Value {
@@ -821,6 +825,14 @@ fn v5_presence_and_status_pushes_are_shared_across_instances() {
         last_seen(&s[0], &[3])["3"].as_u64().map(|a| a >= 300),
         Some(true)
     );
+
+    // A held long poll on B counts as connected on A, and ONLINE_TTL (and a sweep) after.
+    let poll = s[1].lp_begin(&v5_query(6));
+    assert!(wait_until(WAIT, || last_seen(&s[0], &[6])["6"] == 0));
+    drop(poll);
+    assert!(wait_until(Duration::from_secs(15), || {
+        last_seen(&s[0], &[6])["6"].as_u64().is_some_and(|a| a > 0)
+    }));
 
     // The last connection goes: offline for every watcher after ONLINE_TTL (and a sweep).
     drop(two);
