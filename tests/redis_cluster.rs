@@ -1,6 +1,7 @@
 //! Several push-server instances sharing one private redis-server (issue 4): cross-instance
 //! delivery, backlog resume, online and stats for the whole group, monotonic ids when Redis
-//! loses its counter, and a Redis outage in the middle of a test.
+//! loses its counter, a Redis outage in the middle of a test, and v5 presence shared by
+//! the instances (docs/redis.md, "v5 presence").
 
 mod common;
 
@@ -896,4 +897,22 @@ fn v5_users_of_a_killed_instance_age_out() {
         .cli(&["ZCARD", "v5:instances"])
         .trim()
         == "1"));
+}
+
+#[test]
+fn v5_presence_comes_back_after_redis_loses_it() {
+    let redis = Redis::start();
+    let s: Vec<Server> = (0..2)
+        .map(|_| Server::builder().redis(&redis).start())
+        .collect();
+    wait_subscribed(&redis, 2);
+    let _seven = v5_ws(&s[0], 7);
+    assert!(wait_until(WAIT, || last_seen(&s[1], &[7])["7"] == 0));
+    redis.cli(&["FLUSHALL"]);
+    // The next renewal of the first instance finds its state gone and sends it whole.
+    assert!(wait_until(Duration::from_secs(15), || last_seen(
+        &s[1],
+        &[7]
+    )["7"]
+        == 0));
 }

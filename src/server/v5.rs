@@ -402,9 +402,14 @@ impl Server {
     pub(super) fn on_presence(&mut self, result: Result<PresenceSync, StoreError>) {
         match result {
             Ok(sync) => {
-                self.presence.resync |= sync.resync;
                 for (user, online, watchers) in sync.changes {
                     self.status_push(user, online, watchers);
+                }
+                if sync.resync {
+                    // Redis lost this instance's state (or aged it out): send it whole now.
+                    // The answer to a whole state never asks again.
+                    self.presence.resync = true;
+                    self.v5_presence_flush(true);
                 }
             }
             Err(e) => {
