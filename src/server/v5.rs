@@ -360,7 +360,8 @@ impl Server {
         }
         let p = &mut self.presence;
         let dirty = !p.added.is_empty() || !p.removed.is_empty() || !p.watch_dirty.is_empty();
-        if !dirty && !(heartbeat && (p.active || p.resync)) {
+        // An instance without v5 users writes no v5: keys at all.
+        if !(dirty || heartbeat && p.active) {
             return;
         }
         let full = std::mem::take(&mut p.resync);
