@@ -299,7 +299,9 @@ impl Server {
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
-            // Everything this pass submitted goes to the store's thread now, in one go.
+            // Everything this pass submitted goes to the store's thread now, in one go, with
+            // this pass's presence changes as one job (docs/redis.md, "v5 presence").
+            self.v5_presence_flush(false);
             self.store.flush();
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, timeout) {

@@ -1,6 +1,7 @@
 //! Several push-server instances sharing one private redis-server (issue 4): cross-instance
 //! delivery, backlog resume, online and stats for the whole group, monotonic ids when Redis
-//! loses its counter, and a Redis outage in the middle of a test.
+//! loses its counter, a Redis outage in the middle of a test, and v5 presence shared by
+//! the instances (docs/redis.md, "v5 presence").
 
 mod common;
 
@@ -686,4 +687,232 @@ fn sentinel_failover_under_load() {
         first_ok - promoted,
         log.iter().filter(|e| e.2).count()
     );
+}
+
+// ---- v5 presence shared through Redis (docs/redis.md, "v5 presence") ----
+
+const V5_SHARED: &str = "ad0234829205b9033196ba818f7a872b";
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn v5_ws(s: &Server, user: u64) -> Ws {
+    s.ws(&v5_query(user))
+}
+
+fn v5_query(user: u64) -> String {
+    let claims = serde_json::json!({
+        "iss": "host1", "iat": unix_now(), "exp": unix_now() + 43200,
+        "sub": user.to_string(), "chan": V5_SHARED,
+    });
+    let token = push_server::jwt::sign(&claims.to_string(), KEY.as_bytes());
+    format!("token={}&jsonRpc=true&revision=19", enc(&token))
+}
+
+fn v5_backend(s: &Server, body: &serde_json::Value) -> serde_json::Value {
+    let body = body.to_string();
+    let raw = format!(
+        "POST /bitrix/api/?hostId=host1&signature={}&hostname=portal HTTP/1.1\r\nHost: portal\r\nContent-Type: application/x-www-form-urlencoded\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        sign(&body),
+        body.len()
+    );
+    let r = s.pub_request(raw.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+/// `getUsersLastSeen` on `s`'s backend endpoint: user → seconds (absent when unknown).
+fn last_seen(s: &Server, users: &[u64]) -> serde_json::Value {
+    let q = serde_json::json!({"jsonrpc":"2.0","method":"getUsersLastSeen","params":{"userList":users}});
+    v5_backend(s, &q)["result"].clone()
+}
+
+/// Next JSON text on a v5 WebSocket that is not `ping`, within `within`.
+fn v5_next(ws: &mut Ws, within: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let t = ws.next_text(deadline.saturating_duration_since(Instant::now()));
+        if t != "ping" {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+/// The next `userStatusChange` params on a watcher's socket.
+fn status_change(ws: &mut Ws, within: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = v5_next(ws, deadline.saturating_duration_since(Instant::now()));
+        if v["method"] == "incoming.message" {
+            assert_eq!(v["params"]["body"]["command"], "userStatusChange", "{v}");
+            return v["params"]["body"]["params"].clone();
+        }
+    }
+}
+
+fn watch(ws: &mut Ws, user: u64) {
+    let q = format!(
+        r#"{{"jsonrpc":"2.0","method":"subscribeStatusChange","params":{{"userId":{user}}},"id":7}}"#
+    );
+    ws.send_text(&q).unwrap();
+    assert_eq!(v5_next(ws, WAIT)["id"], 7);
+}
+
+#[test]
+fn v5_presence_and_status_pushes_are_shared_across_instances() {
+    let redis = Redis::start();
+    let s: Vec<Server> = (0..2)
+        .map(|_| {
+            Server::builder()
+                .redis(&redis)
+                .env("ONLINE_TTL", "1")
+                .start()
+        })
+        .collect();
+    wait_subscribed(&redis, 2);
+    // User 1 watches user 2 from both instances; user 2 connects to the first only.
+    let mut on_a = v5_ws(&s[0], 1);
+    let mut on_b = v5_ws(&s[1], 1);
+    watch(&mut on_a, 2);
+    watch(&mut on_b, 2);
+    let _flush = wait_until(WAIT, || {
+        redis
+            .cli(&["KEYS", "*v5:watch:*"])
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count()
+            == 2
+    });
+    let two = v5_ws(&s[0], 2);
+    // Each watching socket hears it once, though two instances watch.
+    for ws in [&mut on_a, &mut on_b] {
+        assert_eq!(
+            status_change(ws, WAIT),
+            serde_json::json!({"user_id": 2, "online": true})
+        );
+    }
+    on_a.expect_silence(Duration::from_millis(300));
+    on_b.expect_silence(Duration::from_millis(300));
+    // Connected on A, seen connected on B: by the backend and by a client request.
+    assert_eq!(last_seen(&s[1], &[2])["2"], 0);
+    on_b.send_text(
+        r#"{"jsonrpc":"2.0","method":"getUsersLastSeen","params":{"userList":[2,99]},"id":8}"#,
+    )
+    .unwrap();
+    let a = v5_next(&mut on_b, WAIT);
+    assert_eq!(
+        a,
+        serde_json::json!({"jsonrpc":"2.0","id":8,"result":{"2":0}})
+    );
+
+    // updateUsersLastSeen fills in only where nothing newer is known.
+    let t = unix_now();
+    let up = |s: &Server, m: serde_json::Value| {
+        let q = serde_json::json!({"jsonrpc":"2.0","method":"updateUsersLastSeen","params":m});
+        assert_eq!(v5_backend(s, &q)["result"], serde_json::json!({}));
+    };
+    up(&s[0], serde_json::json!({"3": t - 300, "2": t - 1000}));
+    up(&s[1], serde_json::json!({"3": t - 5000}));
+    let r = last_seen(&s[1], &[2, 3, 4]);
+    assert_eq!(r["2"], 0, "{r}");
+    let ago = r["3"].as_u64().unwrap();
+    assert!((300..320).contains(&ago), "{r}");
+    assert!(r.get("4").is_none(), "{r}");
+    assert_eq!(
+        last_seen(&s[0], &[3])["3"].as_u64().map(|a| a >= 300),
+        Some(true)
+    );
+
+    // A held long poll on B counts as connected on A, and ONLINE_TTL (and a sweep) after.
+    let poll = s[1].lp_begin(&v5_query(6));
+    assert!(wait_until(WAIT, || last_seen(&s[0], &[6])["6"] == 0));
+    drop(poll);
+    assert!(wait_until(Duration::from_secs(15), || {
+        last_seen(&s[0], &[6])["6"].as_u64().is_some_and(|a| a > 0)
+    }));
+
+    // The last connection goes: offline for every watcher after ONLINE_TTL (and a sweep).
+    drop(two);
+    for ws in [&mut on_a, &mut on_b] {
+        assert_eq!(
+            status_change(ws, Duration::from_secs(15)),
+            serde_json::json!({"user_id": 2, "online": false})
+        );
+    }
+    let r = last_seen(&s[1], &[2]);
+    let ago = r["2"].as_u64().unwrap();
+    assert!(
+        (1..60).contains(&ago),
+        "last seen when its connection closed: {r}"
+    );
+
+    // Every presence key is under v5:, which Node 0.4.0 processes never read.
+    let keys = redis.cli(&["KEYS", "*"]);
+    assert!(
+        keys.contains("v5:online") && keys.contains("v5:lastseen"),
+        "{keys}"
+    );
+    for k in keys.lines().filter(|k| k.contains("v5:")) {
+        assert!(k.starts_with("v5:"), "{k}");
+    }
+}
+
+#[test]
+fn v5_users_of_a_killed_instance_age_out() {
+    let redis = Redis::start();
+    let s: Vec<Server> = (0..2)
+        .map(|_| {
+            Server::builder()
+                .redis(&redis)
+                .env("ONLINE_TTL", "1")
+                .start()
+        })
+        .collect();
+    wait_subscribed(&redis, 2);
+    let mut watcher = v5_ws(&s[1], 1);
+    watch(&mut watcher, 5);
+    let _five = v5_ws(&s[0], 5);
+    assert_eq!(
+        status_change(&mut watcher, WAIT),
+        serde_json::json!({"user_id": 5, "online": true})
+    );
+    assert_eq!(last_seen(&s[1], &[5])["5"], 0);
+    s[0].signal("KILL");
+    // Its entry stops counting ONLINE_TTL + 20 s after its last renewal (every 5 s); the
+    // next sweep of the other instance announces it.
+    let t0 = Instant::now();
+    assert_eq!(
+        status_change(&mut watcher, Duration::from_secs(45)),
+        serde_json::json!({"user_id": 5, "online": false})
+    );
+    eprintln!("aged out after {:?}", t0.elapsed());
+    let r = last_seen(&s[1], &[5]);
+    assert!(r["5"].as_u64().is_some_and(|a| a > 0), "{r}");
+    // Its keys are gone with it.
+    assert!(wait_until(WAIT, || redis
+        .cli(&["ZCARD", "v5:instances"])
+        .trim()
+        == "1"));
+}
+
+#[test]
+fn v5_presence_comes_back_after_redis_loses_it() {
+    let redis = Redis::start();
+    let s: Vec<Server> = (0..2)
+        .map(|_| Server::builder().redis(&redis).start())
+        .collect();
+    wait_subscribed(&redis, 2);
+    let _seven = v5_ws(&s[0], 7);
+    assert!(wait_until(WAIT, || last_seen(&s[1], &[7])["7"] == 0));
+    redis.cli(&["FLUSHALL"]);
+    // The next renewal of the first instance finds its state gone and sends it whole.
+    assert!(wait_until(Duration::from_secs(15), || last_seen(
+        &s[1],
+        &[7]
+    )["7"]
+        == 0));
 }

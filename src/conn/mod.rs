@@ -127,6 +127,9 @@ pub struct WsState {
     pub patience: u16,
     /// The outbox made no progress since the last ping tick (send stall detection).
     pub stalled: bool,
+    /// Unix seconds of the last presence touch (v5 `pong`s renew it a few times per online
+    /// TTL, not each one: docs/redis.md, "v5 presence").
+    pub touched_s: u32,
     pub client: Option<Box<str>>,
     /// v4: a fragmented binary client message in progress.
     pub partial: Option<Vec<u8>>,

@@ -95,6 +95,7 @@ impl Conn {
             unanswered: 0,
             patience,
             stalled: false,
+            touched_s: (crate::message::now_ms() / 1000) as u32,
             client,
             partial: None,
         }));

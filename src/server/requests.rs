@@ -606,8 +606,16 @@ impl Server {
                     return;
                 };
                 if text == b"pong" {
-                    let receivers = ws.sub.receivers.clone();
-                    self.touch(&receivers);
+                    // Every 10 s per connection: renewed once a third of the online TTL
+                    // has passed, which keeps it alive with room for a late pong, instead
+                    // of a Redis write per pong (docs/redis.md, "v5 presence").
+                    let now = (crate::message::now_ms() / 1000) as u32;
+                    let every = (self.cfg.store.online_ttl / 3).max(1);
+                    if now.saturating_sub(ws.touched_s) >= every {
+                        ws.touched_s = now;
+                        let receivers = ws.sub.receivers.clone();
+                        self.touch(&receivers);
+                    }
                 } else if !text.starts_with(b"mack:") {
                     self.v5_client_request(id, &text);
                 }

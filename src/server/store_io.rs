@@ -16,7 +16,7 @@ use crate::response::{self, Persist};
 use crate::slab::ConnId;
 use crate::stats;
 use crate::store::{
-    BacklogChunk, CatchUpChunk, Done, Draft, Job, Minted, Receiver, StoreError, Token,
+    BacklogChunk, CatchUpChunk, Done, Draft, Job, Minted, PresenceSync, Receiver, StoreError, Token,
 };
 use crate::websocket;
 
@@ -57,6 +57,10 @@ pub(super) enum Waiter {
         receivers: Vec<Receiver>,
         generation: u64,
     },
+    /// A v5 presence sync (`super::v5`).
+    Presence,
+    /// A v5 `getUsersLastSeen` asked of a shared store (`super::v5`).
+    LastSeen(Box<super::v5::LastSeenWait>),
 }
 
 /// A legacy online query: `local[i]` is the local subscriber count of `channels[i]`; the
@@ -76,6 +80,8 @@ enum Outcome {
     Online(Result<Vec<bool>, StoreError>),
     Stats(Result<Vec<String>, StoreError>),
     CatchUp(Result<CatchUpChunk, StoreError>),
+    Presence(Result<PresenceSync, StoreError>),
+    LastSeen(Result<Vec<Option<u64>>, StoreError>),
 }
 
 impl Outcome {
@@ -89,6 +95,8 @@ impl Outcome {
             Waiter::Online(_) => Outcome::Online(Err(e)),
             Waiter::Stats { .. } | Waiter::V4Stats(_) => Outcome::Stats(Err(e)),
             Waiter::CatchUp { .. } => Outcome::CatchUp(Err(e)),
+            Waiter::Presence => Outcome::Presence(Err(e)),
+            Waiter::LastSeen(_) => Outcome::LastSeen(Err(e)),
         }
     }
 }
@@ -361,6 +369,8 @@ impl Server {
             Done::Online { token, result } => (token, Outcome::Online(result)),
             Done::Stats { token, result } => (token, Outcome::Stats(result)),
             Done::CatchUp { token, result } => (token, Outcome::CatchUp(result)),
+            Done::Presence { token, result } => (token, Outcome::Presence(result)),
+            Done::LastSeen { token, result } => (token, Outcome::LastSeen(result)),
             Done::Deliver(batch) => return self.on_deliver(batch),
             Done::Resubscribed => return self.on_resubscribed(),
             Done::Up { latest } => return self.on_store_up(latest),
@@ -393,6 +403,8 @@ impl Server {
                 },
                 Outcome::CatchUp(r),
             ) => self.on_catchup(receivers, generation, r),
+            (Waiter::Presence, Outcome::Presence(r)) => self.on_presence(r),
+            (Waiter::LastSeen(w), Outcome::LastSeen(r)) => self.on_last_seen(*w, r),
             (waiter, outcome) => {
                 log::error!("store answer {outcome:?} does not fit job {token}; failing it");
                 let failed = Outcome::failure(&waiter, "mismatched store answer");
@@ -686,6 +698,7 @@ impl Server {
             return;
         }
         // A restarted Redis lost the presence keys and our stats entry: write them again.
+        self.presence.resync = true;
         let mut live: Vec<Receiver> = Vec::new();
         for id in self.conns.ids() {
             let Some(conn) = self.conns.get(id) else {

@@ -1,7 +1,7 @@
 //! Protocol v5 on the loop (docs/v5.md): the backend endpoint `/bitrix/api/` (publish,
 //! presence calls), client requests over a v5 WebSocket, and "last seen" presence.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value};
 use tungstenite::Bytes;
@@ -15,11 +15,12 @@ use crate::query;
 use crate::registry::Kind;
 use crate::response::{self, Persist};
 use crate::slab::ConnId;
-use crate::store::{Draft, Receiver};
+use crate::store::{Draft, Job, PresenceSync, Receiver, StoreError};
 use crate::v5::{self, code};
 use crate::websocket;
 
 use super::Server;
+use super::store_io::Waiter;
 
 /// Last-seen times kept, at most (docs/v5.md, "Presence").
 const MAX_LAST_SEEN: usize = 200_000;
@@ -41,7 +42,42 @@ pub(super) struct Presence {
     watchers: HashMap<u64, Vec<ConnId>>,
     /// Connection → the users it watches, at most [`MAX_WATCHED`].
     watching: HashMap<ConnId, Vec<u64>>,
+    // With a shared store (docs/redis.md, "v5 presence"): what the next presence job sends.
+    /// Users this instance started counting online.
+    added: HashSet<u64>,
+    /// Users it stopped counting, with when they were last seen.
+    removed: HashMap<u64, u64>,
+    /// Watched users whose watchers here changed.
+    watch_dirty: HashSet<u64>,
+    /// Send the whole state next: the store lost it, or a job failed.
+    pub(super) resync: bool,
+    /// Something was ever sent: renew this instance every sweep from then on.
+    active: bool,
+    /// `getUsersLastSeen` requests waiting for the store, by their number.
+    deferred: HashMap<u64, Deferred>,
+    next_deferred: u64,
 }
+
+/// A JSON-RPC request (a WebSocket message, or a backend call when `persist` is set) whose
+/// answers wait for the store: `answers[i]` is `None` until known.
+struct Deferred {
+    conn: ConnId,
+    persist: Option<Persist>,
+    array: bool,
+    answers: Vec<Option<Value>>,
+}
+
+/// One `getUsersLastSeen` asked of a shared store.
+pub(super) struct LastSeenWait {
+    deferred: u64,
+    slot: usize,
+    rpc_id: Option<Value>,
+    users: Vec<u64>,
+}
+
+/// A crashed instance's users stop counting this long past ONLINE_TTL after its last renewal
+/// (renewed every sweep, 5 s): room for a slow pass or a slow Redis (docs/redis.md).
+const INSTANCE_GRACE: u32 = 20;
 
 /// Users one connection may watch.
 const MAX_WATCHED: usize = 1000;
@@ -123,6 +159,9 @@ impl Server {
         let mut answers: Vec<Option<Value>> = Vec::with_capacity(calls.len());
         let mut drafts: Vec<Draft> = Vec::new();
         let mut published: Vec<usize> = Vec::new();
+        let shared = self.store.shared();
+        let mut asks: Vec<LastSeenWait> = Vec::new();
+        let mut seen_at: Vec<(u64, u64)> = Vec::new();
         for call in &calls {
             let rpc_id = call.get("id");
             let method = call.get("method").and_then(Value::as_str);
@@ -141,6 +180,16 @@ impl Server {
                     Err(e) => v5::publish_error(rpc_id, e),
                 },
                 Some("getUsersLastSeen") => match v5::user_list(params.get("userList")) {
+                    Ok(users) if users.len() <= MAX_LAST_SEEN_QUERY && shared => {
+                        asks.push(LastSeenWait {
+                            deferred: 0,
+                            slot: answers.len(),
+                            rpc_id: rpc_id.cloned(),
+                            users,
+                        });
+                        answers.push(None);
+                        continue;
+                    }
                     Ok(users) if users.len() <= MAX_LAST_SEEN_QUERY => {
                         v5::result(rpc_id, self.last_seen_of(&users, now))
                     }
@@ -154,6 +203,9 @@ impl Server {
                             };
                             // Only where the server has no newer observation of its own.
                             self.presence.saw(user, at.min(now));
+                            if shared {
+                                seen_at.push((user, at.min(now)));
+                            }
                         }
                         v5::result(rpc_id, Value::Object(Map::new()))
                     }
@@ -166,6 +218,20 @@ impl Server {
                 self.metrics.v5_errors += 1;
             }
             answers.push(Some(answer));
+        }
+        if !seen_at.is_empty() {
+            self.submit_quiet(Job::SeenAt { entries: seen_at });
+        }
+        if !asks.is_empty() && drafts.is_empty() {
+            return self.defer_last_seen(id, Some(persist), array, answers, asks);
+        }
+        // Mixed with publishes in one body (PHP sends them apart): answered from this
+        // instance's own observations (docs/v5.md).
+        for a in asks {
+            answers[a.slot] = Some(v5::result(
+                a.rpc_id.as_ref(),
+                self.last_seen_of(&a.users, now),
+            ));
         }
         let render = |answers: &[Option<Value>], fill: &Value| -> Vec<u8> {
             let all: Vec<Value> = answers
@@ -232,7 +298,13 @@ impl Server {
     pub(super) fn v5_joined(&mut self, user: Option<u64>) {
         let Some(u) = user else { return };
         if self.presence.online.insert(u, None).is_none() {
-            self.push_status(u, true);
+            if self.store.shared() {
+                // Announced by whichever instance finds the change (docs/redis.md).
+                self.presence.removed.remove(&u);
+                self.presence.added.insert(u);
+            } else {
+                self.push_status(u, true);
+            }
         }
     }
 
@@ -263,13 +335,109 @@ impl Server {
             .filter(|(_, at)| at.is_some_and(|t| t <= now))
             .map(|(&u, _)| u)
             .collect();
+        let shared = self.store.shared();
         for u in gone {
             self.presence.online.remove(&u);
-            self.push_status(u, false);
+            if shared {
+                let seen = self.presence.last_seen.get(&u).copied().unwrap_or(now);
+                self.presence.added.remove(&u);
+                self.presence.removed.insert(u, seen);
+            } else {
+                self.push_status(u, false);
+            }
+        }
+        if shared {
+            self.v5_presence_flush(true);
         }
     }
 
+    /// With a shared store, sends this pass's presence changes as one job (every pass with
+    /// changes, and every sweep to renew this instance); the answer says which users changed
+    /// across all instances (docs/redis.md, "v5 presence").
+    pub(super) fn v5_presence_flush(&mut self, heartbeat: bool) {
+        if !self.store.shared() {
+            return;
+        }
+        let p = &mut self.presence;
+        let dirty = !p.added.is_empty() || !p.removed.is_empty() || !p.watch_dirty.is_empty();
+        // An instance without v5 users writes no v5: keys at all.
+        if !(dirty || heartbeat && p.active) {
+            return;
+        }
+        let full = std::mem::take(&mut p.resync);
+        p.active = true;
+        let (added, removed, watched): (Vec<u64>, Vec<(u64, u64)>, Vec<u64>) = if full {
+            p.added.clear();
+            p.removed.clear();
+            p.watch_dirty.clear();
+            (
+                p.online.keys().copied().collect(),
+                Vec::new(),
+                p.watchers.keys().copied().collect(),
+            )
+        } else {
+            (
+                p.added.drain().collect(),
+                p.removed.drain().collect(),
+                p.watch_dirty.drain().collect(),
+            )
+        };
+        let watch = watched
+            .into_iter()
+            .map(|u| (u, self.watcher_users(u)))
+            .collect();
+        let grace = self.cfg.store.online_ttl + INSTANCE_GRACE;
+        let job = |token| Job::Presence {
+            token,
+            full,
+            grace,
+            added,
+            removed,
+            watch,
+        };
+        if !self.submit(job, Waiter::Presence) {
+            self.presence.resync = true;
+        }
+    }
+
+    pub(super) fn on_presence(&mut self, result: Result<PresenceSync, StoreError>) {
+        match result {
+            Ok(sync) => {
+                for (user, online, watchers) in sync.changes {
+                    self.status_push(user, online, watchers);
+                }
+                if sync.resync {
+                    // Redis lost this instance's state (or aged it out): send it whole now.
+                    // The answer to a whole state never asks again.
+                    self.presence.resync = true;
+                    self.v5_presence_flush(true);
+                }
+            }
+            Err(e) => {
+                log::debug!("v5 presence not synced ({e}); sending it whole next time");
+                self.presence.resync = true;
+            }
+        }
+    }
+
+    /// The users of the connections here that watch `user`.
+    fn watcher_users(&self, user: u64) -> Vec<u64> {
+        let mut out: Vec<u64> = Vec::new();
+        for &c in self.presence.watchers.get(&user).into_iter().flatten() {
+            if let Some(Phase::WebSocket(ws)) = self.conns.get(c).map(|c| &c.phase)
+                && let Some(w) = ws.sub.user
+                && !out.contains(&w)
+            {
+                out.push(w);
+            }
+        }
+        out
+    }
+
     fn unwatch(&mut self, id: ConnId, user: u64) {
+        if self.store.shared() {
+            self.presence.watch_dirty.insert(user);
+        }
         if let Some(list) = self.presence.watchers.get_mut(&user) {
             list.retain(|&c| c != id);
             if list.is_empty() {
@@ -287,6 +455,9 @@ impl Server {
                 }
                 mine.push(user);
                 self.presence.watchers.entry(user).or_default().push(id);
+                if self.store.shared() {
+                    self.presence.watch_dirty.insert(user);
+                }
             }
         } else {
             mine.retain(|&w| w != user);
@@ -302,20 +473,18 @@ impl Server {
     /// watcher's own user, through the store like any publish, so it has a real `mid` and
     /// never moves a client's resume position past messages it has not seen.
     fn push_status(&mut self, user: u64, online: bool) {
-        let Some(conns) = self.presence.watchers.get(&user) else {
-            return;
-        };
-        let mut receivers: Vec<Receiver> = Vec::new();
-        for &c in conns {
-            if let Some(Phase::WebSocket(ws)) = self.conns.get(c).map(|c| &c.phase)
-                && let Some(w) = ws.sub.user
-            {
-                let r = (ChannelId::user(w), Kind::Private);
-                if !receivers.contains(&r) {
-                    receivers.push(r);
-                }
-            }
-        }
+        let watchers = self.watcher_users(user);
+        self.status_push(user, online, watchers);
+    }
+
+    /// The `userStatusChange` of `user` to the users `watchers`, as one message.
+    fn status_push(&mut self, user: u64, online: bool, mut watchers: Vec<u64>) {
+        watchers.sort_unstable();
+        watchers.dedup();
+        let receivers: Vec<Receiver> = watchers
+            .into_iter()
+            .map(|w| (ChannelId::user(w), Kind::Private))
+            .collect();
         if receivers.is_empty() {
             return;
         }
@@ -356,6 +525,8 @@ impl Server {
             );
         }
         let mut answers = Vec::new();
+        let mut asks: Vec<LastSeenWait> = Vec::new();
+        let shared = self.store.shared();
         for call in &calls {
             // Stray answers (the core client answers every notification) are ignored.
             if call.get("method").is_none()
@@ -363,15 +534,39 @@ impl Server {
             {
                 continue;
             }
+            let rpc_id = call.get("id").filter(|v| v.is_number() || v.is_string());
+            if shared
+                && rpc_id.is_some()
+                && call.get("jsonrpc").and_then(Value::as_str) == Some("2.0")
+                && call.get("method").and_then(Value::as_str) == Some("getUsersLastSeen")
+            {
+                let params = call.get("params").unwrap_or(&Value::Null);
+                if let Ok(users) = v5::user_list(params.get("userList"))
+                    && users.len() <= MAX_LAST_SEEN_QUERY
+                {
+                    asks.push(LastSeenWait {
+                        deferred: 0,
+                        slot: answers.len(),
+                        rpc_id: rpc_id.cloned(),
+                        users,
+                    });
+                    answers.push(None);
+                    continue;
+                }
+            }
             let answer = self.v5_client_call(id, call);
             if answer.get("error").is_some() {
                 self.metrics.v5_errors += 1;
             }
             // Notifications (no id) get no answer.
             if call.get("id").is_some() {
-                answers.push(answer);
+                answers.push(Some(answer));
             }
         }
+        if !asks.is_empty() {
+            return self.defer_last_seen(id, None, array, answers, asks);
+        }
+        let answers: Vec<Value> = answers.into_iter().flatten().collect();
         match (array, answers.len()) {
             (_, 0) => {}
             (false, _) => self.ws_json(id, &answers[0]),
@@ -489,6 +684,111 @@ impl Server {
             kind,
             receivers,
         ))
+    }
+
+    /// Asks the shared store for the `getUsersLastSeen` calls `asks` of one request, whose
+    /// other answers are ready; the request is answered when the last one comes.
+    fn defer_last_seen(
+        &mut self,
+        conn: ConnId,
+        persist: Option<Persist>,
+        array: bool,
+        answers: Vec<Option<Value>>,
+        asks: Vec<LastSeenWait>,
+    ) {
+        self.presence.next_deferred += 1;
+        let n = self.presence.next_deferred;
+        let d = Deferred {
+            conn,
+            persist,
+            array,
+            answers,
+        };
+        self.presence.deferred.insert(n, d);
+        if persist.is_some() {
+            self.set_busy(conn);
+        }
+        for mut a in asks {
+            a.deferred = n;
+            let users = a.users.clone();
+            let wait = Box::new(a);
+            let token = self.next_token();
+            match self.store.submit(Job::LastSeen { token, users }) {
+                Ok(()) => {
+                    self.waiting
+                        .insert(token, (std::time::Instant::now(), Waiter::LastSeen(wait)));
+                }
+                Err(_) => {
+                    self.queue_full("getUsersLastSeen answered from this instance");
+                    let e = StoreError("store queue full".into());
+                    self.on_last_seen(*wait, Err(e));
+                }
+            }
+        }
+    }
+
+    /// A shared store's last-seen answer, merged with this instance's own observations
+    /// (the more recent wins); a failing store leaves this instance's alone.
+    pub(super) fn on_last_seen(
+        &mut self,
+        w: LastSeenWait,
+        result: Result<Vec<Option<u64>>, StoreError>,
+    ) {
+        let now = now_ms() / 1000;
+        let mut local = match self.last_seen_of(&w.users, now) {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        match result {
+            Ok(remote) => {
+                for (u, r) in w.users.iter().zip(remote) {
+                    let Some(r) = r else { continue };
+                    let e = local.entry(u.to_string()).or_insert(Value::from(r));
+                    if e.as_u64().is_some_and(|l| r < l) {
+                        *e = Value::from(r);
+                    }
+                }
+            }
+            Err(e) => log::info!("getUsersLastSeen answered from this instance only: {e}"),
+        }
+        let answer = v5::result(w.rpc_id.as_ref(), Value::Object(local));
+        let Some(d) = self.presence.deferred.get_mut(&w.deferred) else {
+            return;
+        };
+        if let Some(slot) = d.answers.get_mut(w.slot) {
+            *slot = Some(answer);
+        }
+        if d.answers.iter().any(Option::is_none) {
+            return;
+        }
+        let Some(d) = self.presence.deferred.remove(&w.deferred) else {
+            return;
+        };
+        let all: Vec<Value> = d.answers.into_iter().flatten().collect();
+        let v = if d.array {
+            Value::Array(all)
+        } else {
+            all.into_iter().next().unwrap_or(Value::Null)
+        };
+        match d.persist {
+            Some(persist) => {
+                if self
+                    .conns
+                    .get(d.conn)
+                    .is_some_and(|c| matches!(c.phase, Phase::Busy))
+                {
+                    let body = serde_json::to_vec(&v).unwrap_or_default();
+                    self.answer_busy(d.conn, persist, |p| {
+                        response::full(200, "application/json", &body, p)
+                    });
+                }
+            }
+            None => {
+                if let Some(Phase::WebSocket(_)) = self.conns.get(d.conn).map(|c| &c.phase) {
+                    self.ws_json(d.conn, &v);
+                }
+            }
+        }
     }
 
     /// Queues one JSON-RPC text message on a v5 WebSocket.

@@ -101,6 +101,36 @@ pub enum Job {
     /// The stats entries of every other live instance (the server adds its own, fresh).
     /// Answered by [`Done::Stats`].
     Stats { token: Token },
+    /// v5 presence of this instance into the shared store (docs/redis.md, "v5 presence"):
+    /// the users it now counts online (`added`), those it stopped counting with when they
+    /// were last seen (`removed`), and its watchers that changed (watched user → watching
+    /// users, empty to drop). With `full`, this is the whole state and replaces what the
+    /// store held for this instance. Also renews this instance for `grace` s and ages out
+    /// the instances past theirs. Answered by [`Done::Presence`]. Shared stores only.
+    Presence {
+        token: Token,
+        full: bool,
+        grace: u32,
+        added: Vec<u64>,
+        removed: Vec<(u64, u64)>,
+        watch: Vec<(u64, Vec<u64>)>,
+    },
+    /// Seconds since each user was last seen (0 = online on some instance), `None` when
+    /// unknown, in request order. Answered by [`Done::LastSeen`]. Shared stores only.
+    LastSeen { token: Token, users: Vec<u64> },
+    /// `updateUsersLastSeen`: (user, unix time) kept where no newer time is stored. Not
+    /// answered. Shared stores only.
+    SeenAt { entries: Vec<(u64, u64)> },
+}
+
+/// What one [`Job::Presence`] found across every instance.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PresenceSync {
+    /// The store had lost this instance's state: send it whole next time.
+    pub resync: bool,
+    /// Users whose online state changed, with the watching users of every instance; this
+    /// instance alone announces them.
+    pub changes: Vec<(u64, bool, Vec<u64>)>,
 }
 
 /// What the publisher's answer and the stats need of one published message: the message
@@ -153,6 +183,14 @@ pub enum Done {
     CatchUp {
         token: Token,
         result: Result<CatchUpChunk, StoreError>,
+    },
+    Presence {
+        token: Token,
+        result: Result<PresenceSync, StoreError>,
+    },
+    LastSeen {
+        token: Token,
+        result: Result<Vec<Option<u64>>, StoreError>,
     },
     /// The live stream of [`Done::Deliver`] was cut and is back: every `Deliver` before this
     /// came from the previous subscription, every one after it from the new one, and what was

@@ -350,7 +350,15 @@ fn failed(job: Job, err: &StoreError) -> Option<Done> {
             token,
             result: Err(err.clone()),
         },
-        Job::Touch { .. } | Job::PutStats { .. } => return None,
+        Job::Presence { token, .. } => Done::Presence {
+            token,
+            result: Err(err.clone()),
+        },
+        Job::LastSeen { token, .. } => Done::LastSeen {
+            token,
+            result: Err(err.clone()),
+        },
+        Job::Touch { .. } | Job::PutStats { .. } | Job::SeenAt { .. } => return None,
     })
 }
 

@@ -16,11 +16,17 @@ use super::{Backoff, IO_TIMEOUT, Shared, failed};
 use crate::channel::ChannelId;
 use crate::message::{Mid, now_ms};
 use crate::registry::Kind;
-use crate::store::{BacklogChunk, CatchUpChunk, Done, Draft, Job, Minted, Receiver, StoreError};
+use crate::store::{
+    BacklogChunk, CatchUpChunk, Done, Draft, Job, Minted, PresenceSync, Receiver, StoreError,
+};
 
 const PUBLISH_LUA: &str = include_str!("publish.lua");
 const BACKLOG_LUA: &str = include_str!("backlog.lua");
 const CATCHUP_LUA: &str = include_str!("catchup.lua");
+const PRESENCE_LUA: &str = include_str!("presence.lua");
+/// The per-instance presence keys live this long past the last renewal (docs/redis.md,
+/// "v5 presence"); an instance is aged out by the others well before.
+const PRESENCE_KEY_TTL: u32 = 600;
 
 /// At most this many jobs go into one pipeline, so one round stays well inside the timeouts.
 const MAX_ROUND: usize = 500;
@@ -78,12 +84,13 @@ struct Scripts {
     publish: String,
     backlog: String,
     catchup: String,
+    presence: String,
 }
 
 impl Scripts {
     /// `SCRIPT LOAD`s the scripts in one round trip; Redis answers with their SHA1s.
     fn load(conn: &mut Connection) -> redis::RedisResult<Scripts> {
-        let (publish, backlog, catchup): (String, String, String) = redis::pipe()
+        let (publish, backlog, catchup, presence): (String, String, String, String) = redis::pipe()
             .cmd("SCRIPT")
             .arg("LOAD")
             .arg(PUBLISH_LUA)
@@ -93,11 +100,15 @@ impl Scripts {
             .cmd("SCRIPT")
             .arg("LOAD")
             .arg(CATCHUP_LUA)
+            .cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(PRESENCE_LUA)
             .query(conn)?;
         Ok(Scripts {
             publish,
             backlog,
             catchup,
+            presence,
         })
     }
 }
@@ -118,6 +129,12 @@ enum Pending {
         token: u64,
     },
     Stats {
+        token: u64,
+    },
+    Presence {
+        token: u64,
+    },
+    LastSeen {
         token: u64,
     },
     /// The `WAIT` after the publishes of a round.
@@ -464,6 +481,71 @@ impl Worker {
                     cmds.push(c);
                     pending.push(Pending::Stats { token });
                 }
+                Job::Presence {
+                    token,
+                    full,
+                    grace,
+                    added,
+                    removed,
+                    watch,
+                } => {
+                    let mut c = redis::cmd("EVALSHA");
+                    c.arg(&scripts.presence)
+                        .arg(0)
+                        .arg(keys.prefix())
+                        .arg("sync");
+                    c.arg(&self.shared.uid).arg(grace).arg(PRESENCE_KEY_TTL);
+                    c.arg(if full { "1" } else { "0" });
+                    c.arg(added.len());
+                    for u in &added {
+                        c.arg(u);
+                    }
+                    c.arg(removed.len());
+                    for (u, at) in &removed {
+                        c.arg(u).arg(at);
+                    }
+                    c.arg(watch.len());
+                    for (u, by) in &watch {
+                        let by: Vec<String> = by.iter().map(u64::to_string).collect();
+                        c.arg(u).arg(by.join(","));
+                    }
+                    cmds.push(c);
+                    pending.push(Pending::Presence { token });
+                }
+                Job::LastSeen { token, users } => {
+                    if users.is_empty() {
+                        done.push(Done::LastSeen {
+                            token,
+                            result: Ok(Vec::new()),
+                        });
+                        continue;
+                    }
+                    let mut c = redis::cmd("EVALSHA");
+                    c.arg(&scripts.presence)
+                        .arg(0)
+                        .arg(keys.prefix())
+                        .arg("get");
+                    for u in &users {
+                        c.arg(u);
+                    }
+                    cmds.push(c);
+                    pending.push(Pending::LastSeen { token });
+                }
+                Job::SeenAt { entries } => {
+                    if entries.is_empty() {
+                        continue;
+                    }
+                    let mut c = redis::cmd("EVALSHA");
+                    c.arg(&scripts.presence)
+                        .arg(0)
+                        .arg(keys.prefix())
+                        .arg("seen");
+                    for (u, at) in &entries {
+                        c.arg(u).arg(at);
+                    }
+                    cmds.push(c);
+                    pending.push(Pending::Ignore);
+                }
             }
         }
         // Touches go first (an online query of the same round sees them), one SET per
@@ -691,6 +773,23 @@ impl Worker {
                 token,
                 result: reply.and_then(|r| self.stats_from(r)),
             },
+            Pending::Presence { token } => Done::Presence {
+                token,
+                result: reply.and_then(presence_from),
+            },
+            Pending::LastSeen { token } => Done::LastSeen {
+                token,
+                result: reply.and_then(|r| match r {
+                    Value::Array(v) => Ok(v
+                        .iter()
+                        .map(|x| match x {
+                            Value::Int(n) if *n >= 0 => Some(*n as u64),
+                            _ => None,
+                        })
+                        .collect()),
+                    other => Err(unexpected(&other)),
+                }),
+            },
         })
     }
 
@@ -830,6 +929,37 @@ fn catchup_from(reply: Value) -> Result<CatchUpChunk, StoreError> {
         msgs,
         more: *more != 0,
     })
+}
+
+/// The reply of the presence script's `sync`: `{resync, user, 1|0, watchers, ...}`.
+fn presence_from(reply: Value) -> Result<PresenceSync, StoreError> {
+    let Value::Array(v) = reply else {
+        return Err(unexpected(&reply));
+    };
+    let int = |x: &Value| -> Option<u64> {
+        match x {
+            Value::Int(n) => u64::try_from(*n).ok(),
+            Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+            _ => None,
+        }
+    };
+    let mut out = PresenceSync {
+        resync: v.first().and_then(int) == Some(1),
+        changes: Vec::new(),
+    };
+    for c in v.get(1..).unwrap_or_default().chunks(3) {
+        let [u, on, by] = c else { break };
+        let Some(u) = int(u) else { continue };
+        let by = match by {
+            Value::BulkString(b) => String::from_utf8_lossy(b)
+                .split(',')
+                .filter_map(|w| w.parse().ok())
+                .collect(),
+            _ => Vec::new(),
+        };
+        out.changes.push((u, int(on) == Some(1), by));
+    }
+    Ok(out)
 }
 
 fn unexpected(v: &Value) -> StoreError {
