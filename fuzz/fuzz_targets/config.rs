@@ -55,7 +55,6 @@ fuzz_target!(|data: &[u8]| {
         t.header_timeout,
         t.keepalive_timeout,
         t.ws_ping_interval,
-        t.send_timeout,
         t.shutdown_timeout,
     ] {
         assert!(!d.is_zero() && d <= week, "{d:?}");
