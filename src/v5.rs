@@ -334,7 +334,7 @@ pub fn publish_body(params: &Map<String, Value>) -> Result<(Vec<u8>, Option<Stri
     Ok((bytes, kind))
 }
 
-/// The JSON-RPC error for a refused publish: -32602 with the Bitrix text (PROTOCOL.md §8.8).
+/// The JSON-RPC error for a refused publish: -32602 with the Bitrix text (docs/protocol.md#errors-and-close-codes).
 pub fn publish_error(id: Option<&Value>, e: ApiError) -> Value {
     error(id, code::INVALID_PARAMS, &e.to_string())
 }

@@ -416,7 +416,7 @@ impl Server {
         if let Wire::V5 { user } = wire {
             let items: Vec<Bytes> = messages.iter().filter_map(|m| m.v5_json(user)).collect();
             if items.is_empty() {
-                // Never an empty 200 (§4.2): nothing here has a v5 form.
+                // Never an empty 200 (docs/protocol.md#long-poll): nothing here has a v5 form.
                 let last = messages.last().map_or(self.latest_mid, |m| m.mid);
                 let mut digits = Vec::with_capacity(26);
                 last.write_to(&mut digits);

@@ -624,7 +624,7 @@ impl Server {
         }
     }
 
-    /// A client `publish`, checked as v4 client publishing is (PROTOCOL.md §6.4): public ids
+    /// A client `publish`, checked as v4 client publishing is (docs/protocol.md#client-publishing): public ids
     /// with their signatures; `userList` from a user token only.
     fn v5_client_publish(&self, user: Option<u64>, params: &Value) -> Result<Draft, ApiError> {
         let p = params.as_object().ok_or(ApiError::WrongRequestData)?;
