@@ -371,7 +371,7 @@ impl Server {
     pub(super) fn start_long_poll(
         &mut self,
         id: ConnId,
-        sub: Subscription,
+        mut sub: Subscription,
         persist: Persist,
         client: Option<Box<str>>,
     ) {
@@ -387,7 +387,6 @@ impl Server {
             return;
         };
         let mid_absent = sub.mid.is_none();
-        let mut sub = sub;
         if mid_absent {
             // Live messages from now on only (see `Hold::mid_absent`).
             sub.mid = Some(self.latest_mid);

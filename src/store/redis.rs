@@ -478,25 +478,32 @@ impl Store for RedisStore {
 
     fn flush(&mut self) {
         let mut rejected = 0;
+        let answered_before = self.local.len();
         for job in self.held.drain(..) {
+            // Counted before the send, so the worker's decrement never runs first.
+            self.shared.queued.fetch_add(1, Ordering::AcqRel);
             let refused = match self.jobs.try_send(job) {
-                Ok(()) => {
-                    self.shared.queued.fetch_add(1, Ordering::AcqRel);
-                    continue;
+                Ok(()) => continue,
+                Err(e) => {
+                    self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                    e
                 }
-                Err(TrySendError::Full(job)) => {
+            };
+            let refused = match refused {
+                TrySendError::Full(job) => {
                     rejected += 1;
                     self.shared.rejected.fetch_add(1, Ordering::Relaxed);
                     (job, "Redis store queue full")
                 }
-                Err(TrySendError::Disconnected(job)) => (job, "Redis worker stopped"),
+                TrySendError::Disconnected(job) => (job, "Redis worker stopped"),
             };
             // Answered as a failure before reaching Redis: nothing of it ran.
             if let Some(done) = failed(refused.0, &StoreError(refused.1.into())) {
                 self.local.push(done);
             }
         }
-        if !self.local.is_empty() {
+        // Only for answers made here; `submit` woke the loop for its own already.
+        if self.local.len() > answered_before {
             let _ = self.shared.waker.wake();
         }
         if rejected > 0 {
