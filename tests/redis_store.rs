@@ -1404,3 +1404,56 @@ fn a_publish_answered_with_an_error_never_runs_later() {
         "no publish was in flight at the freeze"
     );
 }
+
+/// The publish jobs of a round share one script call (docs/redis.md, "Publishing"): each job
+/// still gets its own ids, in job order, and the ids the script writes (digits turned into
+/// bytes by arithmetic in Lua) are the ones the answers and the announcements carry, for a
+/// counter whose every digit differs.
+#[test]
+fn publishes_of_one_round_share_a_call_and_keep_their_own_ids() {
+    let redis = Redis::start();
+    let mut c = redis.conn();
+    set_raw(&mut c, b"server:startdate", b"1234567890");
+    set_raw(&mut c, b"server:messagecounter", b"1098765432109869");
+    let mut a = Inst::up(&redis.sock);
+    let r = vec![(ch(7), Kind::Private)];
+    let sizes = [2usize, 1, 3];
+    let tokens: Vec<u64> = sizes
+        .iter()
+        .map(|&n| {
+            let token = a.token();
+            let drafts = (0..n)
+                .map(|i| draft(&format!("m{n}.{i}"), r.clone()))
+                .collect();
+            a.store
+                .submit(Job::Publish { token, drafts })
+                .expect("queue has room");
+            token
+        })
+        .collect();
+    let mut all = Vec::new();
+    for (token, n) in tokens.into_iter().zip(sizes) {
+        let minted = a.wait("Published", |d| match d {
+            Done::Published { token: t, result } if *t == token => {
+                Some(result.clone().expect("publish succeeds"))
+            }
+            _ => None,
+        });
+        assert_eq!(minted.len(), n);
+        all.extend(minted.iter().map(|m| m.mid));
+    }
+    let want: Vec<Mid> = (1_098_765_432_109_870..1_098_765_432_109_876)
+        .map(|c| Mid::new(1_234_567_890, c))
+        .collect();
+    assert_eq!(all, want, "consecutive ids in job order");
+    // One script call announced them all, with the same ids.
+    let batch = a.remote_with(all[0]);
+    let announced: Vec<Mid> = batch.iter().map(|(m, _)| m.mid).collect();
+    assert_eq!(announced, want, "one announcement for the round");
+    for m in &want {
+        let mut key = b"message:".to_vec();
+        key.extend_from_slice(&m.to_binary());
+        let n: i64 = redis::cmd("EXISTS").arg(&key).query(&mut c).unwrap();
+        assert_eq!(n, 1, "message key of {m:?} written under its binary id");
+    }
+}

@@ -365,7 +365,8 @@ fn failed(job: Job, err: &StoreError) -> Option<Done> {
 /// The store handle the loop owns. Dropping it stops both threads (within about a second).
 pub struct RedisStore {
     shared: Arc<Shared>,
-    jobs: SyncSender<Job>,
+    /// The jobs of one flush travel together, so the worker's round has them all.
+    jobs: SyncSender<Vec<Job>>,
     done: ChanReceiver<Done>,
     /// Answers given in `submit` itself (while Redis is down).
     local: Vec<Done>,
@@ -477,38 +478,29 @@ impl Store for RedisStore {
     }
 
     fn flush(&mut self) {
-        let mut rejected = 0;
-        let answered_before = self.local.len();
-        for job in self.held.drain(..) {
-            // Counted before the send, so the worker's decrement never runs first.
-            self.shared.queued.fetch_add(1, Ordering::AcqRel);
-            let refused = match self.jobs.try_send(job) {
-                Ok(()) => continue,
-                Err(e) => {
-                    self.shared.queued.fetch_sub(1, Ordering::AcqRel);
-                    e
-                }
-            };
-            let refused = match refused {
-                TrySendError::Full(job) => {
-                    rejected += 1;
-                    self.shared.rejected.fetch_add(1, Ordering::Relaxed);
-                    (job, "Redis store queue full")
-                }
-                TrySendError::Disconnected(job) => (job, "Redis worker stopped"),
-            };
-            // Answered as a failure before reaching Redis: nothing of it ran.
-            if let Some(done) = failed(refused.0, &StoreError(refused.1.into())) {
-                self.local.push(done);
+        if self.held.is_empty() {
+            return;
+        }
+        let jobs = std::mem::take(&mut self.held);
+        let n = jobs.len();
+        // Counted before the send, so the worker's decrement never runs first.
+        self.shared.queued.fetch_add(n, Ordering::AcqRel);
+        let (jobs, why) = match self.jobs.try_send(jobs) {
+            Ok(()) => return,
+            Err(TrySendError::Full(jobs)) => {
+                self.shared.rejected.fetch_add(n as u64, Ordering::Relaxed);
+                warn!("Redis store queue full: {n} jobs refused (answered 503 or dropped)");
+                (jobs, "Redis store queue full")
             }
-        }
-        // Only for answers made here; `submit` woke the loop for its own already.
-        if self.local.len() > answered_before {
-            let _ = self.shared.waker.wake();
-        }
-        if rejected > 0 {
-            warn!("Redis store queue full: {rejected} jobs refused (answered 503 or dropped)");
-        }
+            Err(TrySendError::Disconnected(jobs)) => (jobs, "Redis worker stopped"),
+        };
+        self.shared.queued.fetch_sub(n, Ordering::AcqRel);
+        // Answered as failures before reaching Redis: nothing of them ran. Only these answers
+        // wake the loop here; `submit` woke it for its own already.
+        let err = StoreError(why.into());
+        self.local
+            .extend(jobs.into_iter().filter_map(|j| failed(j, &err)));
+        let _ = self.shared.waker.wake();
     }
 
     fn drain(&mut self, out: &mut Vec<Done>) {

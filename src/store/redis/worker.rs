@@ -28,8 +28,15 @@ const PRESENCE_LUA: &str = include_str!("presence.lua");
 /// "v5 presence"); an instance is aged out by the others well before.
 const PRESENCE_KEY_TTL: u32 = 600;
 
-/// At most this many jobs go into one pipeline, so one round stays well inside the timeouts.
+/// A round takes no more flushes once it has this many jobs (a flush brings at most 512), so
+/// one round stays well inside the timeouts.
 const MAX_ROUND: usize = 500;
+/// Consecutive publish jobs of a round share one script call (its fixed cost, the `TIME`, the
+/// id keys and the `PUBLISH`, is paid once: docs/redis.md, "Publishing") up to this many
+/// messages or bytes of body, so one call keeps Redis busy for a few milliseconds at most. A
+/// job's messages are never split between calls.
+const GROUP_MAX_DRAFTS: usize = 256;
+const GROUP_MAX_BYTES: usize = 1 << 20;
 /// A PING after this long without jobs notices a dead connection before a publish does.
 const IDLE_PING: Duration = Duration::from_millis(500);
 /// The channel index lives this long from its first message and is never refreshed
@@ -113,10 +120,12 @@ impl Scripts {
     }
 }
 
-/// A job in flight, and how many replies of the round are its own.
+/// A command in flight and whom its reply answers.
 enum Pending {
+    /// One publish script call for consecutive publish jobs of a round: `parts` is each job's
+    /// token and how many of `drafts` (in order) are its own.
     Publish {
-        token: u64,
+        parts: Vec<(u64, usize)>,
         drafts: Vec<Draft>,
     },
     Backlog {
@@ -161,7 +170,7 @@ struct Worker {
     demoted: bool,
 }
 
-pub(super) fn run(shared: Arc<Shared>, info: Endpoint, jobs: ChanReceiver<Job>) {
+pub(super) fn run(shared: Arc<Shared>, info: Endpoint, jobs: ChanReceiver<Vec<Job>>) {
     let mut w = Worker {
         shared,
         info,
@@ -178,17 +187,16 @@ pub(super) fn run(shared: Arc<Shared>, info: Endpoint, jobs: ChanReceiver<Job>) 
         if w.conn.is_none() {
             let wait = w.retry_at.saturating_duration_since(Instant::now());
             match jobs.recv_timeout(wait) {
-                Ok(job) => {
+                Ok(first) => {
                     // Down: answer at once, nothing waits for Redis to come back.
                     let err = w.shared.unavailable();
-                    let mut done: Vec<Done> = failed(job, &err).into_iter().collect();
-                    let mut taken = 1;
-                    done.extend(jobs.try_iter().filter_map(|j| {
-                        taken += 1;
-                        failed(j, &err)
-                    }));
-                    w.shared.queued.fetch_sub(taken, Ordering::AcqRel);
-                    w.shared.send_all(done);
+                    let all: Vec<Job> = std::iter::once(first)
+                        .chain(jobs.try_iter())
+                        .flatten()
+                        .collect();
+                    w.shared.queued.fetch_sub(all.len(), Ordering::AcqRel);
+                    w.shared
+                        .send_all(all.into_iter().filter_map(|j| failed(j, &err)).collect());
                 }
                 Err(RecvTimeoutError::Timeout) => w.connect(),
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -196,9 +204,13 @@ pub(super) fn run(shared: Arc<Shared>, info: Endpoint, jobs: ChanReceiver<Job>) 
             continue;
         }
         match jobs.recv_timeout(IDLE_PING) {
-            Ok(first) => {
-                let mut round = vec![first];
-                round.extend(jobs.try_iter().take(MAX_ROUND - 1));
+            Ok(mut round) => {
+                while round.len() < MAX_ROUND {
+                    match jobs.try_recv() {
+                        Ok(more) => round.extend(more),
+                        Err(_) => break,
+                    }
+                }
                 w.shared.queued.fetch_sub(round.len(), Ordering::AcqRel);
                 if w.shared.verify.swap(false, Ordering::AcqRel) {
                     w.refresh();
@@ -387,23 +399,37 @@ impl Worker {
         let mut done = Vec::new();
         let mut touched: Vec<Receiver> = Vec::new();
         let last = self.shared.last_seen();
+        let uid = &self.shared.uid;
+        let mut group = Group::default();
+        let close = |group: &mut Group, cmds: &mut Vec<redis::Cmd>, pending: &mut Vec<Pending>| {
+            if let Some(p) = group.take() {
+                if let Pending::Publish { drafts, .. } = &p {
+                    let stamp = (last, deadline);
+                    cmds.push(publish_cmd(
+                        &scripts.publish,
+                        keys.prefix(),
+                        uid,
+                        stamp,
+                        &cfg,
+                        drafts,
+                    ));
+                }
+                pending.push(p);
+            }
+        };
         for job in jobs {
+            // Only consecutive publishes share a call: every other job keeps its place
+            // relative to them (a backlog read after a publish sees it, one before does not).
+            match &job {
+                Job::Publish { drafts, .. } if group.fits(drafts) => {}
+                _ => close(&mut group, &mut cmds, &mut pending),
+            }
             match job {
                 Job::Publish { token, drafts } if drafts.is_empty() => done.push(Done::Published {
                     token,
                     result: Ok(Vec::new()),
                 }),
-                Job::Publish { token, drafts } => {
-                    cmds.push(publish_cmd(
-                        &scripts.publish,
-                        keys.prefix(),
-                        &self.shared.uid,
-                        (last, deadline),
-                        &cfg,
-                        &drafts,
-                    ));
-                    pending.push(Pending::Publish { token, drafts });
-                }
+                Job::Publish { token, drafts } => group.add(token, drafts),
                 Job::Backlog {
                     token,
                     receivers,
@@ -548,6 +574,7 @@ impl Worker {
                 }
             }
         }
+        close(&mut group, &mut cmds, &mut pending);
         // Touches go first (an online query of the same round sees them), one SET per
         // channel however often it was touched.
         let mut seen = HashSet::new();
@@ -593,7 +620,7 @@ impl Worker {
                 retry.0.push(p);
                 retry.1.push(c);
             } else {
-                done.extend(self.answer(p, Ok(reply)));
+                self.answer(p, Ok(reply), &mut done);
             }
         }
         if !retry.0.is_empty() {
@@ -610,7 +637,7 @@ impl Worker {
             match sent {
                 Ok(replies) => {
                     for (p, reply) in pending.into_iter().zip(replies) {
-                        done.extend(self.answer(p, Ok(reply)));
+                        self.answer(p, Ok(reply), &mut done);
                     }
                 }
                 Err((got, e)) => return self.fail_round(pending, got, done, e.reason()),
@@ -728,13 +755,13 @@ impl Worker {
                 Some(r) if !is_noscript(&r) => Ok(r),
                 _ => Err(err.clone()),
             };
-            done.extend(self.answer(p, reply));
+            self.answer(p, reply, &mut done);
         }
         self.shared.send_all(done);
     }
 
     /// The answer to one job from its reply.
-    fn answer(&mut self, p: Pending, reply: Result<Value, StoreError>) -> Option<Done> {
+    fn answer(&mut self, p: Pending, reply: Result<Value, StoreError>, done: &mut Vec<Done>) {
         let reply = match reply {
             Ok(Value::ServerError(e)) => {
                 if e.code() == "READONLY" {
@@ -744,16 +771,21 @@ impl Worker {
             }
             other => other,
         };
-        Some(match p {
-            Pending::Ignore => return None,
-            Pending::Wait => {
-                self.waited(reply);
-                return None;
+        done.push(match p {
+            Pending::Ignore => return,
+            Pending::Wait => return self.waited(reply),
+            Pending::Publish { parts, drafts } => {
+                let mut minted = reply
+                    .and_then(|r| self.published(r, drafts))
+                    .map(Vec::into_iter);
+                return done.extend(parts.into_iter().map(|(token, n)| Done::Published {
+                    token,
+                    result: match &mut minted {
+                        Ok(all) => Ok(all.by_ref().take(n).collect()),
+                        Err(e) => Err(e.clone()),
+                    },
+                }));
             }
-            Pending::Publish { token, drafts } => Done::Published {
-                token,
-                result: reply.and_then(|r| self.published(r, drafts)),
-            },
             Pending::Backlog { token } => Done::Backlog {
                 token,
                 result: reply.and_then(backlog_from),
@@ -873,6 +905,47 @@ impl Worker {
 }
 
 /// The `processUniqueId` of a stats entry, used as its field in the `stats` hash.
+/// The publish jobs that will share the next script call (see [`GROUP_MAX_DRAFTS`]).
+#[derive(Default)]
+struct Group {
+    parts: Vec<(u64, usize)>,
+    drafts: Vec<Draft>,
+    bytes: usize,
+}
+
+impl Group {
+    /// Whether a job with `drafts` may join; an empty group takes any job whole.
+    fn fits(&self, drafts: &[Draft]) -> bool {
+        self.parts.is_empty()
+            || (self.drafts.len() + drafts.len() <= GROUP_MAX_DRAFTS
+                && self.bytes + body_bytes(drafts) <= GROUP_MAX_BYTES)
+    }
+
+    fn add(&mut self, token: u64, drafts: Vec<Draft>) {
+        self.bytes += body_bytes(&drafts);
+        self.parts.push((token, drafts.len()));
+        self.drafts.extend(drafts);
+    }
+
+    fn take(&mut self) -> Option<Pending> {
+        if self.parts.is_empty() {
+            return None;
+        }
+        self.bytes = 0;
+        Some(Pending::Publish {
+            parts: std::mem::take(&mut self.parts),
+            drafts: std::mem::take(&mut self.drafts),
+        })
+    }
+}
+
+fn body_bytes(drafts: &[Draft]) -> usize {
+    drafts
+        .iter()
+        .map(|d| d.body.len() + d.user_params.as_ref().map_or(0, |u| u.len()))
+        .sum()
+}
+
 fn stats_field(json: &str) -> Option<String> {
     serde_json::from_str::<Json>(json)
         .ok()?
