@@ -322,6 +322,9 @@ impl Server {
                             continue;
                         };
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            if let Some(conn) = self.conns.get_mut(id) {
+                                conn.drained = false;
+                            }
                             self.serve(id);
                         }
                         if event.is_writable() {

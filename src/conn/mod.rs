@@ -166,6 +166,10 @@ pub struct Conn {
     /// `WRITABLE` is in the socket's epoll interest: only while a write is blocked
     /// (docs/loop.md, "Write interest").
     pub write_interest: bool,
+    /// The last read stopped at `WouldBlock` and no readable event came since: the socket
+    /// holds nothing, so serving the connection again (after a store answer) does not read.
+    /// Edge-triggered epoll reports any input or FIN that arrives later (docs/loop.md).
+    pub drained: bool,
 }
 
 /// What [`Conn::deliver`] did with a frame.
@@ -228,6 +232,7 @@ impl Conn {
             head_only: false,
             write_interest: false,
             handshake_pending: false,
+            drained: false,
         }
     }
 
@@ -246,7 +251,10 @@ impl Conn {
                     }
                     self.rbuf.extend_from_slice(&scratch[..n]);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadState::Open,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.drained = true;
+                    return ReadState::Open;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     log::debug!("read error: {e}");

@@ -101,6 +101,10 @@ impl Server {
                 log::warn!("{id}: input buffer full without progress; closing");
                 return self.close_now(id);
             }
+            if conn.drained {
+                // Nothing came since the last WouldBlock; the next edge brings it.
+                return;
+            }
             let was_idle = matches!(conn.phase, Phase::Request(None)) && conn.rbuf.is_empty();
             let state = conn.read_available(&mut self.scratch, cap);
             if was_idle && !conn.rbuf.is_empty() {
