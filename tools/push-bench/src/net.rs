@@ -134,11 +134,19 @@ impl BStream {
         }
     }
 
-    pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        match self {
-            BStream::Unix(s) => s.set_read_timeout(t),
-            BStream::Tcp(s) => s.set_read_timeout(t),
-        }
+    /// The same socket as a non-blocking mio stream. `O_NONBLOCK` belongs to the open file,
+    /// so every clone of it becomes non-blocking too.
+    pub fn into_mio(self) -> io::Result<MStream> {
+        Ok(match self {
+            BStream::Unix(s) => {
+                s.set_nonblocking(true)?;
+                MStream::Unix(mio::net::UnixStream::from_std(s))
+            }
+            BStream::Tcp(s) => {
+                s.set_nonblocking(true)?;
+                MStream::Tcp(mio::net::TcpStream::from_std(s))
+            }
+        })
     }
 }
 

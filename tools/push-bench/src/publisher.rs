@@ -1,15 +1,16 @@
 //! The publisher: one or more keep-alive connections to the trusted listener, each pipelined.
 //! The calling thread sends the requests (as fast as possible or on a fixed-rate schedule),
-//! spread over the connections, while one thread per connection reads and counts the answers.
+//! spread over the connections, while one reader thread counts the answers of all of them.
 //! Also the `/server-stat/` query.
 
 use std::io::{self, Read, Write};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::{Scope, ScopedJoinHandle};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use crate::net::{Addr, BStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::net::{Addr, BStream, MStream};
 use crate::proto::{self, Target};
 
 /// How many requests to send and when.
@@ -42,12 +43,12 @@ pub struct Outcome {
 /// the writer: it follows the schedule and gives each request to the connection with the
 /// fewest unanswered requests (ties in turn), so with `conns` > 1 the server sees concurrent
 /// publishers the way many PHP processes look to it; each connection stays pipelined and
-/// answered in order. One reader thread per connection counts the answers.
+/// answered in order. One reader thread counts the answers of every connection.
 ///
 /// `per_conn` caps the requests sent on one connection: nginx (the nchan peer) closes a
 /// keep-alive connection after `keepalive_requests` (1000 by default), so a connection that
-/// reached the cap takes no more requests, its reader waits for the last answers, and it is
-/// replaced by a new one, keeping the schedule.
+/// reached the cap takes no more requests, its answers are awaited, and it is replaced by a
+/// new one, keeping the schedule.
 pub fn run<F>(
     addr: &Addr,
     sched: Schedule,
@@ -61,14 +62,25 @@ where
 {
     let start = Instant::now();
     let abort = AtomicBool::new(false);
+    let quit = AtomicBool::new(false);
     let conns = conns.max(1);
     let cap = per_conn.map(|p| p.max(1));
+    let poll = Poll::new().map_err(|e| format!("publisher: poll: {e}"))?;
+    let waker =
+        Arc::new(Waker::new(poll.registry(), WAKE).map_err(|e| format!("publisher: waker: {e}"))?);
+    let (tx, rx) = mpsc::channel::<ReaderLane>();
     std::thread::scope(|s| {
+        let readers = Readers { tx, waker };
+        let (abort, quit) = (&abort, &quit);
+        let reader = std::thread::Builder::new()
+            .name("publisher-reader".into())
+            .spawn_scoped(s, move || read_all(poll, rx, cap, abort, quit))
+            .map_err(|e| format!("publisher: spawn: {e}"))?;
         let mut out = Outcome::default();
         let mut errors: Vec<String> = Vec::new();
-        let mut lanes: Vec<Lane<'_>> = Vec::with_capacity(conns);
+        let mut lanes: Vec<Lane> = Vec::with_capacity(conns);
         for _ in 0..conns {
-            match Lane::open(s, addr, cap, &abort) {
+            match Lane::open(&readers, addr) {
                 Ok(l) => lanes.push(l),
                 Err(e) => {
                     errors.push(e);
@@ -79,13 +91,13 @@ where
         if errors.is_empty() {
             let w = write_loop(
                 &mut lanes,
-                s,
+                &readers,
                 addr,
                 &sched,
                 start,
                 cap,
                 stop,
-                &abort,
+                abort,
                 &mut out,
                 &mut errors,
                 &mut make,
@@ -99,7 +111,12 @@ where
             abort.store(true, Ordering::Release);
         }
         for lane in lanes {
-            lane.close(&mut out, &mut errors);
+            lane.close(&readers, &mut out, &mut errors);
+        }
+        quit.store(true, Ordering::Release);
+        let _ = readers.waker.wake();
+        if reader.join().is_err() {
+            errors.push("publisher: reader thread panicked".into());
         }
         match errors.into_iter().next() {
             Some(e) => Err(e),
@@ -107,6 +124,8 @@ where
         }
     })
 }
+
+const WAKE: Token = Token(0);
 
 /// What a connection's reader and the writer share.
 #[derive(Default)]
@@ -117,49 +136,54 @@ struct LaneState {
     answered: AtomicU64,
     /// The writer sends no more on this connection.
     closing: AtomicBool,
+    /// The reader is done with this connection (its outcome is in the lane's channel).
+    finished: AtomicBool,
 }
 
-/// One publisher connection: the writer's half and the reader thread.
-struct Lane<'scope> {
+/// The way to the reader thread.
+struct Readers {
+    tx: mpsc::Sender<ReaderLane>,
+    waker: Arc<Waker>,
+}
+
+/// One publisher connection, the writer's half.
+struct Lane {
     writer: BStream,
     st: Arc<LaneState>,
-    reader: ScopedJoinHandle<'scope, Result<Outcome, String>>,
+    outcome: mpsc::Receiver<Result<Outcome, String>>,
     /// Requests assigned in the current batch, not yet written.
     buf: Vec<u8>,
     pending: u64,
 }
 
-impl<'scope> Lane<'scope> {
-    fn open<'env>(
-        s: &'scope Scope<'scope, 'env>,
-        addr: &Addr,
-        cap: Option<u64>,
-        abort: &'env AtomicBool,
-    ) -> Result<Lane<'scope>, String> {
-        let mut reader = addr
+impl Lane {
+    fn open(readers: &Readers, addr: &Addr) -> Result<Lane, String> {
+        let stream = addr
             .connect_blocking(Duration::from_secs(10))
             .map_err(|e| format!("publisher: connect to {addr}: {e}"))?;
-        let writer = reader.try_clone().map_err(|e| format!("publisher: {e}"))?;
-        reader
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .map_err(|e| format!("publisher: {e}"))?;
+        let writer = stream.try_clone().map_err(|e| format!("publisher: {e}"))?;
+        let stream = stream.into_mio().map_err(|e| format!("publisher: {e}"))?;
         let st = Arc::new(LaneState::default());
-        let rst = st.clone();
-        let reader = std::thread::Builder::new()
-            .name("publisher-reader".into())
-            .spawn_scoped(s, move || {
-                let mut out = Outcome::default();
-                let r = read_loop(&mut reader, &mut out, &rst, cap, abort);
-                if r.is_err() {
-                    abort.store(true, Ordering::Release);
-                }
-                r.map(|()| out)
-            })
-            .map_err(|e| format!("publisher: spawn: {e}"))?;
+        let (done, outcome) = mpsc::channel();
+        let lane = ReaderLane {
+            stream,
+            st: st.clone(),
+            buf: Vec::with_capacity(64 * 1024),
+            out: Outcome::default(),
+            idle_since: None,
+            readable: true,
+            eof: false,
+            done,
+        };
+        readers
+            .tx
+            .send(lane)
+            .map_err(|_| "publisher: reader thread gone".to_string())?;
+        let _ = readers.waker.wake();
         Ok(Lane {
             writer,
             st,
-            reader,
+            outcome,
             buf: Vec::with_capacity(64 * 1024),
             pending: 0,
         })
@@ -176,10 +200,11 @@ impl<'scope> Lane<'scope> {
             || cap.is_some_and(|c| self.st.sent.load(Ordering::Relaxed) + self.pending >= c)
     }
 
-    /// Sends no more, waits for the reader and adds its counts.
-    fn close(self, out: &mut Outcome, errors: &mut Vec<String>) {
+    /// Sends no more, waits for the reader to finish the connection and adds its counts.
+    fn close(self, readers: &Readers, out: &mut Outcome, errors: &mut Vec<String>) {
         self.st.closing.store(true, Ordering::Release);
-        match self.reader.join() {
+        let _ = readers.waker.wake();
+        match self.outcome.recv() {
             Ok(Ok(o)) => {
                 out.ok += o.ok;
                 out.failed += o.failed;
@@ -189,9 +214,34 @@ impl<'scope> Lane<'scope> {
                 }
             }
             Ok(Err(e)) => errors.push(e),
-            Err(_) => errors.push("publisher: reader thread panicked".into()),
+            Err(_) => errors.push("publisher: reader thread stopped".into()),
         }
     }
+}
+
+/// Writes all of `buf`. The socket is non-blocking (its reader half is polled): a full socket
+/// buffer means the server is behind, so wait a little, up to the 10 s a blocking write had.
+fn write_fully(w: &mut impl Write, mut buf: &[u8], abort: &AtomicBool) -> io::Result<()> {
+    let mut stalled: Option<Instant> = None;
+    while !buf.is_empty() {
+        match w.write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                buf = &buf[n..];
+                stalled = None;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let since = *stalled.get_or_insert_with(Instant::now);
+                if abort.load(Ordering::Relaxed) || since.elapsed() > Duration::from_secs(10) {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 struct Written {
@@ -203,15 +253,15 @@ struct Written {
 
 /// The schedule: builds each batch of due requests, spreads it over the lanes and writes it.
 #[allow(clippy::too_many_arguments)]
-fn write_loop<'scope, 'env, F>(
-    lanes: &mut [Lane<'scope>],
-    s: &'scope Scope<'scope, 'env>,
+fn write_loop<F>(
+    lanes: &mut [Lane],
+    readers: &Readers,
     addr: &Addr,
     sched: &Schedule,
     start: Instant,
     cap: Option<u64>,
     stop: &AtomicBool,
-    abort: &'env AtomicBool,
+    abort: &AtomicBool,
     out: &mut Outcome,
     errors: &mut Vec<String>,
     make: &mut F,
@@ -256,9 +306,9 @@ where
         if cap.is_some() {
             let none_free = lanes.iter().all(|l| l.full(cap));
             for lane in lanes.iter_mut() {
-                if lane.full(cap) && (lane.reader.is_finished() || none_free) {
-                    match Lane::open(s, addr, cap, abort) {
-                        Ok(new) => std::mem::replace(lane, new).close(out, errors),
+                if lane.full(cap) && (lane.st.finished.load(Ordering::Acquire) || none_free) {
+                    match Lane::open(readers, addr) {
+                        Ok(new) => std::mem::replace(lane, new).close(readers, out, errors),
                         Err(e) => errors.push(e),
                     }
                     if !errors.is_empty() {
@@ -300,7 +350,7 @@ where
             // Count before writing, so the reader never sees more answers than `sent`.
             let sent = lane.st.sent.fetch_add(lane.pending, Ordering::AcqRel) + lane.pending;
             lane.pending = 0;
-            let r = lane.writer.write_all(&lane.buf);
+            let r = write_fully(&mut lane.writer, &lane.buf, abort);
             lane.buf.clear();
             if let Err(e) = r {
                 errors.push(format!("publisher: write: {e}"));
@@ -324,86 +374,169 @@ fn written(first: Option<Instant>, last: Option<Instant>, max_lag: Duration, k: 
     }
 }
 
-fn read_loop(
-    r: &mut impl Read,
-    out: &mut Outcome,
-    st: &LaneState,
+/// A connection as the reader thread holds it.
+struct ReaderLane {
+    stream: MStream,
+    st: Arc<LaneState>,
+    buf: Vec<u8>,
+    out: Outcome,
+    idle_since: Option<Instant>,
+    /// An event came (or the lane is new): read until `WouldBlock`.
+    readable: bool,
+    /// The server closed the connection.
+    eof: bool,
+    done: mpsc::Sender<Result<Outcome, String>>,
+}
+
+/// The reader thread: reads every connection's answers as they come (one thread for all:
+/// a blocking reader per connection cost a thread wake per answer, about as much CPU per
+/// publish as the server itself spent), and finishes a connection once the writer closed it
+/// and its answers are in.
+fn read_all(
+    mut poll: Poll,
+    rx: mpsc::Receiver<ReaderLane>,
     cap: Option<u64>,
     abort: &AtomicBool,
-) -> Result<(), String> {
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    quit: &AtomicBool,
+) {
+    let mut lanes: Vec<Option<ReaderLane>> = Vec::new();
+    let mut events = Events::with_capacity(256);
     let mut chunk = vec![0u8; 64 * 1024];
-    let mut idle_since: Option<Instant> = None;
     loop {
-        // Whole answers in the buffer.
+        if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(100)))
+            && e.kind() != io::ErrorKind::Interrupted
+        {
+            abort.store(true, Ordering::Release);
+        }
+        for ev in events.iter() {
+            if let Some(Some(l)) = ev.token().0.checked_sub(1).and_then(|i| lanes.get_mut(i)) {
+                l.readable = true;
+            }
+        }
+        for mut l in rx.try_iter() {
+            let i = match lanes.iter().position(Option::is_none) {
+                Some(i) => i,
+                None => {
+                    lanes.push(None);
+                    lanes.len() - 1
+                }
+            };
+            match poll
+                .registry()
+                .register(&mut l.stream, Token(i + 1), Interest::READABLE)
+            {
+                Ok(()) => lanes[i] = Some(l),
+                Err(e) => l.finish(Err(format!("publisher: register: {e}")), abort),
+            }
+        }
+        for slot in lanes.iter_mut() {
+            let Some(l) = slot else { continue };
+            if let Some(r) = l.step(&mut chunk, cap, abort) {
+                let mut l = slot.take().expect("checked above");
+                let _ = poll.registry().deregister(&mut l.stream);
+                l.finish(r, abort);
+            }
+        }
+        if quit.load(Ordering::Acquire) && lanes.iter().all(Option::is_none) {
+            return;
+        }
+    }
+}
+
+impl ReaderLane {
+    /// Reads what came and counts whole answers. `Some` once the connection is done with.
+    fn step(
+        &mut self,
+        chunk: &mut [u8],
+        cap: Option<u64>,
+        abort: &AtomicBool,
+    ) -> Option<Result<Outcome, String>> {
+        while std::mem::take(&mut self.readable) {
+            match self.stream.read(chunk) {
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    self.idle_since = None;
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    self.readable = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.readable = true,
+                Err(e) => return Some(Err(format!("publisher: read: {e}"))),
+            }
+        }
+        if let Err(e) = self.count_answers() {
+            return Some(Err(e));
+        }
+        let answered = self.out.ok + self.out.failed;
+        self.st.answered.store(answered, Ordering::Release);
+        if abort.load(Ordering::Acquire) {
+            // Another connection's error is the one reported.
+            return Some(Ok(std::mem::take(&mut self.out)));
+        }
+        let sent = self.st.sent.load(Ordering::Acquire);
+        let closing = self.st.closing.load(Ordering::Acquire);
+        let all_in = closing && answered >= sent;
+        if self.eof {
+            // nginx closes after the last request it allows; the writer may not have noticed
+            // yet that it reached the cap.
+            if all_in || cap.is_some_and(|c| answered >= c) {
+                return Some(Ok(std::mem::take(&mut self.out)));
+            }
+            return Some(Err(format!(
+                "publisher: server closed the connection after {answered} answers"
+            )));
+        }
+        if all_in {
+            return Some(Ok(std::mem::take(&mut self.out)));
+        }
+        if closing {
+            let since = *self.idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(5) {
+                return Some(Err(format!(
+                    "publisher: {} of {sent} publishes unanswered",
+                    sent - answered,
+                )));
+            }
+        }
+        None
+    }
+
+    /// Whole answers in the buffer.
+    fn count_answers(&mut self) -> Result<(), String> {
         let mut pos = 0;
-        while let Some(h) = proto::parse_response_head(&buf[pos..])? {
+        while let Some(h) = proto::parse_response_head(&self.buf[pos..])? {
             let total = h.head_len + h.content_length;
-            if buf.len() - pos < total {
+            if self.buf.len() - pos < total {
                 break;
             }
             // push-server answers 200; nchan 201 (delivered) or 202 (queued, no subscriber).
             if (200..300).contains(&h.status) {
-                out.ok += 1;
+                self.out.ok += 1;
             } else {
-                out.failed += 1;
-                if out.first_error.is_none() {
-                    out.first_error = Some(format!(
+                self.out.failed += 1;
+                if self.out.first_error.is_none() {
+                    self.out.first_error = Some(format!(
                         "publish answered {}: {}",
                         h.status,
-                        proto::preview(&buf[pos + h.head_len..pos + total])
+                        proto::preview(&self.buf[pos + h.head_len..pos + total])
                     ));
                 }
             }
             pos += total;
         }
-        buf.drain(..pos);
-        let answered = out.ok + out.failed;
         if pos > 0 {
-            out.last_answer = Some(Instant::now());
+            self.buf.drain(..pos);
+            self.out.last_answer = Some(Instant::now());
         }
-        st.answered.store(answered, Ordering::Release);
-        if abort.load(Ordering::Acquire) {
-            // Another thread's error is the one reported.
-            return Ok(());
+        Ok(())
+    }
+
+    fn finish(self, r: Result<Outcome, String>, abort: &AtomicBool) {
+        if r.is_err() {
+            abort.store(true, Ordering::Release);
         }
-        let closing = st.closing.load(Ordering::Acquire);
-        let sent = st.sent.load(Ordering::Acquire);
-        if closing && answered >= sent {
-            return Ok(());
-        }
-        match r.read(&mut chunk) {
-            // nginx closes after the last request it allows; the writer may not have noticed
-            // yet that it reached the cap.
-            Ok(0) if cap.is_some_and(|c| answered >= c) => return Ok(()),
-            Ok(0) => {
-                return Err(format!(
-                    "publisher: server closed the connection after {answered} answers"
-                ));
-            }
-            Ok(n) => {
-                idle_since = None;
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                if closing {
-                    let since = *idle_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() > Duration::from_secs(5) {
-                        return Err(format!(
-                            "publisher: {} of {sent} publishes unanswered",
-                            sent - answered,
-                        ));
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("publisher: read: {e}")),
-        }
+        self.st.finished.store(true, Ordering::Release);
+        let _ = self.done.send(r);
     }
 }
 
