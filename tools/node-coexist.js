@@ -493,7 +493,7 @@ async function main() {
 		return `${mids.length} ids`;
 	});
 
-	await check("v5 on push-server: user publish, last seen, status watch", async () => {
+	await check("v5 on push-server: user publish, last seen, status watch, channel publish to node", async () => {
 		const watcher = new Ws(RUST_SUB, v5Query(1));
 		await watcher.open;
 		watcher.ws.send(JSON.stringify({ jsonrpc: "2.0", method: "subscribeStatusChange", params: { userId: 2 }, id: 1 }));
@@ -512,6 +512,19 @@ async function main() {
 				params: { userList: [2], body: { module_id: "im", command: "x", params: { n: 1 } }, user_params: { 2: { u: 2 } } } }]);
 			assert(!pub[0].error, `publish ${JSON.stringify(pub)}`);
 			await waitFor("the user message", async () => two.v5().some(m => m.method === "incoming.message" && m.params.body.params.u === 2));
+			// A v5 publish to a channel reaches a Node v3 subscriber of it.
+			const c = newId();
+			const ws = new Ws(NODE_WS, `CHANNEL_ID=${signed(c)}`);
+			try {
+				await ws.open;
+				await waitFor("online", () => onNode(c));
+				const r = await backend([{ jsonrpc: "2.0", method: "publish",
+					params: { channelList: [c], body: { module_id: "im", command: "y", params: { c } } } }]);
+				assert(!r[0].error, `publish ${JSON.stringify(r)}`);
+				await waitFor("the channel message on node", async () => ws.v3().some(f => f.text.params && f.text.params.c === c));
+			} finally {
+				ws.close();
+			}
 		} finally {
 			watcher.close();
 			two.close();
