@@ -386,14 +386,24 @@ async function backlog(subPort, pubPort) {
 	return got[0].mid;
 }
 
-// Free loopback ports, taken by binding port 0 (they stay free: nothing else here binds).
-async function freePorts(n) {
-	const servers = await Promise.all(Array.from({ length: n }, () => new Promise(resolve => {
-		const s = require("net").createServer().listen(0, "127.0.0.1", () => resolve(s));
-	})));
-	const ports = servers.map(s => s.address().port);
-	await Promise.all(servers.map(s => new Promise(r => s.close(r))));
-	return ports;
+// Free loopback ports below the ephemeral range (32768+), which the checks' own client
+// connections use: a port taken from it could be in TIME_WAIT by the next start.
+function freePorts(n) {
+	const net = require("net");
+	const tryPort = p => new Promise(resolve => {
+		const s = net.createServer().once("error", () => resolve(false));
+		s.listen(p, "127.0.0.1", () => s.close(() => resolve(true)));
+	});
+	return (async () => {
+		const ports = [];
+		while (ports.length < n) {
+			const p = 20000 + Math.floor(Math.random() * 12000);
+			if (!ports.includes(p) && await tryPort(p)) {
+				ports.push(p);
+			}
+		}
+		return ports;
+	})();
 }
 
 // A browser client (v4 WebSocket with a signed private:public pair) publishes to a public
