@@ -7,8 +7,9 @@
 # nginx/push-server-bitrixvm-upstreams.conf sets it up: the baseline. Measures as
 # bench/stack-memory.sh does (push-bench idle: RSS growth per open connection), with fresh
 # processes, nginx included, for every run. CONNS defaults to 3000 (at most 3000: Node holds a
-# long poll only 40 s). Needs node, nginx, redis-server, jq and a release build
-# (cargo build --release --workspace).
+# long poll only 40 s). Needs node, nginx, redis-server, jq, python3 and a release build
+# (cargo build --release --workspace). Node listens on TCP ports below the ephemeral range,
+# on every interface (0.4.0 ignores its `hostname` setting), for the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NODE_DIR=$(cd "${1:?usage: $0 NODE_DIR [CONNS]}" && pwd)

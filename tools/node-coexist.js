@@ -20,7 +20,11 @@ const WebSocket = require(path.join(NODE_DIR, "node_modules", "ws"));
 const KEY = "coexistKey" + crypto.randomBytes(12).toString("hex");
 const RUN = fs.mkdtempSync("/tmp/node-coexist-");
 const REDIS_SOCK = path.join(RUN, "redis.sock");
-let NODE_WS, NODE_LP, NODE_PUB, RUST_SUB, RUST_PUB;
+// push-server listens on Unix sockets. Node 0.4.0 can only listen on TCP (its `path` setting
+// comes with `port: undefined`, which net takes for port 0), and net ignores its `hostname`
+// setting: its listeners bind every interface, on random ports, for the minute of the run.
+const RUST_SUB = path.join(RUN, "sub.sock"), RUST_PUB = path.join(RUN, "pub.sock");
+let NODE_WS, NODE_LP, NODE_PUB;
 const OLD_MID = "10000000000000000000000001";
 const T = 5000;
 
@@ -141,8 +145,7 @@ async function startRust() {
 	start("push-server", PUSH_SERVER, [], {
 		env: {
 			PATH: process.env.PATH, SECURITY_KEY: KEY, REDIS_SOCK, RUN_DIR: RUN, STATE_DIR: path.join(RUN, "state"),
-			SUB_SOCK: path.join(RUN, "sub.sock"), PUB_SOCK: path.join(RUN, "pub.sock"),
-			SUB_LISTEN: `127.0.0.1:${RUST_SUB}`, PUB_LISTEN: `127.0.0.1:${RUST_PUB}`, LOG_LEVEL: "info",
+			SUB_SOCK: RUST_SUB, PUB_SOCK: RUST_PUB, SUB_LISTEN: "", PUB_LISTEN: "", LOG_LEVEL: "info",
 		},
 	});
 	await waitFor("push-server store up", () => request(RUST_PUB, "GET", "/health").then(r => r.status === 200), 10000);
@@ -159,9 +162,11 @@ const sign = data => crypto.createHmac("sha1", KEY).update(data).digest("hex");
 const newId = () => crypto.randomBytes(16).toString("hex");
 const signed = id => `${id}.${sign(id)}`;
 
-function request(port, method, urlPath, body, headers = {}) {
+// `addr`: a TCP port on loopback (Node) or a Unix socket path (push-server).
+function request(addr, method, urlPath, body, headers = {}) {
+	const to = typeof addr === "number" ? { host: "127.0.0.1", port: addr } : { socketPath: addr };
 	return new Promise((resolve, reject) => {
-		const req = http.request({ host: "127.0.0.1", port, method, path: urlPath, headers, agent: false }, res => {
+		const req = http.request({ ...to, method, path: urlPath, headers, agent: false }, res => {
 			const chunks = [];
 			res.on("data", c => chunks.push(c));
 			res.on("end", () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks) }));
@@ -274,7 +279,8 @@ class Ws {
 	constructor(port, query) {
 		this.got = [];
 		this.closed = null;
-		this.ws = new WebSocket(`ws://127.0.0.1:${port}/bitrix/subws/?${query}`);
+		const base = typeof port === "number" ? `ws://127.0.0.1:${port}` : `ws+unix://${port}:`;
+		this.ws = new WebSocket(`${base}/bitrix/subws/?${query}`);
 		this.ws.on("message", (data, isBinary) => this.got.push(isBinary ? data : data.toString()));
 		this.ws.on("close", code => {
 			this.closed = code;
@@ -447,7 +453,7 @@ async function batch100(subPort, pubPort, isOnline) {
 }
 
 async function main() {
-	[NODE_WS, NODE_LP, NODE_PUB, RUST_SUB, RUST_PUB] = await freePorts(5);
+	[NODE_WS, NODE_LP, NODE_PUB] = await freePorts(3);
 	assert(fs.existsSync(path.join(NODE_DIR, "server.js")), `${NODE_DIR} has no server.js`);
 	start("redis", "redis-server", ["--port", "0", "--unixsocket", REDIS_SOCK, "--save", "", "--appendonly", "no"]);
 	await waitFor("redis", async () => redis("PING").trim() === "PONG");

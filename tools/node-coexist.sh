@@ -3,7 +3,9 @@
 # starts a private redis-server, a Node sub and pub process from NODE_DIR and push-server
 # (target/release/push-server, or $PUSH_SERVER), runs the checks of docs/redis.md
 # ("Sharing Redis with Node 0.4.0 processes"), prints PASS/FAIL per check and exits non-zero
-# on any failure. It neither fetches nor builds anything. Bounded to 5 minutes.
+# on any failure. It neither fetches nor builds anything. Bounded to 5 minutes. The Node
+# processes listen on random TCP ports, on every interface (0.4.0 ignores its `hostname`
+# setting), for the seconds of the run; push-server and Redis on Unix sockets.
 #
 #   tools/node-coexist.sh /opt/push-server
 set -eu
