@@ -187,12 +187,10 @@ function frames(text) {
 	return out;
 }
 
-// A long poll; resolves with its answer. Waits until the server counts the channel online
-// (each side registers it asynchronously) before returning the pending answer.
-async function longPoll(port, channel, mid) {
-	const q = `/bitrix/sub/?CHANNEL_ID=${signed(channel)}${mid ? `&mid=${mid}` : ""}`;
-	const answer = request(port, "GET", q);
-	return answer;
+// A long poll; resolves with its answer (callers wait for the channel to count online
+// before they publish).
+function longPoll(port, channel, mid) {
+	return request(port, "GET", `/bitrix/sub/?CHANNEL_ID=${signed(channel)}${mid ? `&mid=${mid}` : ""}`);
 }
 
 function publishText(port, channels, text, expiry) {
