@@ -528,6 +528,53 @@ fn a_restarted_process_on_an_emptied_redis_stays_above_its_old_ids() {
     assert!(new[0].mid > old[1].mid, "{} > {}", new[0].mid, old[1].mid);
 }
 
+/// A Node 0.4.0 process reads `server:startdate` once and then only `INCR`s
+/// `server:messagecounter` (docs/redis.md, "Sharing Redis with Node 0.4.0 processes"). When
+/// push-server starts a new epoch on a Redis such a process shares (here: its state file has
+/// seen a newer epoch than the one Node set long ago), resetting the counter to 0 made the
+/// Node process mint its earlier ids again: the next `INCR` answered 1, and Node overwrote
+/// `message:<its epoch, 1>` with a new message that clients then drop as already seen.
+#[test]
+fn a_new_epoch_keeps_the_counter_node_processes_increment() {
+    let redis = Redis::start();
+    let cfg = store_cfg(&redis.sock);
+    let r = vec![(ch(1), Kind::Private)];
+    // push-server ran before (a trial run), so its state file holds a recent epoch.
+    let mut a = Inst::with_config(&redis.sock, "", cfg.clone());
+    a.wait_up();
+    let seen = a.publish(vec![draft("trial", r.clone())])[0].mid;
+    drop(a);
+    // The keys as a Node process that has used this Redis for long leaves them: `SETNX` of
+    // its start date (older), then one `INCR` per message it published.
+    let mut c = redis.conn();
+    let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap();
+    let node_epoch = seen.epoch() - 1000;
+    let _: i64 = redis::cmd("SETNX")
+        .arg("server:startdate")
+        .arg(node_epoch)
+        .query(&mut c)
+        .unwrap();
+    for _ in 0..3 {
+        let _: i64 = redis::cmd("INCR")
+            .arg("server:messagecounter")
+            .query(&mut c)
+            .unwrap();
+    }
+    let mut a = Inst::with_config(&redis.sock, "", cfg);
+    a.wait_up();
+    let m = a.publish(vec![draft("rust", r)])[0].mid;
+    assert!(m > seen && m.epoch() > node_epoch, "{m} after {seen}");
+    // The Node process's next id is its cached epoch and its next `INCR`.
+    let next: u64 = redis::cmd("INCR")
+        .arg("server:messagecounter")
+        .query(&mut c)
+        .unwrap();
+    assert!(
+        next > 3,
+        "Node would mint {node_epoch}{next:016} a second time"
+    );
+}
+
 #[test]
 fn other_instances_receive_with_receivers_and_sender() {
     let redis = Redis::start();

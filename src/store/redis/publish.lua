@@ -59,7 +59,12 @@ if not epoch or not counter or epoch < last_epoch
     return redis.error_reply('ERR publish script: no epoch left above ' .. string.format('%d', e - 1))
   end
   redis.call('SET', kstart, string.format('%d', e))
-  redis.call('SET', kcounter, '0')
+  -- The new epoch alone keeps this instance's ids unique, so a usable counter goes on
+  -- from where it is: a Node 0.4.0 process on this Redis keeps its old epoch and only
+  -- INCRs, and a counter reset to 0 would make it mint its earlier ids a second time.
+  if not counter or counter + n >= COUNTER_LIMIT then
+    redis.call('SET', kcounter, '0')
+  end
   epoch = e
 end
 local first = redis.call('INCRBY', kcounter, n) - n + 1
