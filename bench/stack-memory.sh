@@ -13,6 +13,9 @@
 #   SERVER_EXTRA='...'  directives added to the portal's server block (try a knob)
 #   SNIPPET_SED='...'   sed script applied to the copied sub-locations snippet (try a knob)
 #   NCHAN=0             skip nchan
+#   FANOUT_SIZE=BYTES   also: nginx worker CPU per delivery of BYTES-byte messages, 1000
+#                       WebSockets x 100 paced publishes through nginx (proxy_buffer_size sets
+#                       how many reads and writes a message takes there)
 # Needs nginx, libnginx-mod-nchan (for nchan), jq and a release build
 # (cargo build --release --workspace).
 set -euo pipefail
@@ -105,3 +108,18 @@ for transport in ws lp; do
     fi
     echo "$line"
 done
+if [ -n "${FANOUT_SIZE:-}" ]; then
+    rm -f "$RUN"/*.sock
+    RUN_DIR=$RUN STATE_DIR=$RUN/state SECURITY_KEY=stackKey SUB_LISTEN= PUB_LISTEN= LOG_LEVEL=warn \
+        "$BIN" >"$D/server.log" 2>&1 &
+    sp=$!
+    for _ in $(seq 100); do [ -S "$RUN/sub.sock" ] && break; sleep 0.05; done
+    worker=$(start_nginx "$D")
+    us=$("$BENCH" fanout --sub "127.0.0.1:$PORT" --pub "$RUN/pub.sock" --key stackKey \
+        --pid "$worker" --conns 1000 --messages 100 --gap-ms 20 --size "$FANOUT_SIZE" \
+        --timeout 120 2>"$D/bench.err" | tail -1 | jq -r '.cpu_us_per_delivery // "failed"')
+    stop_nginx "$D"
+    kill "$sp"
+    wait "$sp" 2>/dev/null || true
+    echo "fan-out of $FANOUT_SIZE-byte messages: nginx worker $us us of CPU per delivery"
+fi
