@@ -68,6 +68,8 @@ const USAGE: &str = "usage: push-bench <idle|fanout|latency|churn> [options]
   --duration S            latency, churn: seconds (default 10)
   --transport ws|lp       idle only may use lp (default ws)
   --size BYTES            pad message bodies to this size (default: minimal)
+  --cookie BYTES          add a Cookie header line of BYTES bytes to every subscribe
+                          request, as browsers send a portal's cookies (default: none)
   --threads 1|2           subscriber threads (default 1)
   --inflight N            handshakes in flight at most (default 256)
   --gap-ms N              fanout: publish one message every N ms (paced, as portals do)
@@ -119,6 +121,7 @@ struct Args {
     duration: f64,
     lp: bool,
     size: usize,
+    cookie: usize,
     threads: usize,
     inflight: usize,
     timeout: f64,
@@ -159,6 +162,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
         duration: 10.0,
         lp: false,
         size: 0,
+        cookie: 0,
         threads: 1,
         inflight: 256,
         timeout: 120.0,
@@ -198,6 +202,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
                 }
             }
             "--size" => a.size = num(flag, v)?,
+            "--cookie" => a.cookie = num(flag, v)?,
             "--threads" => a.threads = num(flag, v)?,
             "--inflight" => a.inflight = num(flag, v)?,
             "--timeout" => a.timeout = num(flag, v)?,
@@ -327,12 +332,14 @@ impl Run {
     /// Starts the subscriber threads; `own[i]` is the item of subscriber i.
     fn spawn(&mut self, mode: Mode, own: Vec<usize>) -> Result<(), String> {
         let t = self.a.threads;
+        let extra_headers: Arc<str> = proto::cookie_header(self.a.cookie).into();
         for w in 0..t {
             let plan = Plan {
                 mode,
                 addr: self.a.sub.clone(),
                 target: self.a.target,
                 websocket: !self.a.lp,
+                extra_headers: extra_headers.clone(),
                 items: self.items.clone(),
                 own: own.iter().skip(w).step_by(t).copied().collect(),
                 inflight: self.a.inflight.div_ceil(t),

@@ -61,8 +61,14 @@ impl Target {
 }
 
 /// The subscribe request as a WebSocket upgrade or a plain long poll: push-server's
-/// `GET /bitrix/subws/?CHANNEL_ID=<id>.<sig>`, or nchan's `GET /sub/<id>`.
-pub fn subscribe_request(target: Target, channel_item: &str, websocket: bool) -> Vec<u8> {
+/// `GET /bitrix/subws/?CHANNEL_ID=<id>.<sig>`, or nchan's `GET /sub/<id>`; `extra` is
+/// appended to the header lines as it is.
+pub fn subscribe_request(
+    target: Target,
+    channel_item: &str,
+    websocket: bool,
+    extra: &str,
+) -> Vec<u8> {
     let mut r = if target.is_nchan() {
         format!(
             "GET {}{channel_item} HTTP/1.1\r\nHost: localhost\r\n",
@@ -78,6 +84,7 @@ pub fn subscribe_request(target: Target, channel_item: &str, websocket: bool) ->
             "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
         );
     }
+    r.push_str(extra);
     r.push_str("\r\n");
     r.into_bytes()
 }
@@ -317,6 +324,25 @@ pub fn parse_response_head(buf: &[u8]) -> Result<Option<ResponseHead>, String> {
     }))
 }
 
+/// A `Cookie` header line of `bytes` bytes, CRLF included (none for 0), shaped like a portal's
+/// `BITRIX_SM_*` cookies.
+pub fn cookie_header(bytes: usize) -> String {
+    if bytes == 0 {
+        return String::new();
+    }
+    let mut h = String::from("Cookie: PHPSESSID=0123456789abcdef0123456789abcdef");
+    let mut i = 0;
+    while h.len() + 2 < bytes {
+        h.push_str(&format!(
+            "; BITRIX_SM_C{i}=0123456789abcdef0123456789abcdef0123"
+        ));
+        i += 1;
+    }
+    h.truncate(bytes.saturating_sub(2).max("Cookie: a".len()));
+    h.push_str("\r\n");
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,5 +375,15 @@ mod tests {
             .expect("frame");
         assert_eq!((f.opcode, f.start, f.end, f.fin), (OP_TEXT, 2, 4, true));
         assert!(parse_server_frame(&[0x81, 0x82, 0, 0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn cookie_header_has_the_asked_size() {
+        assert_eq!(cookie_header(0), "");
+        for n in [100, 1500, 6000] {
+            let h = cookie_header(n);
+            assert_eq!(h.len(), n, "{h}");
+            assert!(h.starts_with("Cookie: PHPSESSID=") && h.ends_with("\r\n"));
+        }
     }
 }

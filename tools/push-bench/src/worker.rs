@@ -40,6 +40,8 @@ pub struct Plan {
     pub addr: Addr,
     pub target: Target,
     pub websocket: bool,
+    /// Header lines added to every subscribe request (`--cookie`).
+    pub extra_headers: Arc<str>,
     /// Every channel item of the run (push-server: signed `<id>.<sig>`; nchan: the plain id).
     pub items: Arc<Vec<String>>,
     /// The items this thread subscribes, one connection each (repeats allowed).
@@ -306,6 +308,7 @@ impl<'a> Worker<'a> {
                     self.plan.target,
                     &self.plan.items[item],
                     self.plan.websocket,
+                    &self.plan.extra_headers,
                 ),
                 buf: Vec::new(),
                 frag: Vec::new(),
