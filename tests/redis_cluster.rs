@@ -181,6 +181,10 @@ fn ids_keep_increasing_when_redis_loses_the_counter() {
     );
     redis.cli(&["DEL", "server:messagecounter"]);
     publish_and_check(&s[1], "after-del-counter");
+    // The instance that started the epoch says so: Node processes need a restart then.
+    assert!(wait_until(WAIT, || s[1]
+        .stderr_text()
+        .contains("started a new message id epoch")));
     publish_and_check(&s[0], "after-del-counter-2");
     redis.cli(&["FLUSHALL"]);
     wait_subscribed(&redis, 2);

@@ -859,6 +859,16 @@ impl Worker {
             })
             .collect();
         if let Some(m) = msgs.last() {
+            let before = self.shared.last_seen().epoch();
+            if before > 0 && epoch > before {
+                // Node 0.4.0 processes cache their epoch: an admin who shares the Redis with
+                // them needs to know (docs/redis.md, "Sharing Redis with Node 0.4.0 processes").
+                warn!(
+                    "redis: started a new message id epoch {epoch} (the id keys were missing or \
+                     older than the ids seen, epoch {before}); Node 0.4.0 processes on this \
+                     Redis mint ids below it until they are restarted"
+                );
+            }
             self.shared.see(m.mid);
             self.shared.save_epoch(epoch);
         }
