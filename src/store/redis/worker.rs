@@ -58,6 +58,8 @@ const WAIT_WARN_EVERY: Duration = Duration::from_secs(60);
 /// Redis `TIME` is read again when the last reading is older than this, so that a step of
 /// Redis's clock shifts the deadlines for at most this long.
 const CLOCK_RESYNC: Duration = Duration::from_secs(1);
+/// A `TIME` reading that came back within this long is taken as it is.
+const CLOCK_GOOD_RTT: Duration = Duration::from_millis(5);
 
 /// How a pipeline failed.
 enum Exchange {
@@ -165,6 +167,8 @@ struct Worker {
     /// Redis's clock, per connection (a reconnect may reach another server).
     clock: Option<Clock>,
     last_wait_warning: Option<Instant>,
+    /// When a late publish was last logged (at most one line per [`WAIT_WARN_EVERY`]).
+    last_late_warning: Option<Instant>,
     /// A reply said READONLY: the server was demoted to a replica (a Sentinel failover), so
     /// the connection is given up after the round and the master looked up again.
     demoted: bool,
@@ -181,6 +185,7 @@ pub(super) fn run(shared: Arc<Shared>, info: Endpoint, jobs: ChanReceiver<Vec<Jo
         base: Instant::now(),
         clock: None,
         last_wait_warning: None,
+        last_late_warning: None,
         demoted: false,
     };
     loop {
@@ -276,7 +281,10 @@ impl Worker {
             .arg(keys.counter())
             .cmd("TIME")
             .query(conn)?;
-        self.set_clock(time);
+        self.clock = Some(Clock {
+            offset_us: self.clock_sample(time),
+            synced: Instant::now(),
+        });
         let latest = latest_id(
             id_key(&start, EPOCH_LIMIT),
             id_key(&counter, COUNTER_LIMIT),
@@ -311,14 +319,11 @@ impl Worker {
         self.shared.set_cmd(Err(reason));
     }
 
-    /// Records a `TIME` reply (seconds, µs) read just now.
-    fn set_clock(&mut self, (secs, micros): (u64, u64)) {
-        let now = Instant::now();
+    /// The offset of a `TIME` reply (seconds, µs) read just now: as if Redis had answered at
+    /// this moment, the latest it can have, so at most the true offset.
+    fn clock_sample(&self, (secs, micros): (u64, u64)) -> i128 {
         let redis_us = i128::from(secs) * 1_000_000 + i128::from(micros);
-        self.clock = Some(Clock {
-            offset_us: redis_us - now.duration_since(self.base).as_micros() as i128,
-            synced: now,
-        });
+        redis_us - Instant::now().duration_since(self.base).as_micros() as i128
     }
 
     /// The idle check, which also reads Redis's clock.
@@ -328,14 +333,31 @@ impl Worker {
         }
     }
 
+    /// Reads Redis's clock. A reply that was slow to come back (a busy machine) underestimates
+    /// the offset by its delay, making every deadline of the next second that much earlier
+    /// and refusing publishes for nothing; so a slow reading is taken again, up to three
+    /// times, and the largest offset kept. Each reading is at most the true offset, and
+    /// they are milliseconds apart, so the deadline never comes late.
     fn sync_clock(&mut self) -> Result<(), String> {
-        let Some((conn, _)) = self.conn.as_mut() else {
-            return Err("not connected".into());
-        };
-        let time = redis::cmd("TIME")
-            .query::<(u64, u64)>(conn)
-            .map_err(|e| e.to_string())?;
-        self.set_clock(time);
+        let mut best: Option<i128> = None;
+        for _ in 0..3 {
+            let Some((conn, _)) = self.conn.as_mut() else {
+                return Err("not connected".into());
+            };
+            let sent = Instant::now();
+            let time = redis::cmd("TIME")
+                .query::<(u64, u64)>(conn)
+                .map_err(|e| e.to_string())?;
+            let offset = self.clock_sample(time);
+            best = Some(best.map_or(offset, |b| b.max(offset)));
+            if sent.elapsed() < CLOCK_GOOD_RTT {
+                break;
+            }
+        }
+        self.clock = best.map(|offset_us| Clock {
+            offset_us,
+            synced: Instant::now(),
+        });
         Ok(())
     }
 
@@ -832,6 +854,19 @@ impl Worker {
                 [Value::Int(e), Value::Int(c)] if *e > 0 && *c > 0 => (*e as u64, *c as u64),
                 [Value::Int(0), Value::Int(late)] => {
                     self.shared.late.fetch_add(1, Ordering::Relaxed);
+                    let now = Instant::now();
+                    if self
+                        .last_late_warning
+                        .is_none_or(|t| now.duration_since(t) >= WAIT_WARN_EVERY)
+                    {
+                        self.last_late_warning = Some(now);
+                        warn!(
+                            "redis: a publish reached Redis {} ms after its deadline and was \
+                             refused, answered 503 (Redis or this machine stalled; counted in \
+                             push_redis_late_publishes_total; more within a minute are not logged)",
+                            late / 1000
+                        );
+                    }
                     return Err(StoreError(format!(
                         "Redis reached the publish {} ms after its deadline (frozen or \
                          overloaded); nothing was published",
