@@ -214,7 +214,10 @@ mod tests {
         assert_eq!(r.private_channels(), 1);
         r.unsubscribe(a, &recv);
         assert_eq!(r.subscribers(&p), &[b]);
-        assert!(matches!(r.channels[&p].conns, Conns::One(_)), "one left: inline again");
+        assert!(
+            matches!(r.channels[&p].conns, Conns::One(_)),
+            "one left: inline again"
+        );
         assert!(r.subscribers(&q).is_empty());
         r.unsubscribe(b, &recv[..1]);
         assert_eq!(r.private_channels(), 0);
@@ -224,7 +227,11 @@ mod tests {
     #[test]
     fn a_channel_entry_is_small() {
         // Every channel with a subscriber pays it, in a hash table (docs/loop.md, "Idle memory").
-        assert!(std::mem::size_of::<Entry>() <= 40, "{}", std::mem::size_of::<Entry>());
+        assert!(
+            std::mem::size_of::<Entry>() <= 40,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
     }
 
     #[test]
@@ -251,7 +258,13 @@ mod tests {
         assert_eq!(left, want);
         let index = e.index.as_ref().expect("still large");
         assert_eq!(index.len(), e.conns.len());
-        assert!(e.conns.as_slice().iter().enumerate().all(|(i, c)| index[c] == i));
+        assert!(
+            e.conns
+                .as_slice()
+                .iter()
+                .enumerate()
+                .all(|(i, c)| index[c] == i)
+        );
         // Shrinking far enough drops the index; the rest still unsubscribes cleanly.
         for &id in ids.iter().skip(1).step_by(2) {
             r.unsubscribe(id, &[(shared, Kind::Private)]);

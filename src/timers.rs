@@ -39,7 +39,10 @@ impl Default for Timers {
 impl Timers {
     /// Files `at` for `id`; the connection keeps the returned value as its current deadline.
     pub fn schedule(&mut self, at: Instant, id: ConnId) -> Deadline {
-        debug_assert!(at >= self.base, "a deadline before the timer queue was made");
+        debug_assert!(
+            at >= self.base,
+            "a deadline before the timer queue was made"
+        );
         let ns = u64::try_from(at.saturating_duration_since(self.base).as_nanos())
             .unwrap_or(u64::MAX - 1);
         let d = Deadline(NonZeroU64::MIN.saturating_add(ns));
