@@ -1,6 +1,6 @@
 //! Message ids, published messages and the v3 text frame (docs/protocol.md#message-ids).
 //!
-//! Owns [`Mid`] (26 decimal digits packed in a `u128`), [`MidGen`] (the embedded store's
+//! Owns [`Mid`] (26 decimal digits as epoch and counter), [`MidGen`] (the embedded store's
 //! minting point; with Redis the publish script mints, see docs/redis.md), the state file
 //! holding the last epoch (the only I/O in this module, shared by both stores), and
 //! [`Message`], the immutable value every receiver shares through an `Arc`. Invariants: ids
@@ -24,9 +24,15 @@ const EPOCH_LIMIT: u64 = 10_000_000_000; // 10 digits
 const COUNTER_LIMIT: u64 = 10_000_000_000_000_000; // 16 digits
 
 /// A message id: `EPOCH(10 digits) COUNTER(16 digits)`. Because both parts are fixed-width
-/// decimal, numeric order equals the lexicographic order of the 26-digit form.
+/// decimal, numeric order equals the lexicographic order of the 26-digit form, and equals the
+/// order of (epoch, counter), which the derived `Ord` compares. Two `u64`s rather than one
+/// `u128`: 8-byte alignment keeps every structure holding a `Mid` (each subscriber's state)
+/// free of 16-byte padding, and the parts need no 128-bit division.
 #[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Mid(u128);
+pub struct Mid {
+    epoch: u64,
+    counter: u64,
+}
 
 /// Appends `v` as exactly `width` zero-padded decimal digits (`v` must fit).
 fn write_padded(mut v: u64, width: usize, out: &mut Vec<u8>) {
@@ -61,7 +67,18 @@ impl Mid {
             counter < COUNTER_LIMIT,
             "counter {counter} exceeds 16 digits"
         );
-        Mid(u128::from(epoch) * u128::from(COUNTER_LIMIT) + u128::from(counter))
+        Mid { epoch, counter }
+    }
+
+    /// The 26-digit number; `v` below 10^26.
+    fn from_u128(v: u128) -> Mid {
+        let limit = u128::from(COUNTER_LIMIT);
+        // Fits: below 10^26, so the quotient is below 10^10.
+        Mid::new((v / limit) as u64, (v % limit) as u64)
+    }
+
+    fn value(self) -> u128 {
+        u128::from(self.epoch) * u128::from(COUNTER_LIMIT) + u128::from(self.counter)
     }
 
     /// `None` when `epoch` has more than 10 digits or `counter` more than 16: values read
@@ -71,12 +88,11 @@ impl Mid {
     }
 
     pub fn epoch(self) -> u64 {
-        // Fits: the value is below 10^26, so the quotient is below 10^10.
-        (self.0 / u128::from(COUNTER_LIMIT)) as u64
+        self.epoch
     }
 
     pub fn counter(self) -> u64 {
-        (self.0 % u128::from(COUNTER_LIMIT)) as u64
+        self.counter
     }
 
     /// Exactly `^[0-9]{26}$`; anything else means "no mid" to the caller (docs/protocol.md#subscribing).
@@ -88,7 +104,7 @@ impl Mid {
             .try_fold(0u128, |acc, &c| {
                 c.is_ascii_digit().then(|| acc * 10 + u128::from(c - b'0'))
             })
-            .map(Mid)
+            .map(Mid::from_u128)
     }
 
     /// Appends the 26 zero-padded digits.
@@ -99,7 +115,7 @@ impl Mid {
 
     fn digits(self) -> [u8; 26] {
         let mut d = [b'0'; 26];
-        let mut v = self.0;
+        let mut v = self.value();
         for slot in d.iter_mut().rev() {
             *slot = b'0' + (v % 10) as u8;
             v /= 10;
@@ -110,7 +126,7 @@ impl Mid {
     /// The v4 form: the 26 digits hex-decoded as if they were hex, two digits per byte.
     pub fn to_binary(self) -> [u8; 13] {
         let mut out = [0u8; 13];
-        let mut v = self.0;
+        let mut v = self.value();
         // Fill from the last byte: each byte holds the two lowest remaining decimal digits.
         for b in out.iter_mut().rev() {
             let lo = (v % 10) as u8;
@@ -132,7 +148,7 @@ impl Mid {
                 let (hi, lo) = (byte >> 4, byte & 15);
                 (hi <= 9 && lo <= 9).then(|| acc * 100 + u128::from(hi * 10 + lo))
             })
-            .map(Mid)
+            .map(Mid::from_u128)
     }
 }
 

@@ -23,11 +23,70 @@ pub enum Kind {
 /// far smaller than this).
 const INDEX_FROM: usize = 1024;
 
+/// The connections of one channel, in subscription order. Most channels (a user's private
+/// one) have a single subscriber, kept inline: a list of its own would be a heap block of
+/// 48 bytes per idle subscriber (docs/loop.md, "Idle memory").
+enum Conns {
+    One(ConnId),
+    Many(Vec<ConnId>),
+}
+
+impl Default for Conns {
+    fn default() -> Self {
+        Conns::Many(Vec::new())
+    }
+}
+
+impl Conns {
+    fn as_slice(&self) -> &[ConnId] {
+        match self {
+            Conns::One(c) => std::slice::from_ref(c),
+            Conns::Many(v) => v,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    fn push(&mut self, id: ConnId) {
+        match self {
+            Conns::Many(v) if v.is_empty() => *self = Conns::One(id),
+            Conns::Many(v) => v.push(id),
+            Conns::One(c) => *self = Conns::Many(vec![*c, id]),
+        }
+    }
+
+    /// The list, made one if it was a single connection.
+    fn list(&mut self) -> &mut Vec<ConnId> {
+        if let Conns::One(c) = *self {
+            *self = Conns::Many(vec![c]);
+        }
+        match self {
+            Conns::Many(v) => v,
+            Conns::One(_) => unreachable!("made a list above"),
+        }
+    }
+
+    /// Back to inline once a single connection is left.
+    fn settle(&mut self) {
+        if let Conns::Many(v) = self
+            && let [c] = v[..]
+        {
+            *self = Conns::One(c);
+        }
+    }
+}
+
 #[derive(Default)]
 struct Entry {
     /// Oldest first while the channel is small (the connection cap evicts from the front);
     /// unordered once it has an index.
-    conns: Vec<ConnId>,
+    conns: Conns,
     kind: Option<Kind>,
     /// Position of each connection in `conns`, for large channels only. Boxed so that every
     /// other channel entry pays 8 bytes for it, not the 48 of an empty map.
@@ -43,8 +102,8 @@ impl Entry {
                 index.insert(id, self.conns.len() - 1);
             }
             None if self.conns.len() > INDEX_FROM => {
-                let index = self.conns.iter().enumerate().map(|(i, &c)| (c, i));
-                self.index = Some(Box::new(index.collect()));
+                let index = self.conns.as_slice().iter().enumerate();
+                self.index = Some(Box::new(index.map(|(i, &c)| (c, i)).collect()));
             }
             None => {}
         }
@@ -56,19 +115,28 @@ impl Entry {
                 let Some(pos) = index.remove(&id) else {
                     return;
                 };
-                self.conns.swap_remove(pos);
-                if let Some(&moved) = self.conns.get(pos) {
+                let conns = self.conns.list();
+                conns.swap_remove(pos);
+                if let Some(&moved) = conns.get(pos) {
                     index.insert(moved, pos);
                 }
-                if self.conns.len() < INDEX_FROM / 2 {
+                if conns.len() < INDEX_FROM / 2 {
                     self.index = None;
                 }
             }
-            None => {
-                if let Some(pos) = self.conns.iter().position(|&c| c == id) {
-                    self.conns.remove(pos);
+            None => match &mut self.conns {
+                Conns::One(c) => {
+                    if *c == id {
+                        self.conns = Conns::default();
+                    }
                 }
-            }
+                Conns::Many(v) => {
+                    if let Some(pos) = v.iter().position(|&c| c == id) {
+                        v.remove(pos);
+                        self.conns.settle();
+                    }
+                }
+            },
         }
     }
 }
@@ -117,7 +185,7 @@ impl Registry {
     }
 
     pub fn subscribers(&self, ch: &ChannelId) -> &[ConnId] {
-        self.channels.get(ch).map_or(&[], |e| &e.conns)
+        self.channels.get(ch).map_or(&[], |e| e.conns.as_slice())
     }
 
     /// Distinct private and shared ids with at least one connection (the stats' `channels`).
@@ -146,10 +214,24 @@ mod tests {
         assert_eq!(r.private_channels(), 1);
         r.unsubscribe(a, &recv);
         assert_eq!(r.subscribers(&p), &[b]);
+        assert!(
+            matches!(r.channels[&p].conns, Conns::One(_)),
+            "one left: inline again"
+        );
         assert!(r.subscribers(&q).is_empty());
         r.unsubscribe(b, &recv[..1]);
         assert_eq!(r.private_channels(), 0);
         assert!(r.channels.is_empty());
+    }
+
+    #[test]
+    fn a_channel_entry_is_small() {
+        // Every channel with a subscriber pays it, in a hash table (docs/loop.md, "Idle memory").
+        assert!(
+            std::mem::size_of::<Entry>() <= 40,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
     }
 
     #[test]
@@ -169,14 +251,20 @@ mod tests {
             r.unsubscribe(id, &[(shared, Kind::Private)]);
         }
         let e = &r.channels[&shared];
-        let mut left: Vec<ConnId> = e.conns.clone();
+        let mut left: Vec<ConnId> = e.conns.as_slice().to_vec();
         left.sort();
         let mut want: Vec<ConnId> = ids.iter().copied().skip(1).step_by(2).collect();
         want.sort();
         assert_eq!(left, want);
         let index = e.index.as_ref().expect("still large");
         assert_eq!(index.len(), e.conns.len());
-        assert!(e.conns.iter().enumerate().all(|(i, c)| index[c] == i));
+        assert!(
+            e.conns
+                .as_slice()
+                .iter()
+                .enumerate()
+                .all(|(i, c)| index[c] == i)
+        );
         // Shrinking far enough drops the index; the rest still unsubscribes cleanly.
         for &id in ids.iter().skip(1).step_by(2) {
             r.unsubscribe(id, &[(shared, Kind::Private)]);

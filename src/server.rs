@@ -101,7 +101,7 @@ pub struct Server {
     ready: Vec<ConnId>,
     scratch: Vec<u8>,
     publish_seq: u64,
-    expired: Vec<(Instant, ConnId)>,
+    expired: Vec<(crate::timers::Deadline, ConnId)>,
     next_sweep: Instant,
     accept_paused_until: Option<Instant>,
     /// The pause above is the start's wait for the store ([`STORE_START_GRACE`]).

@@ -367,6 +367,13 @@ pub fn scan(
     Ok(out)
 }
 
+/// Buffer size for reading and snapshotting the journal. Kept below glibc's initial mmap
+/// threshold (128 KiB): freeing a larger, mmapped buffer raises that threshold for the rest of
+/// the process, and the connection slab, timer heap and registry tables then grow inside the
+/// heap by copying, each growth leaving its old copy behind as touched free memory (+150 B
+/// or more per idle connection, docs/loop.md "Idle memory").
+const IO_BUF: usize = 64 << 10;
+
 /// Opens `path` and [`scan`]s it; a missing file is an empty journal.
 pub fn read_file(path: &Path, each: impl FnMut(Entry)) -> Result<Scanned, OpenError> {
     let f = match File::open(path) {
@@ -375,7 +382,7 @@ pub fn read_file(path: &Path, each: impl FnMut(Entry)) -> Result<Scanned, OpenEr
         Err(e) => return Err(OpenError::Io(e)),
     };
     let len = f.metadata().map_err(OpenError::Io)?.len();
-    scan(&mut BufReader::with_capacity(1 << 20, f), len, each)
+    scan(&mut BufReader::with_capacity(IO_BUF, f), len, each)
 }
 
 /// Writes a journal of `entries` to `tmp` (header and records, then synced), ready to be
@@ -386,7 +393,7 @@ fn write_snapshot(
 ) -> io::Result<(File, u64)> {
     let _ = fs::remove_file(tmp);
     let f = OpenOptions::new().append(true).create_new(true).open(tmp)?;
-    let mut w = BufWriter::with_capacity(1 << 20, &f);
+    let mut w = BufWriter::with_capacity(IO_BUF, &f);
     w.write_all(&header())?;
     let mut len = HEADER_LEN as u64;
     let mut buf = Vec::new();
