@@ -374,9 +374,12 @@ pub struct RedisStore {
     held: Vec<Job>,
 }
 
-/// Jobs held for one flush at most; past it they are sent at once (a pass that parsed a
-/// flood of pipelined requests should not hold them all).
-const HELD_MAX: usize = 512;
+/// Jobs held for one flush at most; past it they are sent at once. Small, so that Redis runs
+/// the first jobs of a busy pass while the loop is still answering and parsing the rest
+/// (the worker's round takes every batch already queued): 32 against 512 raised one
+/// instance's rate by about 10 % (`push-bench fanout --conns 1 --messages 40000
+/// --pub-conns 64`, alternating runs).
+const HELD_MAX: usize = 32;
 
 impl RedisStore {
     /// Starts the worker and the subscriber. `waker` is woken whenever answers are ready to
