@@ -28,7 +28,7 @@ const PRESENCE_LUA: &str = include_str!("presence.lua");
 /// "v5 presence"); an instance is aged out by the others well before.
 const PRESENCE_KEY_TTL: u32 = 600;
 
-/// A round takes no more flushes once it has this many jobs (a flush brings at most 512), so
+/// A round takes no more flushes once it has this many jobs (a flush brings a few dozen), so
 /// one round stays well inside the timeouts.
 const MAX_ROUND: usize = 500;
 /// Consecutive publish jobs of a round share one script call (its fixed cost, the `TIME`, the
@@ -127,7 +127,7 @@ enum Pending {
     /// One publish script call for consecutive publish jobs of a round: `parts` is each job's
     /// token and how many of `drafts` (in order) are its own.
     Publish {
-        parts: Vec<(u64, usize)>,
+        parts: Parts,
         drafts: Vec<Draft>,
     },
     Backlog {
@@ -424,34 +424,37 @@ impl Worker {
         let uid = &self.shared.uid;
         let mut group = Group::default();
         let close = |group: &mut Group, cmds: &mut Vec<redis::Cmd>, pending: &mut Vec<Pending>| {
-            if let Some(p) = group.take() {
-                if let Pending::Publish { drafts, .. } = &p {
-                    let stamp = (last, deadline);
-                    cmds.push(publish_cmd(
-                        &scripts.publish,
-                        keys.prefix(),
-                        uid,
-                        stamp,
-                        &cfg,
-                        drafts,
-                    ));
-                }
-                pending.push(p);
+            if let Some((parts, drafts)) = group.take() {
+                let stamp = (last, deadline);
+                cmds.push(publish_cmd(
+                    &scripts.publish,
+                    keys.prefix(),
+                    uid,
+                    stamp,
+                    &cfg,
+                    &drafts,
+                ));
+                pending.push(Pending::Publish { parts, drafts });
             }
         };
         for job in jobs {
             // Only consecutive publishes share a call: every other job keeps its place
             // relative to them (a backlog read after a publish sees it, one before does not).
-            match &job {
-                Job::Publish { drafts, .. } if group.fits(drafts) => {}
-                _ => close(&mut group, &mut cmds, &mut pending),
+            let size = match &job {
+                Job::Publish { drafts, .. } => Some((drafts.len(), body_bytes(drafts))),
+                _ => None,
+            };
+            if !size.is_some_and(|(n, b)| group.fits(n, b)) {
+                close(&mut group, &mut cmds, &mut pending);
             }
             match job {
                 Job::Publish { token, drafts } if drafts.is_empty() => done.push(Done::Published {
                     token,
                     result: Ok(Vec::new()),
                 }),
-                Job::Publish { token, drafts } => group.add(token, drafts),
+                Job::Publish { token, drafts } => {
+                    group.add(token, drafts, size.map_or(0, |(_, b)| b))
+                }
                 Job::Backlog {
                     token,
                     receivers,
@@ -696,17 +699,12 @@ impl Worker {
             return;
         }
         self.shared.wait_timeouts.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
         let what = match (got, reply) {
             (Some(k), _) => format!("{k} of {want} replica(s) acknowledged"),
             (None, Ok(v)) => format!("unexpected reply {v:?}"),
             (None, Err(e)) => e.0,
         };
-        if self
-            .last_wait_warning
-            .is_none_or(|t| now.duration_since(t) >= WAIT_WARN_EVERY)
-        {
-            self.last_wait_warning = Some(now);
+        if once_a_minute(&mut self.last_wait_warning) {
             warn!(
                 "redis: WAIT for REDIS_WAIT_REPLICAS={want} timed out after {WAIT_TIMEOUT_MS} ms \
                  ({what}); the publishes were answered 200 and may be lost on a failover \
@@ -854,12 +852,7 @@ impl Worker {
                 [Value::Int(e), Value::Int(c)] if *e > 0 && *c > 0 => (*e as u64, *c as u64),
                 [Value::Int(0), Value::Int(late)] => {
                     self.shared.late.fetch_add(1, Ordering::Relaxed);
-                    let now = Instant::now();
-                    if self
-                        .last_late_warning
-                        .is_none_or(|t| now.duration_since(t) >= WAIT_WARN_EVERY)
-                    {
-                        self.last_late_warning = Some(now);
+                    if once_a_minute(&mut self.last_late_warning) {
                         warn!(
                             "redis: a publish reached Redis {} ms after its deadline and was \
                              refused, answered 503 (Redis or this machine stalled; counted in \
@@ -950,37 +943,52 @@ impl Worker {
 }
 
 /// The `processUniqueId` of a stats entry, used as its field in the `stats` hash.
+/// Whether a warning last logged at `last` may be logged again now (then `last` is now): at
+/// most one line per [`WAIT_WARN_EVERY`]; the events stay counted in /metrics.
+fn once_a_minute(last: &mut Option<Instant>) -> bool {
+    let now = Instant::now();
+    let due = last.is_none_or(|t| now.duration_since(t) >= WAIT_WARN_EVERY);
+    if due {
+        *last = Some(now);
+    }
+    due
+}
+
+/// Each job's token and how many of a call's drafts, in order, are its own.
+type Parts = Vec<(u64, usize)>;
+
 /// The publish jobs that will share the next script call (see [`GROUP_MAX_DRAFTS`]).
 #[derive(Default)]
 struct Group {
-    parts: Vec<(u64, usize)>,
+    parts: Parts,
     drafts: Vec<Draft>,
     bytes: usize,
 }
 
 impl Group {
-    /// Whether a job with `drafts` may join; an empty group takes any job whole.
-    fn fits(&self, drafts: &[Draft]) -> bool {
+    /// Whether a job of `n` drafts and `bytes` of body may join; an empty group takes any
+    /// job whole.
+    fn fits(&self, n: usize, bytes: usize) -> bool {
         self.parts.is_empty()
-            || (self.drafts.len() + drafts.len() <= GROUP_MAX_DRAFTS
-                && self.bytes + body_bytes(drafts) <= GROUP_MAX_BYTES)
+            || (self.drafts.len() + n <= GROUP_MAX_DRAFTS && self.bytes + bytes <= GROUP_MAX_BYTES)
     }
 
-    fn add(&mut self, token: u64, drafts: Vec<Draft>) {
-        self.bytes += body_bytes(&drafts);
+    fn add(&mut self, token: u64, drafts: Vec<Draft>, bytes: usize) {
+        self.bytes += bytes;
         self.parts.push((token, drafts.len()));
         self.drafts.extend(drafts);
     }
 
-    fn take(&mut self) -> Option<Pending> {
+    /// The jobs' tokens with their draft counts, and their drafts in order.
+    fn take(&mut self) -> Option<(Parts, Vec<Draft>)> {
         if self.parts.is_empty() {
             return None;
         }
         self.bytes = 0;
-        Some(Pending::Publish {
-            parts: std::mem::take(&mut self.parts),
-            drafts: std::mem::take(&mut self.drafts),
-        })
+        Some((
+            std::mem::take(&mut self.parts),
+            std::mem::take(&mut self.drafts),
+        ))
     }
 }
 
